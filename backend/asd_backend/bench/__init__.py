@@ -1,0 +1,1 @@
+"""Benchmarks behind `asd bench ...`: each prints one JSON document on stdout."""

@@ -1,0 +1,221 @@
+"""AsdClient: the one client of the backend, used by the Blender add-on, the CLI and the tests.
+
+It never blocks unless asked to: `poll()` returns whatever has arrived (possibly nothing) and does
+the heartbeat bookkeeping, so Blender can call it from a timer on the main thread. `wait_for()` is
+the blocking convenience the CLI and tests use.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from . import errors
+from .errors import ProtocolError
+from .frames import DEFAULT_LIMITS, FrameLimits, decode, encode
+from .messages import (
+    PROTOCOL_VERSION,
+    SERVER,
+    Attach,
+    Cancel,
+    Error,
+    Heartbeat,
+    Hello,
+    ListJobs,
+    Message,
+    Submit,
+    Welcome,
+)
+
+CONNECTING = "connecting"
+CONNECTED = "connected"
+LOST = "lost"
+CLOSED = "closed"
+
+DEFAULT_ADDRESS = "tcp://127.0.0.1:5555"
+
+
+class AsdClient:
+    """A DEALER socket speaking protocol v1 to an `asd serve` ROUTER.
+
+    `server_public_key` (Z85 text) turns on CURVE; then `client_secret_key` and `client_public_key`
+    are this client's keypair (generated for the session if omitted, which only works against a
+    server that allows any key). States: connecting → connected ⇄ lost → closed.
+    """
+
+    def __init__(
+        self,
+        address: str = DEFAULT_ADDRESS,
+        *,
+        client_name: str = "asd-client",
+        server_public_key: str | bytes | None = None,
+        client_secret_key: str | bytes | None = None,
+        client_public_key: str | bytes | None = None,
+        heartbeat_interval: float = 2.0,
+        dead_after: float = 10.0,
+        limits: FrameLimits = DEFAULT_LIMITS,
+        context: zmq.Context | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not isinstance(address, str) or "://" not in address:
+            raise ValueError(f"server address {address!r} must look like tcp://HOST:PORT")
+        self.address = address
+        self.client_name = client_name
+        self.heartbeat_interval = heartbeat_interval
+        self.dead_after = dead_after
+        self.limits = limits
+        self.clock = clock
+        self.state = CONNECTING
+        self.welcome: Welcome | None = None
+        self._ctx = context or zmq.Context.instance()
+        self._socket = self._ctx.socket(zmq.DEALER)
+        # A stable identity lets the server keep routing a job's stream to us across reconnects.
+        self.identity = f"c-{uuid.uuid4().hex}"
+        self._socket.setsockopt(zmq.ROUTING_ID, self.identity.encode())
+        self._socket.setsockopt(zmq.LINGER, 0)
+        self._socket.setsockopt(zmq.RECONNECT_IVL, 200)
+        self._socket.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+        self._socket.setsockopt(zmq.MAXMSGSIZE, limits.max_message_bytes)
+        if server_public_key is not None:
+            if client_secret_key is None or client_public_key is None:
+                client_public_key, client_secret_key = zmq.curve_keypair()
+            self._socket.curve_serverkey = _key(server_public_key)
+            self._socket.curve_publickey = _key(client_public_key)
+            self._socket.curve_secretkey = _key(client_secret_key)
+        self._socket.connect(address)
+        now = self.clock()
+        self._started = now
+        self._last_seen = now
+        self._last_sent = now
+        self._last_hello = now
+        self.send(Hello(client=client_name, protocol_version=PROTOCOL_VERSION))
+
+    # -- sending ----------------------------------------------------------------------------
+
+    def send(self, msg: Message) -> str:
+        """Validate and send a message; returns its msg_id (replies carry it as parent_id)."""
+        if self.state == CLOSED:
+            raise RuntimeError("this client is closed; create a new AsdClient")
+        self._socket.send_multipart(encode(msg), copy=False)
+        self._last_sent = self.clock()
+        return msg.msg_id
+
+    def submit(self, prompt: str, kind: str = "generate", **options: Any) -> str:
+        """Send a job; the `accepted` (or `error`) reply has this call's return value as parent_id."""
+        return self.send(Submit(kind=kind, prompt=prompt, **options))
+
+    def cancel(self, job_id: str) -> str:
+        return self.send(Cancel(job_id=job_id))
+
+    def attach(self, job_id: str) -> str:
+        return self.send(Attach(job_id=job_id))
+
+    def list_jobs(self, limit: int = 100) -> str:
+        return self.send(ListJobs(limit=limit))
+
+    # -- receiving --------------------------------------------------------------------------
+
+    def poll(self, timeout: float = 0.0, max_messages: int = 1000) -> list[Message]:
+        """Return the messages that have arrived, waiting at most `timeout` seconds for the first.
+
+        Never raises for what the server sends: an undecodable message comes back as a local
+        `Error` (code bad_frames and so on) so a UI can show it and go on.
+        """
+        if self.state == CLOSED:
+            return []
+        out: list[Message] = []
+        wait_ms = int(timeout * 1000)
+        while len(out) < max_messages and self._socket.poll(wait_ms if not out else 0, zmq.POLLIN):
+            frames = self._socket.recv_multipart(copy=False)
+            self._last_seen = self.clock()
+            try:
+                msg = decode(frames, limits=self.limits, expect_sender=SERVER)
+            except ProtocolError as exc:
+                out.append(Error.from_exception(exc))
+                continue
+            if isinstance(msg, Welcome):
+                self.welcome = msg
+                self.heartbeat_interval = msg.heartbeat_interval
+            if isinstance(msg, Heartbeat):
+                self._mark_alive()
+                continue
+            self._mark_alive()
+            out.append(msg)
+            wait_ms = 0
+        self._tick()
+        return out
+
+    def wait_for(self, predicate: Callable[[Message], bool], timeout: float = 30.0,
+                 on_message: Callable[[Message], None] | None = None) -> Message:
+        """Block until a message satisfies `predicate`; others go to `on_message`. For CLI and tests."""
+        deadline = self.clock() + timeout
+        while True:
+            remaining = deadline - self.clock()
+            if remaining <= 0:
+                raise TimeoutError(f"no matching message from {self.address} within {timeout:g} s")
+            for msg in self.poll(timeout=min(remaining, 0.5)):
+                if predicate(msg):
+                    return msg
+                if on_message is not None:
+                    on_message(msg)
+            if self.state == LOST:
+                raise ConnectionError(self.lost_reason())
+
+    def lost_reason(self) -> str:
+        if self.welcome is None:
+            return (f"no answer from a backend at {self.address} after {self.dead_after:g} s: is `asd serve` "
+                    "running there, is the address right, and (for a remote box) do the CURVE keys match?")
+        return f"the backend at {self.address} stopped answering (silent for {self.dead_after:g} s)"
+
+    # -- liveness ---------------------------------------------------------------------------
+
+    def _mark_alive(self) -> None:
+        if self.state in (CONNECTING, LOST) and self.welcome is not None:
+            self.state = CONNECTED
+
+    def _tick(self) -> None:
+        now = self.clock()
+        if now - self._last_seen > self.dead_after and self.state != LOST:
+            self.state = LOST
+        if self.welcome is None or self.state == LOST:
+            # Until the server greets us (it may have restarted), keep saying hello.
+            if now - self._last_hello >= self.heartbeat_interval:
+                self._last_hello = now
+                self.send(Hello(client=self.client_name, protocol_version=PROTOCOL_VERSION))
+        elif now - self._last_sent >= self.heartbeat_interval:
+            self.send(Heartbeat())
+
+    def close(self) -> None:
+        if self.state != CLOSED:
+            self._socket.close(linger=0)
+            self.state = CLOSED
+
+    def __enter__(self) -> AsdClient:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _key(value: str | bytes) -> bytes:
+    """A Z85 CURVE key given as text or bytes, or the path of a public key file from `zmq.auth`."""
+    if isinstance(value, bytes):
+        value = value.decode("ascii", errors="replace")
+    value = value.strip()
+    if len(value) == 40:
+        return value.encode("ascii")
+    path = Path(value).expanduser()
+    if path.is_file():
+        from zmq.auth import load_certificate
+
+        public, _secret = load_certificate(str(path))
+        return public
+    raise ValueError(f"{value[:60]!r} is neither a 40-character Z85 CURVE key nor a key file")
+
+
+__all__ = ["CLOSED", "CONNECTED", "CONNECTING", "DEFAULT_ADDRESS", "LOST", "AsdClient", "errors"]

@@ -1,0 +1,143 @@
+import dataclasses
+
+import numpy as np
+import pytest
+
+from asd_protocol import MESSAGE_TYPES, ProtocolError, decode, encode
+from asd_protocol import messages as m
+from asd_protocol.fields import Array, spec_fields
+
+from .examples import all_examples, mesh_arrays
+
+
+def assert_same(a: m.Message, b: m.Message) -> None:
+    assert type(a) is type(b)
+    for f in dataclasses.fields(a):
+        x, y = getattr(a, f.name), getattr(b, f.name)
+        if isinstance(x, np.ndarray):
+            assert x.dtype == y.dtype and x.shape == y.shape and np.array_equal(x, y), f.name
+        else:
+            assert x == y, f.name
+
+
+def test_every_type_has_an_example():
+    assert {type(e).msg_type for e in all_examples()} == set(MESSAGE_TYPES)
+
+
+@pytest.mark.parametrize("msg", all_examples(), ids=lambda e: e.msg_type)
+def test_round_trip(msg):
+    frames = encode(msg)
+    n_arrays = sum(1 for f, s in spec_fields(type(msg)) if isinstance(s, Array) and getattr(msg, f.name) is not None)
+    assert len(frames) == 2 + n_arrays
+    back = decode([bytes(f) for f in frames])
+    assert_same(msg, back)
+
+
+def test_header_fields_travel():
+    msg = m.Progress(job_id="j-7", parent_id="abc", phase="x")
+    back = decode(encode(msg))
+    assert (back.msg_id, back.job_id, back.parent_id, back.timestamp) == (msg.msg_id, "j-7", "abc", msg.timestamp)
+
+
+def test_unknown_content_fields_are_ignored():
+    frames = [bytes(f) for f in encode(m.Hello(client="x"))]
+    frames[1] = frames[1][:-1] + b',"from_the_future":[1,2,3]}'
+    assert decode(frames).client == "x"
+
+
+def test_unknown_type_is_a_protocol_error_naming_the_field():
+    frames = [bytes(f) for f in encode(m.Hello(client="x"))]
+    frames[0] = frames[0].replace(b'"hello"', b'"teleport"')
+    with pytest.raises(ProtocolError) as info:
+        decode(frames)
+    assert info.value.code == "unknown_msg_type" and info.value.field == "header.msg_type"
+
+
+def test_newer_major_version_is_refused_with_a_hint():
+    frames = [bytes(f) for f in encode(m.Hello(client="x"))]
+    frames[0] = frames[0].replace(b'"version":"1.0"', b'"version":"2.0"')
+    with pytest.raises(ProtocolError) as info:
+        decode(frames)
+    assert info.value.code == "version_mismatch" and "update" in info.value.hint
+
+
+def test_newer_minor_version_is_accepted():
+    frames = [bytes(f) for f in encode(m.Hello(client="x"))]
+    frames[0] = frames[0].replace(b'"version":"1.0"', b'"version":"1.7"')
+    assert decode(frames).client == "x"
+
+
+@pytest.mark.parametrize(
+    ("make", "field"),
+    [
+        (lambda: m.Submit(kind="generate", prompt=""), "content.prompt"),
+        (lambda: m.Submit(kind="generate", prompt="x" * 5000), "content.prompt"),
+        (lambda: m.Submit(kind="sculpt", prompt="x"), "content.kind"),
+        (lambda: m.Submit(kind="generate", prompt="x", cfg=float("nan")), "content.cfg"),
+        (lambda: m.Submit(kind="generate", prompt="x", seed=-1), "content.seed"),
+        (lambda: m.Submit(kind="generate", prompt="x", seed=True), "content.seed"),
+        (lambda: m.Submit(kind="edit_texture", prompt="x"), "content.vertices"),
+        (lambda: m.Cancel(), "header.job_id"),
+        (lambda: m.Cancel(job_id="../../etc"), "header.job_id"),
+        (lambda: m.Progress(job_id="j", phase="x", step=-1), "content.step"),
+    ],
+)
+def test_bad_values_name_the_field(make, field):
+    with pytest.raises(ProtocolError) as info:
+        encode(make())
+    assert info.value.field == field
+
+
+def test_mesh_rules():
+    vertices, faces, colors = mesh_arrays(5, 4)
+    bad_faces = faces.copy()
+    bad_faces[0, 0] = 5
+    with pytest.raises(ProtocolError, match="out of range") as info:
+        encode(m.MeshSnapshot(job_id="j", vertices=vertices, faces=bad_faces))
+    assert info.value.field == "content.faces"
+    with pytest.raises(ProtocolError) as info:
+        encode(m.MeshSnapshot(job_id="j", vertices=vertices, faces=faces, colors=colors[:3]))
+    assert info.value.field == "content.colors"
+    with pytest.raises(ProtocolError) as info:
+        encode(m.MeshSnapshot(job_id="j", vertices=vertices.astype(np.float64), faces=faces))
+    assert "float32" in str(info.value)
+    with pytest.raises(ProtocolError) as info:
+        encode(m.MeshSnapshot(job_id="j", vertices=vertices[:, :2].copy(), faces=faces))
+    assert info.value.field == "content.vertices"
+
+
+def test_empty_mesh_is_valid():
+    msg = m.MeshSnapshot(job_id="j", vertices=np.zeros((0, 3), np.float32), faces=np.zeros((0, 3), np.uint32))
+    back = decode(encode(msg))
+    assert back.vertices.shape == (0, 3) and back.faces.shape == (0, 3)
+
+
+def test_buffer_size_must_match_descriptor():
+    vertices, faces, _ = mesh_arrays()
+    frames = [bytes(f) for f in encode(m.MeshSnapshot(job_id="j", vertices=vertices, faces=faces))]
+    frames[2] = frames[2][:-4]
+    with pytest.raises(ProtocolError) as info:
+        decode(frames)
+    assert info.value.field == "buffers[0]"
+
+
+def test_extra_buffer_is_refused():
+    frames = [bytes(f) for f in encode(m.Hello(client="x"))] + [b"\0" * 8]
+    with pytest.raises(ProtocolError, match="not described"):
+        decode(frames)
+
+
+def test_direction_is_enforced():
+    frames = encode(m.Welcome(server="s", server_id="i"))
+    with pytest.raises(ProtocolError) as info:
+        decode(frames, expect_sender="client")
+    assert info.value.code == "wrong_direction"
+    assert decode(encode(m.Heartbeat()), expect_sender="client").msg_type == "heartbeat"
+
+
+def test_decoded_arrays_are_views_of_the_frames():
+    vertices, faces, _ = mesh_arrays(1000, 2000)
+    frames = [bytes(f) for f in encode(m.MeshSnapshot(job_id="j", vertices=vertices, faces=faces))]
+    back = decode(frames)
+    assert not back.vertices.flags.writeable  # zero-copy: read-only over the received frame
+    assert np.array_equal(back.vertices, vertices)
