@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from . import __version__
+from .errors import AsdError
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -16,6 +17,77 @@ def _print_json(obj: object) -> None:
     json.dump(obj, sys.stdout, indent=2)
     sys.stdout.write("\n")
     sys.stdout.flush()
+
+
+# -- image ------------------------------------------------------------------------------------
+
+
+def _progress(total: int, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True, file=sys.stderr)
+
+
+def _image(args: argparse.Namespace) -> int:
+    import time
+    from pathlib import Path
+
+    from . import artifacts
+    from .teachers import load_teacher
+    from .train.image_2d import ImageDistillConfig, distill_image
+
+    config = ImageDistillConfig(prompt=args.prompt, negative_prompt=args.negative_prompt, method=args.method,
+                                cfg=args.cfg, steps=args.steps, seed=args.seed, resolution=args.resolution,
+                                every=args.every)
+    out = Path(args.output)
+    if out.suffix.lower() != ".png":
+        raise ValueError(f"-o {out}: the image is written as PNG; give a path ending in .png")
+    started = time.time()
+    teacher = load_teacher(args.teacher, args.device)
+    notice = artifacts.teacher_notice(teacher)
+    if notice:
+        print(f"note: {notice}", file=sys.stderr)
+    meta = {"prompt": args.prompt, "method": args.method, "cfg": str(args.cfg), "seed": str(args.seed),
+            "teacher": teacher.name, "teacher_trained": str(teacher.trained), "software": "asd-studio"}
+    if notice:
+        meta["notice"] = notice
+    frames_dir = out.with_name(out.stem + "_frames")
+    bar = _progress(config.steps, "distilling")
+
+    def on_step(step: int, metrics: dict[str, float]) -> None:
+        bar.update(1)
+        bar.set_postfix(loss=f"{metrics['loss_guidance']:.3g}")
+
+    def on_frame(frame) -> None:
+        if not frame.final:
+            artifacts.write_png(frames_dir / f"step_{frame.step:05d}.png", frame.image, meta)
+
+    final = distill_image(teacher, config, on_frame=on_frame, on_step=on_step)
+    bar.close()
+    artifacts.write_png(out, final.image, meta)
+    artifacts.write_json(out.with_suffix(".json"), {
+        "kind": "image", "settings": vars(config) | {"teacher": args.teacher, "device": str(teacher.device)},
+        "teacher": {"name": teacher.name, "trained": teacher.trained, "description": teacher.description},
+        "notice": notice, "seconds": round(time.time() - started, 2), "final_metrics": final.metrics,
+        "versions": artifacts.versions()})
+    print(f"wrote {out}" + (f" and frames in {frames_dir}/" if args.every else ""))
+    return 0
+
+
+def _add_image(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("image", help="distill one image from a prompt (2D SDS/VSD/ASD)")
+    p.add_argument("prompt")
+    p.add_argument("-o", "--output", default="image.png", help="PNG to write (a .json run record goes beside it)")
+    p.add_argument("--negative-prompt", default="")
+    p.add_argument("--method", choices=["asd", "vsd", "sds"], default="asd")
+    p.add_argument("--cfg", type=float, default=7.5, help="classifier-free guidance scale")
+    p.add_argument("--steps", type=int, default=500)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resolution", type=int, default=None, help="image side; default the teacher's native size")
+    p.add_argument("--every", type=int, default=0, help="write an intermediate frame every N steps")
+    p.add_argument("--teacher", default="sd", help="sd[:ID_OR_PATH] | tiny | random-sd21 (default: SD 2.1-base)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    p.set_defaults(handler=_image)
 
 
 # -- bench ------------------------------------------------------------------------------------
@@ -28,13 +100,54 @@ def _bench_protocol(args: argparse.Namespace) -> int:
     return 0
 
 
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _names(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def _bench_2d(args: argparse.Namespace) -> int:
+    from .bench import gmm
+
+    cfg = gmm.GmmBenchConfig(dim=args.dim, modes=args.modes, prompts=args.prompts, sigma=args.sigma,
+                             particles=args.particles, steps=args.steps, seed=args.seed)
+    report = gmm.run(cfg, args.methods, args.cfg, workers=args.workers)
+    if args.json:
+        _print_json(report)
+    else:
+        print(f"{'method':<8}{'cfg':>7}{'sliced_w1':>11}{'coverage':>10}{'norm_ratio':>12}{'seconds':>9}")
+        for r in report["results"]:
+            print(f"{r['method']:<8}{r['cfg']:>7g}{r['sliced_w1']:>11.4f}{r['coverage']:>10.2f}"
+                  f"{r['norm_ratio']:>12.3f}{r['seconds']:>9.1f}")
+    return 0
+
+
 def _add_bench(sub: argparse._SubParsersAction) -> None:
     bench = sub.add_parser("bench", help="benchmarks that print JSON")
-    kinds = bench.add_subparsers(dest="bench", required=True, metavar="{protocol}")
+    kinds = bench.add_subparsers(dest="bench", required=True, metavar="{protocol,2d}")
     p = kinds.add_parser("protocol", help="mesh-frame throughput over loopback ZeroMQ")
     p.add_argument("--triangles", type=int, default=1_000_000)
     p.add_argument("--messages", type=int, default=40)
     p.set_defaults(handler=_bench_protocol)
+
+    p = kinds.add_parser("2d", help="SDS/VSD/ASD against exact Gaussian-mixture teachers")
+    p.add_argument("--dim", type=int, default=8, help="dimension D of the samples")
+    p.add_argument("--modes", type=int, default=4, help="Gaussians K per prompt")
+    p.add_argument("--prompts", type=int, default=2, help="prompts (mixtures); metrics use prompt 0")
+    p.add_argument("--sigma", type=float, default=0.1, help="std of each Gaussian")
+    p.add_argument("--particles", type=int, default=64, help="particles N per prompt")
+    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cfg", type=_floats, default=[1.0, 7.5, 30.0, 100.0], help="CFG scales, e.g. 1,7.5,30,100")
+    p.add_argument("--methods", type=_names, default=["sds", "vsd", "asd"], help="e.g. sds,vsd,asd")
+    p.add_argument("--workers", type=int, default=None, help="parallel processes (default: one per core)")
+    p.add_argument("--json", action="store_true", help="print the JSON report instead of a table")
+    p.set_defaults(handler=_bench_2d)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "Distillation. Backend server, generation and benchmarks.")
     parser.add_argument("--version", action="version", version=f"asd-studio {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_image(sub)
     _add_bench(sub)
     return parser
 
@@ -55,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, ConnectionError, TimeoutError) as exc:
+    except (ValueError, FileNotFoundError, ConnectionError, TimeoutError, AsdError) as exc:
         # Bad input and unreachable servers are the user's to fix: say what, not a traceback.
         print(f"asd {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -1,0 +1,174 @@
+"""The discriminator ε_φ of VSD/ASD: a trainable noise predictor for the generator's own renders.
+
+Both kinds start as an exact copy of the teacher (zero-initialised residuals), so the first
+generator steps of VSD/ASD equal those of a teacher-referenced score, and learn from there.
+
+- `LoraCameraDiscriminator`: for diffusers teachers. A LoRA on the teacher's UNet attention (peft,
+  `add_adapter`, trainable weights in fp32 as diffusers' LoRA training script does) plus a camera
+  embedding, an MLP of the flattened 4×4 camera-to-world matrix into the UNet's class embedding.
+- `ResidualDiscriminator`: for analytic teachers. ε_φ = ε_teacher + r_ψ with a small network r_ψ.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor, nn
+
+from ..teachers.base import V_PREDICTION, Teacher, epsilon_from_v
+
+CAMERA_DIM = 16  # a flattened 4×4 camera-to-world matrix
+
+
+def camera_features(camera: Float[Tensor, "B 4 4"] | None, batch_size: int, device: torch.device) -> Tensor:
+    """Flattened camera matrices; no camera is the zero matrix (the "unconditional" camera)."""
+    if camera is None:
+        return torch.zeros(batch_size, CAMERA_DIM, device=device)
+    return camera.reshape(batch_size, CAMERA_DIM).float().to(device)
+
+
+class CameraEmbedding(nn.Module):
+    """Linear → SiLU → Linear, as diffusers' TimestepEmbedding; the last layer starts at zero."""
+
+    def __init__(self, out_dim: int, in_dim: int = CAMERA_DIM) -> None:
+        super().__init__()
+        self.linear_1 = nn.Linear(in_dim, out_dim)
+        self.act = nn.SiLU()
+        self.linear_2 = nn.Linear(out_dim, out_dim)
+        nn.init.zeros_(self.linear_2.weight)
+        nn.init.zeros_(self.linear_2.bias)
+
+    def forward(self, camera: Float[Tensor, "B 16"]) -> Float[Tensor, "B D"]:
+        return self.linear_2(self.act(self.linear_1(camera.to(self.linear_1.weight.dtype))))
+
+
+class LoraCameraDiscriminator(nn.Module):
+    """ε_φ as the official ASD code builds it, on the teacher's own UNet by default.
+
+    With one UNet in memory the adapter is switched off for every teacher call (the teacher's
+    `unet_forward(adapter=False)`), so the teacher stays exact. `separate_model` loads a second
+    checkpoint for ε_φ instead, as the official code does with SD 2.1 (768-v).
+    """
+
+    def __init__(self, teacher: Teacher, *, rank: int = 4, separate_model: str | None = None,
+                 local_files_only: bool | None = None) -> None:
+        super().__init__()
+        from diffusers.training_utils import cast_training_params
+        from peft import LoraConfig
+
+        from ..teachers.stable_diffusion import StableDiffusionTeacher
+
+        if not isinstance(teacher, StableDiffusionTeacher):
+            raise TypeError("LoraCameraDiscriminator needs a StableDiffusionTeacher")
+        if rank < 1:
+            raise ValueError(f"LoRA rank must be at least 1; got {rank}")
+        if separate_model is not None:
+            host = StableDiffusionTeacher.from_pretrained(separate_model, device=teacher.device, dtype=teacher.dtype,
+                                                          local_files_only=local_files_only)
+            # The host's text encoder and VAE are not needed: ε_φ reads the teacher's text embeddings.
+            host.text_encoder = host.vae = None
+        else:
+            host = teacher
+        if getattr(host.unet, "_hf_peft_config_loaded", False):
+            raise ValueError(f"the UNet of {host.name!r} already carries a LoRA adapter; build one discriminator "
+                             "per teacher (or load a fresh teacher)")
+        self._host = [host]  # a list, so nn.Module does not register the frozen UNet as a child
+        self.rank = rank
+        host.unet.requires_grad_(False)
+        host.unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
+                                         target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
+        cast_training_params(host.unet, dtype=torch.float32)
+        host.unet.disable_adapters()
+        time_embed_dim = host.unet.time_embedding.linear_2.out_features
+        self.camera_embedding = CameraEmbedding(time_embed_dim).to(host.device)
+
+    @property
+    def host(self):
+        return self._host[0]
+
+    def lora_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        return [(n, p) for n, p in self.host.unet.named_parameters() if "lora_" in n]
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for _, p in self.lora_parameters()] + list(self.camera_embedding.parameters())
+
+    def predict_eps(self, x_t: Tensor, t: Int[Tensor, " B"], cond: Tensor, camera: Tensor | None) -> Tensor:
+        labels = camera_features(camera, x_t.shape[0], x_t.device)
+        out = self.host.unet_forward(x_t, t, cond, adapter=True, class_embedding=self.camera_embedding,
+                                     class_labels=labels)
+        if self.host.prediction_type == V_PREDICTION:
+            out = epsilon_from_v(out, x_t, self.host.alpha_bar(t, x_t))
+        return out
+
+    # Checkpoints hold only what trains: the LoRA weights and the camera embedding.
+    def trainable_state(self) -> dict[str, Tensor]:
+        state = {f"unet.{n}": p.detach().clone() for n, p in self.lora_parameters()}
+        state.update({f"camera_embedding.{k}": v.clone() for k, v in self.camera_embedding.state_dict().items()})
+        return state
+
+    def load_trainable_state(self, state: dict[str, Tensor]) -> None:
+        params = dict(self.lora_parameters())
+        with torch.no_grad():
+            for name, value in state.items():
+                if name.startswith("unet."):
+                    params[name[5:]].copy_(value)
+        self.camera_embedding.load_state_dict(
+            {k[len("camera_embedding."):]: v for k, v in state.items() if k.startswith("camera_embedding.")})
+
+
+def timestep_features(t: Tensor, total: int, n_freqs: int = 8) -> Tensor:
+    """Sinusoidal features of t / T, so a small network sees time at several scales."""
+    x = (t.float() / total).unsqueeze(-1)
+    freqs = 2.0 ** torch.arange(n_freqs, device=t.device) * math.pi
+    return torch.cat([x, torch.sin(x * freqs), torch.cos(x * freqs)], dim=-1)
+
+
+class ResidualDiscriminator(nn.Module):
+    """ε_φ(x, t, y, c) = ε_teacher(x, t, y) + r_ψ(x, t, y, c), r_ψ an MLP whose last layer starts at zero.
+
+    For analytic teachers whose conditioning is a prompt index (−1 = unconditional) and whose
+    samples are small (flattened to [B, D]).
+    """
+
+    def __init__(self, teacher: Teacher, *, hidden: int = 256, depth: int = 3, n_prompts: int = 64,
+                 prompt_dim: int = 16, use_camera: bool = True) -> None:
+        super().__init__()
+        self._teacher = [teacher]
+        self.n_prompts = n_prompts
+        self.use_camera = use_camera
+        self.prompt_embedding = nn.Embedding(n_prompts + 1, prompt_dim)
+        in_dim = teacher.sample_channels + 17 + prompt_dim + (CAMERA_DIM if use_camera else 0)
+        layers: list[nn.Module] = []
+        for i in range(depth):
+            layers += [nn.Linear(in_dim if i == 0 else hidden, hidden), nn.SiLU()]
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(hidden, teacher.sample_channels)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+        self.to(teacher.device)
+
+    @property
+    def teacher(self) -> Teacher:
+        return self._teacher[0]
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return list(self.parameters())
+
+    def predict_eps(self, x_t: Tensor, t: Int[Tensor, " B"], cond: Tensor, camera: Tensor | None) -> Tensor:
+        with torch.no_grad():
+            base = self.teacher.predict_eps(x_t, t, cond, camera)
+        flat = x_t.reshape(x_t.shape[0], -1)
+        features = [flat, timestep_features(t, self.teacher.num_train_timesteps),
+                    self.prompt_embedding((cond.long() + 1).clamp(0, self.n_prompts))]
+        if self.use_camera:
+            features.append(camera_features(camera, x_t.shape[0], x_t.device))
+        residual = self.head(self.body(torch.cat(features, dim=-1)))
+        return base + residual.reshape(x_t.shape)
+
+    def trainable_state(self) -> dict[str, Tensor]:
+        return {k: v.clone() for k, v in self.state_dict().items()}
+
+    def load_trainable_state(self, state: dict[str, Tensor]) -> None:
+        self.load_state_dict(state)

@@ -1,0 +1,253 @@
+"""Score distillation: SDS, VSD and ASD in one code path.
+
+For a render z = g(θ) (a latent or an image), a timestep t and noise ε, x_t = √ᾱ_t·z + √(1−ᾱ_t)·ε.
+The generator is pushed along
+
+    grad = w(t) · (ε̃_teacher(x_t; y) − ref)
+
+where ε̃ is the teacher's classifier-free-guided prediction and the reference differs by method:
+
+    SDS  ref = ε                       (the noise that was added)
+    VSD  ref = ε_φ(x_t; y, camera)     ε_φ trained with ‖ε_φ − ε‖²
+    ASD  ref = ε_φ(x_t; y, camera)     ε_φ trained with ‖ε_φ − ε‖² + γ‖ε_φ − sg(ε_teacher(x_t; y))‖²
+
+so VSD is ASD with γ = 0. The generator loss 0.5·‖z − sg(z − grad)‖² has exactly `grad` as its
+gradient with respect to z. The discriminator is trained on detached renders, with fresh t and ε.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from ..teachers.base import Teacher, expand_like
+from .prompts import Conditioning
+
+METHODS = ("sds", "vsd", "asd")
+WEIGHTINGS = ("sds", "asd", "uniform")
+
+
+@dataclasses.dataclass
+class GuidanceConfig:
+    """Score distillation settings. Defaults are the official ASD NeRF configuration."""
+
+    method: str = "asd"
+    """sds, vsd or asd: which reference the teacher's prediction is compared with."""
+    cfg: float = 7.5
+    """Classifier-free guidance scale s: ε̃ = ε_uncond + s·(ε_cond − ε_uncond)."""
+    gamma: float = -0.75
+    """ASD's weight of ‖ε_φ − sg(ε_teacher)‖² in the discriminator loss, in [−1, 0); VSD uses 0."""
+    weighting: str = "sds"
+    """w(t): sds = 1−ᾱ_t, asd = √((1−ᾱ_t)/ᾱ_t), uniform = 1."""
+    min_step_percent: float = 0.02
+    """Smallest generator timestep, as a fraction of the teacher's T."""
+    max_step_percent: float = 0.98
+    """Largest generator timestep before annealing, as a fraction of T."""
+    max_step_percent_annealed: float = 0.5
+    """Largest generator timestep from `anneal_start_step` on."""
+    anneal_start_step: int | None = None
+    """Step at which the largest timestep drops to `max_step_percent_annealed`; None never anneals."""
+    grad_clip: float | None = None
+    """Clamp each element of the generator gradient to ±grad_clip; None leaves it."""
+    camera_dropout: float = 0.1
+    """Probability of training ε_φ on a batch with the camera replaced by zeros (its unconditional)."""
+    discriminator_cfg: float = 1.0
+    """Guidance over the camera in ε_φ: ε_φ(∅) + s_φ·(ε_φ(camera) − ε_φ(∅)). 1 uses ε_φ(camera) alone."""
+    discriminator_min_step_percent: float = 0.0
+    """ε_φ's training timesteps are drawn from [min, max) of T (official: all of them)."""
+    discriminator_max_step_percent: float = 1.0
+    discriminator_samples: int = 1
+    """Timestep/noise draws per render in each discriminator step."""
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(METHODS)}; got {self.method!r}")
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(f"weighting must be one of {', '.join(WEIGHTINGS)}; got {self.weighting!r}")
+        if self.cfg < 0:
+            raise ValueError(f"cfg (guidance scale) must be >= 0; got {self.cfg}")
+        if self.method == "asd" and not -1.0 <= self.gamma < 0.0:
+            raise ValueError(f"ASD's gamma must be in [-1, 0) (the paper uses -0.75; 0 is VSD); got {self.gamma}")
+        for lo, hi, what in ((self.min_step_percent, self.max_step_percent, "step percent"),
+                             (self.min_step_percent, self.max_step_percent_annealed, "annealed step percent"),
+                             (self.discriminator_min_step_percent, self.discriminator_max_step_percent,
+                              "discriminator step percent")):
+            if not 0.0 <= lo < hi <= 1.0:
+                raise ValueError(f"{what}: need 0 <= min < max <= 1; got min {lo}, max {hi}")
+        if not 0.0 <= self.camera_dropout <= 1.0:
+            raise ValueError(f"camera_dropout must be in [0, 1]; got {self.camera_dropout}")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise ValueError(f"grad_clip must be positive or None; got {self.grad_clip}")
+        if self.discriminator_samples < 1:
+            raise ValueError(f"discriminator_samples must be at least 1; got {self.discriminator_samples}")
+
+    @property
+    def uses_discriminator(self) -> bool:
+        return self.method != "sds"
+
+    @property
+    def effective_gamma(self) -> float:
+        return self.gamma if self.method == "asd" else 0.0
+
+
+def perpendicular_component(x: Tensor, y: Tensor) -> Tensor:
+    """The part of each x orthogonal to the matching y (per sample)."""
+    dims = tuple(range(1, x.ndim))
+    coeff = (x * y).sum(dims, keepdim=True) / (y * y).sum(dims, keepdim=True).clamp_min(1e-12)
+    return x - coeff * y
+
+
+def classifier_free_guidance(uncond: Tensor, cond: Tensor, scale: float, negatives: Tensor | None = None,
+                             negative_weights: Float[Tensor, "B K"] | None = None) -> Tensor:
+    """ε̃ = uncond + s·(cond − uncond), with Perp-Neg's negative views when given.
+
+    The one place CFG is computed. Perp-Neg adds Σ_k w_k·⊥(neg_k − uncond | cond − uncond) inside the
+    bracket (weights are negative, so it pushes away from the other views).
+    """
+    direction = cond - uncond
+    if negatives is not None and negative_weights is not None:
+        k = negative_weights.shape[1]
+        neg = negatives.reshape(cond.shape[0], k, *cond.shape[1:])
+        for i in range(k):
+            w = expand_like(negative_weights[:, i].to(cond.dtype), cond)
+            direction = direction + w * perpendicular_component(neg[:, i] - uncond, cond - uncond)
+    return uncond + scale * direction
+
+
+@dataclasses.dataclass
+class GuidanceOutput:
+    loss: Tensor  # backpropagate this into the generator
+    grad: Tensor  # the gradient it carries, w(t)·(ε̃ − ref), for logging and tests
+    t: Int[Tensor, " B"]
+    noise: Tensor
+    x_t: Tensor
+    eps_teacher: Tensor  # guided ε̃
+    eps_reference: Tensor
+
+    def metrics(self) -> dict[str, float]:
+        return {"loss_guidance": float(self.loss.detach()), "grad_norm": float(self.grad.norm()),
+                "t_mean": float(self.t.float().mean())}
+
+
+class ScoreDistillation:
+    """The distillation objective for one teacher (and, for VSD/ASD, its discriminator ε_φ)."""
+
+    def __init__(self, teacher: Teacher, config: GuidanceConfig | None = None, discriminator: Any | None = None,
+                 **discriminator_options: Any) -> None:
+        self.teacher = teacher
+        self.config = config or GuidanceConfig()
+        if self.config.uses_discriminator and discriminator is None:
+            discriminator = teacher.discriminator(**discriminator_options)
+        self.discriminator = discriminator if self.config.uses_discriminator else None
+
+    # -- timesteps and weights ---------------------------------------------------------------
+
+    def step_range(self, step: int) -> tuple[int, int]:
+        """[min, max] generator timestep at optimisation step `step` (max anneals, as officially)."""
+        c, total = self.config, self.teacher.num_train_timesteps
+        annealed = c.anneal_start_step is not None and step >= c.anneal_start_step
+        high = c.max_step_percent_annealed if annealed else c.max_step_percent
+        return int(total * c.min_step_percent), int(total * high)
+
+    def sample_timesteps(self, batch: int, low: int, high_inclusive: int, device: torch.device,
+                         generator: torch.Generator | None = None) -> Tensor:
+        return torch.randint(low, high_inclusive + 1, (batch,), device=device, generator=generator)
+
+    def weight(self, t: Int[Tensor, " B"], like: Tensor) -> Tensor:
+        a = self.teacher.alpha_bar(t, like)
+        if self.config.weighting == "sds":
+            w = 1 - a
+        elif self.config.weighting == "asd":
+            w = ((1 - a) / a).sqrt()
+        else:
+            w = torch.ones_like(a)
+        return expand_like(w, like)
+
+    # -- the teacher's guided prediction ------------------------------------------------------
+
+    @torch.no_grad()
+    def teacher_eps(self, x_t: Tensor, t: Tensor, c: Conditioning) -> tuple[Tensor, Tensor]:
+        """(ε̃ guided, ε_cond) in one batched teacher call over cond, uncond and Perp-Neg negatives."""
+        b = x_t.shape[0]
+        parts = [c.cond, c.uncond]
+        k = 0
+        if c.negatives is not None and c.negative_weights is not None:
+            k = c.negative_weights.shape[1]
+            parts.append(c.negatives)
+        x_in = torch.cat([x_t, x_t] + ([x_t.repeat_interleave(k, dim=0)] if k else []))
+        t_in = torch.cat([t, t] + ([t.repeat_interleave(k)] if k else []))
+        eps = self.teacher.predict_eps(x_in, t_in, torch.cat(parts))
+        eps_cond, eps_uncond, eps_neg = eps[:b], eps[b:2 * b], eps[2 * b:]
+        guided = classifier_free_guidance(eps_uncond, eps_cond, self.config.cfg,
+                                          eps_neg if k else None, c.negative_weights if k else None)
+        return guided, eps_cond
+
+    def discriminator_eps(self, x_t: Tensor, t: Tensor, c: Conditioning, camera: Tensor | None) -> Tensor:
+        """ε_φ(x_t; y, camera), with guidance over the camera when discriminator_cfg != 1."""
+        s = self.config.discriminator_cfg
+        eps_cam = self.discriminator.predict_eps(x_t, t, c.base, camera)
+        if s == 1.0 or camera is None:
+            return eps_cam
+        eps_none = self.discriminator.predict_eps(x_t, t, c.base, torch.zeros_like(camera))
+        return classifier_free_guidance(eps_none, eps_cam, s)
+
+    # -- the two losses ------------------------------------------------------------------------
+
+    def generator_loss(self, z: Tensor, c: Conditioning, camera: Tensor | None = None, step: int = 0,
+                       generator: torch.Generator | None = None) -> GuidanceOutput:
+        """Loss whose gradient w.r.t. the render z is w(t)·(ε̃_teacher − ref)."""
+        low, high = self.step_range(step)
+        t = self.sample_timesteps(z.shape[0], low, high, z.device, generator)
+        with torch.no_grad():
+            noise = torch.randn(z.shape, device=z.device, dtype=z.dtype, generator=generator)
+            x_t = self.teacher.add_noise(z.detach(), noise, t)
+            eps_teacher, _ = self.teacher_eps(x_t, t, c)
+            reference = noise if self.discriminator is None else self.discriminator_eps(x_t, t, c, camera)
+            grad = torch.nan_to_num(self.weight(t, z) * (eps_teacher - reference))
+            if self.config.grad_clip is not None:
+                grad = grad.clamp(-self.config.grad_clip, self.config.grad_clip)
+        target = (z - grad).detach()
+        loss = 0.5 * F.mse_loss(z, target, reduction="sum") / z.shape[0]
+        return GuidanceOutput(loss=loss, grad=grad, t=t, noise=noise, x_t=x_t, eps_teacher=eps_teacher,
+                              eps_reference=reference)
+
+    def discriminator_loss(self, z: Tensor, c: Conditioning, camera: Tensor | None = None,
+                           generator: torch.Generator | None = None) -> Tensor:
+        """‖ε_φ − ε‖² + γ·‖ε_φ − sg(ε_teacher(x_t; y))‖² on detached renders, fresh t and ε."""
+        if self.discriminator is None:
+            raise RuntimeError("SDS has no discriminator to train")
+        cfg, total, n = self.config, self.teacher.num_train_timesteps, self.config.discriminator_samples
+        z = z.detach().repeat_interleave(n, dim=0) if n > 1 else z.detach()
+        c = _repeat_conditioning(c, n)
+        camera = None if camera is None else (camera.repeat_interleave(n, dim=0) if n > 1 else camera)
+        low = int(total * cfg.discriminator_min_step_percent)
+        high = max(low + 1, int(total * cfg.discriminator_max_step_percent))
+        t = torch.randint(low, high, (z.shape[0],), device=z.device, generator=generator)
+        noise = torch.randn(z.shape, device=z.device, dtype=z.dtype, generator=generator)
+        x_t = self.teacher.add_noise(z, noise, t)
+        if camera is not None and cfg.camera_dropout > 0:
+            drop = torch.rand((), generator=generator, device="cpu" if generator is None else generator.device)
+            if float(drop) < cfg.camera_dropout:
+                camera = torch.zeros_like(camera)
+        eps_phi = self.discriminator.predict_eps(x_t, t, c.base, camera).float()
+        loss = F.mse_loss(eps_phi, noise.float())
+        if cfg.effective_gamma != 0.0:
+            with torch.no_grad():
+                eps_teacher = self.teacher.predict_eps(x_t, t, c.cond)
+            loss = loss + cfg.effective_gamma * F.mse_loss(eps_phi, eps_teacher.float())
+        return loss
+
+
+def _repeat_conditioning(c: Conditioning, n: int) -> Conditioning:
+    if n == 1:
+        return c
+    rep = lambda x: None if x is None else x.repeat_interleave(n, dim=0)  # noqa: E731
+    return Conditioning(cond=rep(c.cond), uncond=rep(c.uncond), base=rep(c.base),
+                        negatives=None if c.negatives is None else rep(c.negatives.reshape(
+                            c.batch_size, -1, *c.negatives.shape[1:])).flatten(0, 1),
+                        negative_weights=rep(c.negative_weights))

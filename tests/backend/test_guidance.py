@@ -1,0 +1,213 @@
+"""The distillation core against hand computation, on exact and on real diffusers teachers."""
+
+import pytest
+import torch
+
+from asd_backend.guidance.discriminator import LoraCameraDiscriminator, ResidualDiscriminator
+from asd_backend.guidance.prompts import BACK, FRONT, OVERHEAD, SIDE, PromptBank, ViewPromptConfig
+from asd_backend.guidance.score_distillation import (
+    GuidanceConfig,
+    ScoreDistillation,
+    classifier_free_guidance,
+    perpendicular_component,
+)
+from asd_backend.teachers.analytic import GaussianMixtureTeacher
+
+NO_VIEWS = ViewPromptConfig(view_dependent=False, perp_neg=False)
+
+
+@pytest.fixture
+def gmm():
+    return GaussianMixtureTeacher.random(prompts=2, modes=3, dim=5, sigma=0.2, seed=0)
+
+
+def conditioning(teacher, n, prompt="0"):
+    return PromptBank(teacher, prompt, "", NO_VIEWS).conditioning(batch_size=n)
+
+
+@pytest.mark.parametrize("weighting", ["sds", "asd", "uniform"])
+def test_sds_gradient_equals_hand_computation(gmm, weighting):
+    guidance = ScoreDistillation(gmm, GuidanceConfig(method="sds", cfg=7.5, weighting=weighting))
+    z = torch.randn(8, 5, requires_grad=True)
+    c = conditioning(gmm, 8)
+    out = guidance.generator_loss(z, c, generator=torch.Generator().manual_seed(3))
+    out.loss.backward()
+    # By hand: x_t from the same t and noise, the teacher twice, CFG, weight.
+    a = gmm.alphas_cumprod[out.t].reshape(-1, 1)
+    x_t = a.sqrt() * z.detach() + (1 - a).sqrt() * out.noise
+    eps_c = gmm.predict_eps(x_t, out.t, torch.zeros(8, dtype=torch.long))
+    eps_u = gmm.predict_eps(x_t, out.t, torch.full((8,), -1))
+    guided = eps_u + 7.5 * (eps_c - eps_u)
+    w = {"sds": 1 - a, "asd": ((1 - a) / a).sqrt(), "uniform": torch.ones_like(a)}[weighting]
+    expected = w * (guided - out.noise)
+    torch.testing.assert_close(out.grad, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(z.grad, expected / 8, atol=1e-5, rtol=1e-5)  # loss is summed, then / batch
+    lo, hi = guidance.step_range(0)
+    assert (lo, hi) == (20, 980) and ((out.t >= lo) & (out.t <= hi)).all()
+
+
+def test_vsd_and_asd_at_initialisation_use_the_teacher_as_reference(gmm):
+    """ε_φ starts as an exact copy of the teacher, so at CFG 1 the first VSD/ASD gradient is zero."""
+    for method in ("vsd", "asd"):
+        guidance = ScoreDistillation(gmm, GuidanceConfig(method=method, cfg=1.0), n_prompts=2, use_camera=False)
+        z = torch.randn(6, 5, requires_grad=True)
+        out = guidance.generator_loss(z, conditioning(gmm, 6))
+        assert torch.allclose(out.eps_reference, out.eps_teacher, atol=1e-6)
+        assert out.grad.abs().max() < 1e-6
+
+
+def test_discriminator_objective_by_hand(gmm):
+    """‖ε_φ − ε‖² + γ‖ε_φ − ε_teacher‖², and VSD is the same with γ = 0."""
+    for method, gamma in (("asd", -0.75), ("vsd", 0.0)):
+        disc = ResidualDiscriminator(gmm, n_prompts=2, use_camera=False)
+        torch.nn.init.normal_(disc.head.weight, std=0.1)  # a trained-looking ε_φ
+        guidance = ScoreDistillation(gmm, GuidanceConfig(method=method, gamma=-0.75), discriminator=disc)
+        z = torch.randn(4, 5)
+        c = conditioning(gmm, 4)
+        loss = guidance.discriminator_loss(z, c, generator=torch.Generator().manual_seed(9))
+        g = torch.Generator().manual_seed(9)
+        t = torch.randint(0, 1000, (4,), generator=g)
+        noise = torch.randn(z.shape, generator=g)
+        x_t = gmm.add_noise(z, noise, t)
+        eps_phi = disc.predict_eps(x_t, t, c.base, None)
+        eps_teacher = gmm.predict_eps(x_t, t, c.cond)
+        expected = ((eps_phi - noise) ** 2).mean() + gamma * ((eps_phi - eps_teacher) ** 2).mean()
+        torch.testing.assert_close(loss, expected)
+
+
+def test_discriminator_loss_falls_while_training(gmm):
+    guidance = ScoreDistillation(gmm, GuidanceConfig(method="asd"), n_prompts=2, use_camera=False)
+    opt = torch.optim.AdamW(guidance.discriminator.trainable_parameters(), lr=1e-3)
+    z = gmm.sample(1, 64, torch.Generator().manual_seed(0)) * 0 + torch.randn(64, 5)  # not the teacher's data
+    c = conditioning(gmm, 64)
+    g = torch.Generator().manual_seed(1)
+    losses = []
+    for _ in range(300):
+        loss = guidance.discriminator_loss(z, c, generator=g)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    first, last = sum(losses[:30]) / 30, sum(losses[-30:]) / 30
+    assert last < 0.8 * first
+
+
+def test_cfg_formula_and_perp_neg():
+    g = torch.Generator().manual_seed(0)
+    uncond, cond = torch.randn(3, 4, 2, 2, generator=g), torch.randn(3, 4, 2, 2, generator=g)
+    torch.testing.assert_close(classifier_free_guidance(uncond, cond, 7.5), uncond + 7.5 * (cond - uncond))
+    neg = torch.randn(6, 4, 2, 2, generator=g)
+    weights = torch.tensor([[-1.0, 0.0], [0.0, -2.0], [-0.5, -0.5]])
+    out = classifier_free_guidance(uncond, cond, 2.0, neg, weights)
+    expected = cond - uncond
+    for i in range(3):
+        for k in range(2):
+            n = neg[2 * i + k] - uncond[i]
+            p = cond[i] - uncond[i]
+            perp = n - (n * p).sum() / (p * p).sum() * p
+            expected[i] = expected[i] + weights[i, k] * perp
+    torch.testing.assert_close(out, uncond + 2.0 * expected)
+    x, y = torch.randn(5, 7), torch.randn(5, 7)
+    assert (perpendicular_component(x, y) * y).sum(1).abs().max() < 1e-5
+
+
+def test_config_validation_names_the_value():
+    with pytest.raises(ValueError, match="gamma must be in"):
+        GuidanceConfig(method="asd", gamma=0.5)
+    with pytest.raises(ValueError, match="method must be one of"):
+        GuidanceConfig(method="dds")
+    with pytest.raises(ValueError, match="weighting"):
+        GuidanceConfig(weighting="fantasia")
+    GuidanceConfig(method="vsd", gamma=0.5)  # VSD ignores gamma
+
+
+def test_annealed_timestep_range(gmm):
+    guidance = ScoreDistillation(gmm, GuidanceConfig(method="sds", anneal_start_step=100))
+    assert guidance.step_range(99) == (20, 980)
+    assert guidance.step_range(100) == (20, 500)
+
+
+def test_view_directions_follow_official_thresholds(tiny_teacher):
+    bank = PromptBank(tiny_teacher, "a teapot", config=ViewPromptConfig())
+    elevation = torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0, 70.0, 10.0])
+    azimuth = torch.tensor([0.0, 29.0, 31.0, 180.0, -155.0, 0.0, 90.0])
+    assert bank.direction(elevation, azimuth).tolist() == [FRONT, FRONT, SIDE, BACK, BACK, OVERHEAD, SIDE]
+    c = bank.conditioning(elevation, azimuth)
+    assert c.cond.shape == (7, 77, 32) and c.negatives.shape == (14, 77, 32)
+    assert c.negative_weights.shape == (7, 2)
+    # Straight at the front, the positive is the front prompt and the side view is pushed away from.
+    front = tiny_teacher.embed_prompts(["a teapot, front view"])[0]
+    torch.testing.assert_close(c.cond[0], front)
+    assert c.negative_weights[0, 0] == 0 and c.negative_weights[0, 1] < 0
+    assert c.negative_weights[5].abs().sum() == 0  # overhead: no Perp-Neg
+    plain = PromptBank(tiny_teacher, "a teapot", config=ViewPromptConfig(perp_neg=False)).conditioning(
+        elevation, azimuth)
+    assert plain.negatives is None
+    torch.testing.assert_close(plain.cond[3], tiny_teacher.embed_prompts(["a teapot, back view"])[0])
+
+
+def test_lora_discriminator_starts_as_teacher_and_disabled_lora_is_exact(tiny_teacher):
+    t = tiny_teacher
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 32, 32, generator=g)
+    steps = torch.tensor([50, 600])
+    cond = t.embed_prompts(["a teapot", "a teapot"])
+    before = t.predict_eps(x, steps, cond)
+    disc = LoraCameraDiscriminator(t, rank=4)
+    camera = torch.eye(4).expand(2, 4, 4)
+    # Zero-initialised LoRA B and camera head: ε_φ equals the teacher at first.
+    torch.testing.assert_close(disc.predict_eps(x, steps, cond, camera), before, atol=1e-5, rtol=1e-5)
+    assert all(p.dtype == torch.float32 and p.requires_grad for p in disc.trainable_parameters())
+    assert not any(p.requires_grad for n, p in t.unet.named_parameters() if "lora_" not in n)
+    guidance = ScoreDistillation(t, GuidanceConfig(method="asd"), discriminator=disc)
+    opt = torch.optim.AdamW(disc.trainable_parameters(), lr=1e-2)
+    z = torch.randn(2, 4, 32, 32, generator=g)
+    c = PromptBank(t, "a teapot", config=NO_VIEWS).conditioning(batch_size=2)
+    for _ in range(3):
+        loss = guidance.discriminator_loss(z, c, camera, generator=g)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after_training = disc.predict_eps(x, steps, cond, camera)
+    assert (after_training - before).abs().max() > 1e-4  # ε_φ has moved
+    assert torch.equal(t.predict_eps(x, steps, cond), before)  # the teacher has not, bit for bit
+
+
+def test_lora_discriminator_state_round_trip(tiny_teacher, asd_home):
+    from asd_backend.teachers import load_teacher
+
+    disc = LoraCameraDiscriminator(tiny_teacher, rank=2)
+    with torch.no_grad():
+        for p in disc.trainable_parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    state = disc.trainable_state()
+    assert any(k.startswith("unet.") for k in state) and any(k.startswith("camera_embedding.") for k in state)
+    other = LoraCameraDiscriminator(load_teacher("tiny", "cpu"), rank=2)
+    other.load_trainable_state(state)
+    x, steps = torch.randn(1, 4, 32, 32), torch.tensor([300])
+    cond = tiny_teacher.embed_prompts(["x"])
+    cam = torch.eye(4)[None]
+    torch.testing.assert_close(disc.predict_eps(x, steps, cond, cam), other.predict_eps(x, steps, cond, cam))
+
+
+def test_second_discriminator_on_one_unet_is_refused(tiny_teacher):
+    LoraCameraDiscriminator(tiny_teacher)
+    with pytest.raises(ValueError, match="already carries a LoRA adapter"):
+        LoraCameraDiscriminator(tiny_teacher)
+
+
+def test_asd_step_on_tiny_teacher_with_cameras_and_perp_neg(tiny_teacher):
+    """One full generator + discriminator step through the real UNet, view prompts and Perp-Neg on."""
+    guidance = ScoreDistillation(tiny_teacher, GuidanceConfig(method="asd"))
+    bank = PromptBank(tiny_teacher, "a teapot", "blurry")
+    elevation, azimuth = torch.tensor([10.0, 20.0]), torch.tensor([0.0, 135.0])
+    c = bank.conditioning(elevation, azimuth)
+    camera = torch.eye(4).expand(2, 4, 4).clone()
+    z = torch.randn(2, 4, 32, 32, requires_grad=True)
+    out = guidance.generator_loss(z, c, camera)
+    out.loss.backward()
+    assert z.grad is not None and torch.isfinite(z.grad).all() and z.grad.abs().sum() > 0
+    loss_d = guidance.discriminator_loss(z, c, camera)
+    loss_d.backward()
+    assert torch.isfinite(loss_d)
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in guidance.discriminator.trainable_parameters())
