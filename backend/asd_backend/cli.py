@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -90,6 +91,96 @@ def _add_image(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_image)
 
 
+# -- generate ---------------------------------------------------------------------------------
+
+
+def _add_generation_options(p: argparse.ArgumentParser) -> None:
+    """Options shared by `asd generate` (local) and `asd submit` (remote)."""
+    p.add_argument("--negative-prompt", default="")
+    p.add_argument("--preset", default="preview", help="smoke | preview | standard | paper")
+    p.add_argument("--method", choices=["asd", "vsd", "sds"], default="asd")
+    p.add_argument("--cfg", type=float, default=7.5, help="classifier-free guidance scale")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=None, help="override the preset's number of steps")
+    p.add_argument("--mesh-every", type=int, default=None, help="preview mesh every N steps (0: final only)")
+    p.add_argument("--mc-resolution", type=int, default=None, help="marching-cubes resolution of the final mesh")
+
+
+def _generate(args: argparse.Namespace) -> int:
+    import time
+    from pathlib import Path
+
+    from . import artifacts
+    from .mesh.export import FORMATS, write_mesh
+    from .teachers import load_teacher
+    from .train.text_to_3d import GenerateConfig, generate
+
+    out = Path(args.output)
+    if out.suffix.lower() not in FORMATS:
+        raise ValueError(f"-o {out}: write the mesh as one of {', '.join(FORMATS)}")
+    config = GenerateConfig(prompt=args.prompt, negative_prompt=args.negative_prompt, method=args.method,
+                            cfg=args.cfg, seed=args.seed, preset=args.preset, steps=args.steps,
+                            mesh_every=args.mesh_every, mc_resolution=args.mc_resolution)
+    workdir = out.with_name(out.stem + "_run")
+    started = time.time()
+    teacher = load_teacher(args.teacher, args.device)
+    notice = artifacts.teacher_notice(teacher)
+    if notice:
+        print(f"note: {notice}", file=sys.stderr)
+    preset = config.resolved_preset()
+    bar = _progress(preset.steps, "generating")
+
+    def on_progress(step: int, total: int, metrics: dict[str, float]) -> None:
+        bar.n = step
+        bar.set_postfix(loss=f"{metrics['loss']:.3g}", res=int(metrics["resolution"]), refresh=False)
+        bar.refresh()
+
+    def on_snapshot(snapshot) -> None:
+        if args.save_snapshots and not snapshot.final and len(snapshot.mesh.faces):
+            write_mesh(snapshot.mesh, workdir / f"snapshot_{snapshot.index:03d}_step{snapshot.step:06d}.glb")
+        artifacts.write_png(workdir / f"preview_{snapshot.index:03d}.png", snapshot.preview)
+
+    result = generate(teacher, config, workdir=workdir, resume=args.resume, on_progress=on_progress,
+                      on_snapshot=on_snapshot)
+    bar.close()
+    if result.mesh is None or not len(result.mesh.faces):
+        raise ValueError("the optimisation produced no surface (an empty density field); try more steps or "
+                         "another seed")
+    write_mesh(result.mesh, out)
+    meta = {"prompt": args.prompt, "teacher": teacher.name, "teacher_trained": str(teacher.trained)}
+    if notice:
+        meta["notice"] = notice
+    frames = out.with_name(out.stem + "_frames")
+    azimuths = [i * 360.0 / args.turntable - 180.0 for i in range(args.turntable)]
+    for i, image in enumerate(result.model.turntable(args.turntable_size, azimuths) if args.turntable else []):
+        artifacts.write_png(frames / f"turntable_{i:02d}.png", image, meta)
+    artifacts.write_json(out.with_suffix(".json"), {
+        "kind": "generate", "prompt": args.prompt, "output": str(out),
+        "settings": dataclasses.asdict(config) | {"teacher": args.teacher, "device": str(teacher.device)},
+        "preset": dataclasses.asdict(preset),
+        "teacher": {"name": teacher.name, "trained": teacher.trained, "description": teacher.description},
+        "notice": notice, "steps_done": result.steps_done, "optimisation_seconds": round(result.seconds, 2),
+        "seconds": round(time.time() - started, 2), "vertices": len(result.mesh.vertices),
+        "faces": len(result.mesh.faces), "versions": artifacts.versions()})
+    print(f"wrote {out} ({len(result.mesh.faces)} triangles), {out.with_suffix('.json').name}"
+          + (f" and {args.turntable} turntable frames in {frames}/" if args.turntable else ""))
+    return 0
+
+
+def _add_generate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("generate", help="text to a coloured 3D mesh, on this machine")
+    p.add_argument("prompt")
+    p.add_argument("-o", "--output", default="model.glb", help="mesh file: .glb, .obj or .ply")
+    _add_generation_options(p)
+    p.add_argument("--teacher", default="sd", help="sd[:ID_OR_PATH] | tiny | random-sd21 (default: SD 2.1-base)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in OUTPUT_run/")
+    p.add_argument("--save-snapshots", action="store_true", help="also write every preview mesh to OUTPUT_run/")
+    p.add_argument("--turntable", type=int, default=8, help="turntable frames to render at the end (0: none)")
+    p.add_argument("--turntable-size", type=int, default=256)
+    p.set_defaults(handler=_generate)
+
+
 # -- bench ------------------------------------------------------------------------------------
 
 
@@ -155,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "Distillation. Backend server, generation and benchmarks.")
     parser.add_argument("--version", action="version", version=f"asd-studio {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_generate(sub)
     _add_image(sub)
     _add_bench(sub)
     return parser

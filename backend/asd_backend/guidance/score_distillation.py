@@ -18,6 +18,7 @@ gradient with respect to z. The discriminator is trained on detached renders, wi
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -171,7 +172,7 @@ class ScoreDistillation:
     # -- the teacher's guided prediction ------------------------------------------------------
 
     @torch.no_grad()
-    def teacher_eps(self, x_t: Tensor, t: Tensor, c: Conditioning) -> tuple[Tensor, Tensor]:
+    def teacher_eps(self, x_t: Tensor, t: Tensor, c: Conditioning, camera: Any = None) -> tuple[Tensor, Tensor]:
         """(ε̃ guided, ε_cond) in one batched teacher call over cond, uncond and Perp-Neg negatives."""
         b = x_t.shape[0]
         parts = [c.cond, c.uncond]
@@ -179,26 +180,29 @@ class ScoreDistillation:
         if c.negatives is not None and c.negative_weights is not None:
             k = c.negative_weights.shape[1]
             parts.append(c.negatives)
-        x_in = torch.cat([x_t, x_t] + ([x_t.repeat_interleave(k, dim=0)] if k else []))
-        t_in = torch.cat([t, t] + ([t.repeat_interleave(k)] if k else []))
-        eps = self.teacher.predict_eps(x_in, t_in, torch.cat(parts))
+
+        def rows(x: Tensor) -> Tensor:  # [x; x; each x repeated k times], matching `parts`
+            return torch.cat([x, x] + ([x.repeat_interleave(k, dim=0)] if k else []))
+
+        eps = self.teacher.predict_eps(rows(x_t), rows(t), torch.cat(parts), map_camera(camera, rows))
         eps_cond, eps_uncond, eps_neg = eps[:b], eps[b:2 * b], eps[2 * b:]
         guided = classifier_free_guidance(eps_uncond, eps_cond, self.config.cfg,
                                           eps_neg if k else None, c.negative_weights if k else None)
         return guided, eps_cond
 
-    def discriminator_eps(self, x_t: Tensor, t: Tensor, c: Conditioning, camera: Tensor | None) -> Tensor:
+    def discriminator_eps(self, x_t: Tensor, t: Tensor, c: Conditioning, camera: Any) -> Tensor:
         """ε_φ(x_t; y, camera), with guidance over the camera when discriminator_cfg != 1."""
         s = self.config.discriminator_cfg
-        eps_cam = self.discriminator.predict_eps(x_t, t, c.base, camera)
-        if s == 1.0 or camera is None:
+        c2w = camera_matrix(camera)
+        eps_cam = self.discriminator.predict_eps(x_t, t, c.base, c2w)
+        if s == 1.0 or c2w is None:
             return eps_cam
-        eps_none = self.discriminator.predict_eps(x_t, t, c.base, torch.zeros_like(camera))
+        eps_none = self.discriminator.predict_eps(x_t, t, c.base, torch.zeros_like(c2w))
         return classifier_free_guidance(eps_none, eps_cam, s)
 
     # -- the two losses ------------------------------------------------------------------------
 
-    def generator_loss(self, z: Tensor, c: Conditioning, camera: Tensor | None = None, step: int = 0,
+    def generator_loss(self, z: Tensor, c: Conditioning, camera: Any = None, step: int = 0,
                        generator: torch.Generator | None = None) -> GuidanceOutput:
         """Loss whose gradient w.r.t. the render z is w(t)·(ε̃_teacher − ref)."""
         low, high = self.step_range(step)
@@ -206,7 +210,7 @@ class ScoreDistillation:
         with torch.no_grad():
             noise = torch.randn(z.shape, device=z.device, dtype=z.dtype, generator=generator)
             x_t = self.teacher.add_noise(z.detach(), noise, t)
-            eps_teacher, _ = self.teacher_eps(x_t, t, c)
+            eps_teacher, _ = self.teacher_eps(x_t, t, c, camera)
             reference = noise if self.discriminator is None else self.discriminator_eps(x_t, t, c, camera)
             grad = torch.nan_to_num(self.weight(t, z) * (eps_teacher - reference))
             if self.config.grad_clip is not None:
@@ -216,7 +220,7 @@ class ScoreDistillation:
         return GuidanceOutput(loss=loss, grad=grad, t=t, noise=noise, x_t=x_t, eps_teacher=eps_teacher,
                               eps_reference=reference)
 
-    def discriminator_loss(self, z: Tensor, c: Conditioning, camera: Tensor | None = None,
+    def discriminator_loss(self, z: Tensor, c: Conditioning, camera: Any = None,
                            generator: torch.Generator | None = None) -> Tensor:
         """‖ε_φ − ε‖² + γ·‖ε_φ − sg(ε_teacher(x_t; y))‖² on detached renders, fresh t and ε."""
         if self.discriminator is None:
@@ -224,23 +228,37 @@ class ScoreDistillation:
         cfg, total, n = self.config, self.teacher.num_train_timesteps, self.config.discriminator_samples
         z = z.detach().repeat_interleave(n, dim=0) if n > 1 else z.detach()
         c = _repeat_conditioning(c, n)
-        camera = None if camera is None else (camera.repeat_interleave(n, dim=0) if n > 1 else camera)
+        if n > 1:
+            camera = map_camera(camera, lambda x: x.repeat_interleave(n, dim=0))
         low = int(total * cfg.discriminator_min_step_percent)
         high = max(low + 1, int(total * cfg.discriminator_max_step_percent))
         t = torch.randint(low, high, (z.shape[0],), device=z.device, generator=generator)
         noise = torch.randn(z.shape, device=z.device, dtype=z.dtype, generator=generator)
         x_t = self.teacher.add_noise(z, noise, t)
-        if camera is not None and cfg.camera_dropout > 0:
+        c2w = camera_matrix(camera)
+        if c2w is not None and cfg.camera_dropout > 0:
             drop = torch.rand((), generator=generator, device="cpu" if generator is None else generator.device)
             if float(drop) < cfg.camera_dropout:
-                camera = torch.zeros_like(camera)
-        eps_phi = self.discriminator.predict_eps(x_t, t, c.base, camera).float()
+                c2w = torch.zeros_like(c2w)
+        eps_phi = self.discriminator.predict_eps(x_t, t, c.base, c2w).float()
         loss = F.mse_loss(eps_phi, noise.float())
         if cfg.effective_gamma != 0.0:
             with torch.no_grad():
-                eps_teacher = self.teacher.predict_eps(x_t, t, c.cond)
+                eps_teacher = self.teacher.predict_eps(x_t, t, c.cond, camera)
             loss = loss + cfg.effective_gamma * F.mse_loss(eps_phi, eps_teacher.float())
         return loss
+
+
+def map_camera(camera: Any, fn: Callable[[Tensor], Tensor]) -> Any:
+    """Apply a batch-axis operation to a camera: a [B, 4, 4] tensor or a dataclass of [B, ...] tensors."""
+    if camera is None or isinstance(camera, Tensor):
+        return None if camera is None else fn(camera)
+    return type(camera)(*(fn(getattr(camera, f.name)) for f in dataclasses.fields(camera)))
+
+
+def camera_matrix(camera: Any) -> Tensor | None:
+    """The camera-to-world matrices that condition ε_φ (a CameraBatch's c2w, or the tensor itself)."""
+    return getattr(camera, "c2w", camera)
 
 
 def _repeat_conditioning(c: Conditioning, n: int) -> Conditioning:

@@ -97,3 +97,77 @@ class GaussianMixtureTeacher(Teacher):
         from ..guidance.discriminator import ResidualDiscriminator
 
         return ResidualDiscriminator(self, **options)
+
+
+def positional_albedo(points: Tensor) -> Tensor:
+    """A smooth, view-independent colour pattern over space (sRGB in [0.1, 0.9]).
+
+    Constant albedo would leave only silhouettes, which cannot show concavities; a pattern that
+    varies with position makes the shape recoverable from photo-consistency across views.
+    """
+    phase = torch.tensor([0.0, 2.1, 4.2], device=points.device)
+    freq = torch.tensor([[3.0, 1.0, 2.0], [1.0, 3.0, 1.5], [2.0, 1.5, 3.0]], device=points.device)
+    return 0.5 + 0.4 * torch.sin(points.float() @ freq.T + phase)
+
+
+class RenderedShapeTeacher(Teacher):
+    """A view-conditioned Gaussian in pixel space around renders of a known mesh.
+
+    For a camera c, the conditional data distribution is N(render_target(c), σ²I) over images in
+    [-1, 1]; the unconditional one is the equal mixture of that and N(render_distractor(c), σ²I), so
+    CFG has something to push away from. ε̂ is exact for both (as for GaussianMixtureTeacher). The
+    target is seen with `positional_albedo` on a solid background; conditioning is 0 (the target)
+    or −1 (unconditional), the prompt strings "target" and "".
+    """
+
+    def __init__(self, target, distractor, *, resolution: int, sigma: float = 0.05,
+                 background: tuple[float, float, float] = (1.0, 1.0, 1.0), device: str | torch.device = "cpu") -> None:
+        self.target, self.distractor = target, distractor
+        self.device = torch.device(device)
+        self.alphas_cumprod = scaled_linear_alphas_cumprod().to(self.device)
+        self.prediction_type = EPSILON
+        self.name = "rendered-shape"
+        self.description = "exact Gaussian around ray-cast renders of a target mesh"
+        self.trained = True
+        self.sample_channels = 3
+        self.native_resolution = resolution
+        self.sigma = sigma
+        self.background = torch.tensor(background, device=self.device)
+
+    def embed_prompts(self, prompts: Sequence[str]) -> Tensor:
+        mapping = {"target": 0, "": UNCONDITIONAL}
+        for p in prompts:
+            if p not in mapping:
+                raise ValueError(f"prompt {p!r}: this teacher knows only 'target' and ''")
+        return torch.tensor([mapping[p] for p in prompts], dtype=torch.long, device=self.device)
+
+    def render(self, mesh, cameras, height: int, width: int) -> Float[Tensor, "B 3 H W"]:
+        """The mesh in [0, 1] sRGB, positional albedo, solid background, channels first."""
+        from ..mesh.raycast import raycast, torch_image
+
+        hits = raycast(mesh, cameras, height, width)
+        points = torch_image(hits.points, self.device)
+        color = positional_albedo(points.reshape(-1, 3)).reshape(*points.shape)
+        mask = torch.from_numpy(hits.hit).to(self.device)[..., None]
+        image = torch.where(mask, color, self.background)
+        return image.permute(0, 3, 1, 2)
+
+    def predict_raw(self, x_t: Float[Tensor, "B 3 H W"], t: Int[Tensor, " B"], cond: Int[Tensor, " B"],
+                    camera=None) -> Tensor:
+        if camera is None:
+            raise ValueError("RenderedShapeTeacher needs the camera of every sample")
+        h, w = x_t.shape[-2:]
+        target = self.render(self.target, camera, h, w) * 2 - 1
+        a = self.alpha_bar(t, x_t).reshape(-1, 1, 1, 1)
+        s2 = a * self.sigma**2 + (1 - a)
+        centres = [target]
+        if bool((cond == UNCONDITIONAL).any()):
+            centres.append(self.render(self.distractor, camera, h, w) * 2 - 1)
+        diffs = torch.stack([x_t - a.sqrt() * m for m in centres], dim=1)  # [B, K, 3, H, W]
+        logits = -(diffs**2).flatten(2).sum(-1) / (2 * s2.reshape(-1, 1))  # [B, K]
+        if len(centres) > 1:
+            # Conditional rows use the target only; unconditional rows the mixture.
+            only_target = torch.tensor([0.0, float("-inf")], device=x_t.device)
+            logits = torch.where((cond == UNCONDITIONAL)[:, None], logits, only_target.expand_as(logits))
+        resp = torch.softmax(logits, dim=1)
+        return (1 - a).sqrt() * (resp[:, :, None, None, None] * diffs).sum(1) / s2

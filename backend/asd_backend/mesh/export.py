@@ -1,0 +1,77 @@
+"""From the field's frame to Blender's, and to files (.glb, .obj, .ply).
+
+The NeRF looks at the object's front from +X (azimuth 0). Blender's Front view looks from −Y, so
+meshes leave the backend rotated −90° about Z: metres, Z up, front towards −Y (what the protocol
+sends). glTF and OBJ are Y-up formats whose Blender importers turn Y-up into Z-up; we write them
+Y-up so they import upright. glTF vertex colours are linear by specification; we convert from sRGB.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .extract import Mesh
+
+FORMATS = (".glb", ".obj", ".ply")
+
+
+def to_blender_frame(mesh: Mesh) -> Mesh:
+    """Rotate −90° about Z: +X (the NeRF's front) → −Y (Blender's front)."""
+    v = mesh.vertices
+    rotated = np.stack([v[:, 1], -v[:, 0], v[:, 2]], axis=1).astype(np.float32)
+    return Mesh(rotated, mesh.faces, mesh.colors)
+
+
+def srgb_to_linear(c: np.ndarray) -> np.ndarray:
+    c = c.astype(np.float64) / 255.0
+    return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+
+
+def z_up_to_y_up(vertices: np.ndarray) -> np.ndarray:
+    """(x, y, z) Z-up → (x, z, −y) Y-up: the inverse of what Blender's glTF/OBJ importers apply."""
+    return np.stack([vertices[:, 0], vertices[:, 2], -vertices[:, 1]], axis=1)
+
+
+def write_mesh(mesh: Mesh, path: str | Path) -> Path:
+    """Write a Blender-frame mesh (Z up) as .glb, .obj or .ply, chosen by the suffix."""
+    import trimesh
+
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in FORMATS:
+        raise ValueError(f"cannot write {path.name}: use one of {', '.join(FORMATS)}")
+    if len(mesh.faces) == 0:
+        raise ValueError(f"cannot write {path.name}: the mesh is empty (nothing above the density threshold)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    vertices = mesh.vertices if suffix == ".ply" else z_up_to_y_up(mesh.vertices)
+    colors = mesh.colors
+    if colors is not None and suffix == ".glb":
+        colors = np.round(srgb_to_linear(colors[:, :3]) * 255).astype(np.uint8)
+    tm = trimesh.Trimesh(vertices, mesh.faces.astype(np.int64), process=False)
+    if colors is not None:
+        alpha = np.full((len(colors), 1), 255, np.uint8)
+        tm.visual = trimesh.visual.ColorVisuals(tm, vertex_colors=np.concatenate([colors[:, :3], alpha], axis=1))
+    tmp = path.with_name(path.name + ".part" + suffix)
+    tm.export(tmp)
+    tmp.replace(path)  # never a half-written mesh under the final name
+    return path
+
+
+def read_mesh(path: str | Path) -> Mesh:
+    """Read a file written by write_mesh back into the Blender frame (colours back to sRGB)."""
+    import trimesh
+
+    path = Path(path)
+    tm = trimesh.load(path, force="mesh", process=False)
+    vertices = np.asarray(tm.vertices, np.float64)
+    if path.suffix.lower() != ".ply":
+        vertices = np.stack([vertices[:, 0], -vertices[:, 2], vertices[:, 1]], axis=1)
+    colors = None
+    if tm.visual is not None and getattr(tm.visual, "kind", None) == "vertex":
+        colors = np.asarray(tm.visual.vertex_colors)[:, :3].astype(np.uint8)
+        if path.suffix.lower() == ".glb":
+            c = colors / 255.0
+            colors = np.round(np.where(c <= 0.0031308, c * 12.92, 1.055 * c ** (1 / 2.4) - 0.055) * 255).astype(np.uint8)
+    return Mesh(vertices.astype(np.float32), np.asarray(tm.faces, np.uint32), colors)
