@@ -29,6 +29,12 @@ def srgb_to_linear(c: np.ndarray) -> np.ndarray:
     return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
 
 
+def linear_to_srgb(c: np.ndarray) -> np.ndarray:
+    """Linear [0, 1] to sRGB bytes."""
+    srgb = np.where(c <= 0.0031308, c * 12.92, 1.055 * np.power(c, 1 / 2.4) - 0.055)
+    return np.round(np.clip(srgb, 0, 1) * 255).astype(np.uint8)
+
+
 def z_up_to_y_up(vertices: np.ndarray) -> np.ndarray:
     """(x, y, z) Z-up → (x, z, −y) Y-up: the inverse of what Blender's glTF/OBJ importers apply."""
     return np.stack([vertices[:, 0], vertices[:, 2], -vertices[:, 1]], axis=1)
@@ -72,6 +78,5 @@ def read_mesh(path: str | Path) -> Mesh:
     if tm.visual is not None and getattr(tm.visual, "kind", None) == "vertex":
         colors = np.asarray(tm.visual.vertex_colors)[:, :3].astype(np.uint8)
         if path.suffix.lower() == ".glb":
-            c = colors / 255.0
-            colors = np.round(np.where(c <= 0.0031308, c * 12.92, 1.055 * c ** (1 / 2.4) - 0.055) * 255).astype(np.uint8)
+            colors = linear_to_srgb(colors / 255.0)
     return Mesh(vertices.astype(np.float32), np.asarray(tm.faces, np.uint32), colors)

@@ -49,7 +49,7 @@ class HashGrid(nn.Module):
         table = 2**config.log2_hashmap_size
         resolutions, sizes, dense = [], [], []
         for level in range(config.n_levels):
-            res = int(math.floor(config.base_resolution * config.per_level_scale**level))
+            res = math.floor(config.base_resolution * config.per_level_scale**level)
             n_vertices = (res + 1) ** 3
             resolutions.append(res)
             dense.append(n_vertices <= table)

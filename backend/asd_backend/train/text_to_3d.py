@@ -152,7 +152,8 @@ def _optimizer(model: Generator3D, preset: NerfPreset, guidance: ScoreDistillati
 
 
 def save_checkpoint(path: Path, step: int, model: Generator3D, optimizer: torch.optim.Optimizer,
-                    guidance: ScoreDistillation, generators: dict[str, torch.Generator], config: GenerateConfig) -> None:
+                    guidance: ScoreDistillation, generators: dict[str, torch.Generator],
+                    config: GenerateConfig) -> None:
     """Everything needed to continue bit-for-bit; written atomically (a crash leaves the previous one)."""
     state = {
         "step": step,
