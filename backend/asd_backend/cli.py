@@ -181,6 +181,151 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_generate)
 
 
+# -- serve / submit / keys ---------------------------------------------------------------------
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import logging
+    import signal
+
+    from .server.frontend import Server, ServerConfig
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    gpus = [int(g) for g in args.gpus.split(",") if g.strip()] if args.gpus else None
+    config = ServerConfig(bind=args.bind, results=args.results, teacher=args.teacher, device=args.device, gpus=gpus,
+                          curve_dir=args.curve_dir, insecure=args.insecure,
+                          max_queued_per_client=args.max_queued_per_client)
+    server = Server(config)
+
+    def graceful(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # serve_forever stops workers and marks running jobs resumable
+
+    signal.signal(signal.SIGTERM, graceful)
+    address = server.start()
+    print(f"asd serve: listening on {address}; results in {server.store.root}", file=sys.stderr, flush=True)
+    server.serve_forever()
+    return 0
+
+
+def _client(args: argparse.Namespace):
+    from pathlib import Path
+
+    from asd_protocol.client import AsdClient, load_keypair
+
+    from . import __version__
+    from .server.auth import DEFAULT_CURVE_DIR
+
+    server_key = args.server_key
+    public = secret = None
+    if server_key:
+        key_file = Path(args.client_key or DEFAULT_CURVE_DIR / "client.key_secret").expanduser()
+        if not key_file.is_file():
+            raise FileNotFoundError(f"no client key at {key_file}: run `asd keys client` and have the server "
+                                    "allow its public key (asd keys allow client.key)")
+        public, secret = load_keypair(key_file)
+    return AsdClient(args.server, client_name=f"asd-cli/{__version__}", server_public_key=server_key,
+                     client_public_key=public, client_secret_key=secret)
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .remote_job import follow, wait_for_welcome
+
+    out = Path(args.output)
+    kind = "image" if out.suffix.lower() == ".png" else "generate"
+    with _client(args) as client:
+        welcome = wait_for_welcome(client)
+        print(f"connected to {welcome.server} at {args.server}", file=sys.stderr)
+        bar = None
+
+        def on_progress(p) -> None:
+            nonlocal bar
+            if bar is None and p.total:
+                bar = _progress(p.total, p.phase)
+            if bar is not None:
+                bar.n = p.step
+                bar.set_description(p.phase)
+                bar.set_postfix(loss="-" if p.loss is None else f"{p.loss:.3g}", refresh=False)
+                bar.refresh()
+
+        submit = None if args.attach else {
+            "prompt": args.prompt, "kind": kind, "negative_prompt": args.negative_prompt, "method": args.method,
+            "preset": args.preset, "cfg": args.cfg, "seed": args.seed, "steps": args.steps,
+            "mesh_every": args.mesh_every, "mc_resolution": args.mc_resolution, "teacher": args.teacher}
+        result = follow(client, submit=submit, attach=args.attach, out_dir=out.parent if out.parent.name else Path("."),
+                        final_name=out.name, keep_snapshots=args.save_snapshots, on_progress=on_progress)
+        if bar is not None:
+            bar.close()
+    for line in result.messages:
+        print(f"server: {line}", file=sys.stderr)
+    if result.status != "completed":
+        print(f"job {result.job_id} {result.status}", file=sys.stderr)
+        return 1
+    print(f"job {result.job_id} completed: wrote {result.mesh_path or result.preview_path}")
+    return 0
+
+
+def _keys(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .server import auth
+
+    folder = Path(args.curve_dir).expanduser()
+    if args.keys == "init":
+        public = auth.init_keys(folder, force=args.force)
+        key = public.read_text().split('public-key = "')[1].split('"')[0]
+        print(f"server public key (give it to clients): {key}\n  file: {public}\n"
+              f"allow clients with: asd keys allow CLIENT.key --curve-dir {folder}")
+    elif args.keys == "allow":
+        print(f"allowed: {auth.allow_client(folder, args.key)}")
+    elif args.keys == "client":
+        public, secret = auth.create_client_keys(folder, args.name)
+        key = public.read_text().split('public-key = "')[1].split('"')[0]
+        print(f"client public key (allow it on the server): {key}\n  files: {public}, {secret}")
+    return 0
+
+
+def _add_server_commands(sub: argparse._SubParsersAction) -> None:
+    from .server.auth import DEFAULT_CURVE_DIR
+
+    p = sub.add_parser("serve", help="run the backend: a ZeroMQ job server for Blender and `asd submit`")
+    p.add_argument("--bind", default="tcp://127.0.0.1:5555", help="address to listen on (loopback by default)")
+    p.add_argument("--results", default="asd-results", help="folder for jobs, meshes and checkpoints")
+    p.add_argument("--teacher", default="sd", help="default teacher: sd[:ID_OR_PATH] | tiny | random-sd21")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (one worker)")
+    p.add_argument("--gpus", default=None, help="one worker per GPU, e.g. 0,1")
+    p.add_argument("--curve-dir", default=None, help="CURVE keys (asd keys init); required off loopback")
+    p.add_argument("--insecure", action="store_true", help="allow a non-loopback bind without CURVE (trusted LAN)")
+    p.add_argument("--max-queued-per-client", type=int, default=8)
+    p.set_defaults(handler=_serve)
+
+    p = sub.add_parser("submit", help="send a job to a server and stream its meshes to disk")
+    p.add_argument("prompt", nargs="?", default="")
+    p.add_argument("--server", default="tcp://127.0.0.1:5555")
+    p.add_argument("-o", "--output", default="model.glb", help=".glb/.obj/.ply for 3D; .png for a 2D image job")
+    p.add_argument("--attach", default=None, metavar="JOB", help="follow an existing job instead of submitting")
+    _add_generation_options(p)
+    p.add_argument("--teacher", default=None, help="one of the server's teachers (default: the server's)")
+    p.add_argument("--save-snapshots", action="store_true", help="keep every streamed mesh beside the output")
+    p.add_argument("--server-key", default=None, help="server public key (Z85 or file): turns CURVE on")
+    p.add_argument("--client-key", default=None, help=f"client secret key file (default {DEFAULT_CURVE_DIR}/"
+                   "client.key_secret)")
+    p.set_defaults(handler=_submit)
+
+    p = sub.add_parser("keys", help="CURVE keys for running the server off loopback")
+    actions = p.add_subparsers(dest="keys", required=True)
+    k = actions.add_parser("init", help="create the server keypair")
+    k.add_argument("--force", action="store_true", help="replace an existing keypair")
+    k = actions.add_parser("allow", help="allow a client's public key (file or Z85 text)")
+    k.add_argument("key")
+    k = actions.add_parser("client", help="create a client keypair on this machine")
+    k.add_argument("--name", default="client")
+    for k in actions.choices.values():
+        k.add_argument("--curve-dir", default=str(DEFAULT_CURVE_DIR))
+    p.set_defaults(handler=_keys)
+
+
 # -- bench ------------------------------------------------------------------------------------
 
 
@@ -247,6 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"asd-studio {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_generate(sub)
+    _add_server_commands(sub)
     _add_image(sub)
     _add_bench(sub)
     return parser

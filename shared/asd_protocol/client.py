@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,7 @@ class AsdClient:
         self.clock = clock
         self.state = CONNECTING
         self.welcome: Welcome | None = None
+        self._unread: deque[Message] = deque()
         self._ctx = context or zmq.Context.instance()
         self._socket = self._ctx.socket(zmq.DEALER)
         # A stable identity lets the server keep routing a job's stream to us across reconnects.
@@ -87,6 +89,11 @@ class AsdClient:
             self._socket.curve_serverkey = _key(server_public_key)
             self._socket.curve_publickey = _key(client_public_key)
             self._socket.curve_secretkey = _key(client_secret_key)
+        # Handshake failures (a refused CURVE key, a plaintext/CURVE mismatch) arrive only as socket events.
+        self.handshake_error: str | None = None
+        self._monitor = self._socket.get_monitor_socket(
+            zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+            | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_SUCCEEDED)
         self._socket.connect(address)
         now = self.clock()
         self._started = now
@@ -128,7 +135,8 @@ class AsdClient:
         """
         if self.state == CLOSED:
             return []
-        out: list[Message] = []
+        out: list[Message] = list(self._unread)
+        self._unread.clear()
         wait_ms = int(timeout * 1000)
         while len(out) < max_messages and self._socket.poll(wait_ms if not out else 0, zmq.POLLIN):
             frames = self._socket.recv_multipart(copy=False)
@@ -158,15 +166,35 @@ class AsdClient:
             remaining = deadline - self.clock()
             if remaining <= 0:
                 raise TimeoutError(f"no matching message from {self.address} within {timeout:g} s")
-            for msg in self.poll(timeout=min(remaining, 0.5)):
+            batch = self.poll(timeout=min(remaining, 0.5))
+            for i, msg in enumerate(batch):
                 if predicate(msg):
+                    self._unread.extend(batch[i + 1:])  # the next poll() or wait_for() gets these
                     return msg
                 if on_message is not None:
                     on_message(msg)
             if self.state == LOST:
                 raise ConnectionError(self.lost_reason())
 
+    def _read_monitor(self) -> None:
+        from zmq.utils.monitor import recv_monitor_message
+
+        while self._monitor.poll(0):
+            evt = recv_monitor_message(self._monitor)["event"]
+            if evt == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self.handshake_error = None
+            elif evt == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                self.handshake_error = "auth"
+            else:
+                self.handshake_error = "protocol"
+
     def lost_reason(self) -> str:
+        if self.handshake_error == "auth":
+            return (f"the backend at {self.address} refused this client's CURVE key: ask its admin to allow your "
+                    "public key (asd keys allow), and check the server public key you entered")
+        if self.handshake_error == "protocol":
+            return (f"the security handshake with {self.address} failed: one side uses CURVE keys and the other "
+                    "does not, or the server public key is wrong")
         if self.welcome is None:
             return (f"no answer from a backend at {self.address} after {self.dead_after:g} s: is `asd serve` "
                     "running there, is the address right, and (for a remote box) do the CURVE keys match?")
@@ -179,6 +207,7 @@ class AsdClient:
             self.state = CONNECTED
 
     def _tick(self) -> None:
+        self._read_monitor()
         now = self.clock()
         if now - self._last_seen > self.dead_after and self.state != LOST:
             self.state = LOST
@@ -192,6 +221,8 @@ class AsdClient:
 
     def close(self) -> None:
         if self.state != CLOSED:
+            self._socket.disable_monitor()
+            self._monitor.close(linger=0)
             self._socket.close(linger=0)
             self.state = CLOSED
 
@@ -200,6 +231,16 @@ class AsdClient:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def load_keypair(path: str | Path) -> tuple[str, str]:
+    """(public, secret) Z85 keys from a `zmq.auth` secret key file (`*.key_secret`)."""
+    from zmq.auth import load_certificate
+
+    public, secret = load_certificate(str(Path(path).expanduser()))
+    if secret is None:
+        raise ValueError(f"{path} holds no secret key; give the *.key_secret file of the client keypair")
+    return public.decode("ascii"), secret.decode("ascii")
 
 
 def _key(value: str | bytes) -> bytes:

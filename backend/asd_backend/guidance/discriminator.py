@@ -88,6 +88,13 @@ class LoraCameraDiscriminator(nn.Module):
     def host(self):
         return self._host[0]
 
+    def close(self) -> None:
+        """Remove the adapter from the host UNet, leaving the teacher as it was loaded (reusable)."""
+        unet = self.host.unet
+        if getattr(unet, "_hf_peft_config_loaded", False):
+            unet.delete_adapters("default")
+        self.host._lora_params = None
+
     def lora_parameters(self) -> list[tuple[str, nn.Parameter]]:
         return [(n, p) for n, p in self.host.unet.named_parameters() if "lora_" in n]
 
@@ -155,6 +162,9 @@ class ResidualDiscriminator(nn.Module):
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return list(self.parameters())
+
+    def close(self) -> None:
+        """Nothing to undo: the residual network lives outside the teacher."""
 
     def predict_eps(self, x_t: Tensor, t: Int[Tensor, " B"], cond: Tensor, camera: Tensor | None) -> Tensor:
         with torch.no_grad():

@@ -146,6 +146,11 @@ class ScoreDistillation:
             discriminator = teacher.discriminator(**discriminator_options)
         self.discriminator = discriminator if self.config.uses_discriminator else None
 
+    def close(self) -> None:
+        """Release the discriminator's hold on the teacher (its LoRA adapter), so the teacher can be reused."""
+        if self.discriminator is not None:
+            self.discriminator.close()
+
     # -- timesteps and weights ---------------------------------------------------------------
 
     def step_range(self, step: int) -> tuple[int, int]:

@@ -77,6 +77,15 @@ def distill_image(teacher: Teacher, config: ImageDistillConfig,
     bank = PromptBank(teacher, config.prompt, config.negative_prompt, ViewPromptConfig(view_dependent=False,
                                                                                        perp_neg=False))
     cond = bank.conditioning(batch_size=1)
+    try:
+        return _optimise(teacher, config, guidance, cond, side, generator, on_frame, on_step, should_stop)
+    finally:
+        guidance.close()
+
+
+def _optimise(teacher: Teacher, config: ImageDistillConfig, guidance: ScoreDistillation, cond, side: int,
+              generator: torch.Generator, on_frame, on_step, should_stop) -> ImageFrame:
+    device = teacher.device
     latent_side = side // teacher.vae_scale_factor
     shape = (1, teacher.sample_channels, latent_side, latent_side)
     latent = torch.nn.Parameter(torch.randn(shape, device=device, generator=generator))

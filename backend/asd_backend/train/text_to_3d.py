@@ -41,15 +41,16 @@ class GenerateConfig:
     method: str = "asd"
     cfg: float = 7.5
     seed: int = 0
-    preset: str = "preview"
+    preset: str | NerfPreset = "preview"
+    """A preset name (train/presets.py) or a NerfPreset of one's own (benchmarks)."""
     steps: int | None = None
     """Override the preset's number of steps."""
     mesh_every: int | None = None
     """Override how often a preview mesh is made (0: only the final mesh)."""
     mc_resolution: int | None = None
     """Override the final marching-cubes resolution."""
-    mc_threshold: float | str = 25.0
-    """Density of the surface ('auto': mean density), as threestudio's implicit volume."""
+    mc_threshold: float | str = "auto"
+    """Density of the surface, or 'auto' (half the typical interior density; see mesh/extract.py)."""
     gamma: float = -0.75
     lora_rank: int = 4
     view_prompts: ViewPromptConfig = dataclasses.field(default_factory=ViewPromptConfig)
@@ -67,11 +68,12 @@ class GenerateConfig:
             raise ValueError(f"mesh_every must be >= 0; got {self.mesh_every}")
         if self.background not in ("environment", "white"):
             raise ValueError(f"background must be 'environment' or 'white'; got {self.background!r}")
-        get_preset(self.preset)
+        if isinstance(self.preset, str):
+            get_preset(self.preset)
         GuidanceConfig(method=self.method, cfg=self.cfg, gamma=self.gamma)
 
     def resolved_preset(self) -> NerfPreset:
-        preset = get_preset(self.preset)
+        preset = get_preset(self.preset) if isinstance(self.preset, str) else dataclasses.replace(self.preset)
         if self.steps is not None:
             preset.steps = self.steps
         if self.mesh_every is not None:
@@ -208,6 +210,19 @@ def generate(teacher: Teacher, config: GenerateConfig, *, workdir: Path | None =
                        anneal_start_step=preset.anneal_start_step),
         **({"rank": config.lora_rank} if config.method != "sds" and hasattr(teacher, "unet") else {}),
     )
+    try:
+        return _optimise(teacher, config, preset, model, guidance, workdir, resume, on_progress, on_snapshot,
+                         should_stop)
+    finally:
+        guidance.close()
+
+
+def _optimise(teacher: Teacher, config: GenerateConfig, preset: NerfPreset, model: Generator3D,
+              guidance: ScoreDistillation, workdir: Path | None, resume: bool,
+              on_progress: Callable[[int, int, dict[str, float]], None] | None,
+              on_snapshot: Callable[[Snapshot], None] | None,
+              should_stop: Callable[[], bool] | None) -> GenerationResult:
+    device = teacher.device
     optimizer = _optimizer(model, preset, guidance)
     generators = {"cpu": torch.Generator().manual_seed(config.seed)}
     generators["device"] = (generators["cpu"] if device.type == "cpu"

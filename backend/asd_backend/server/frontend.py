@@ -1,0 +1,537 @@
+"""The front end of `asd serve`: a ROUTER socket for clients, a queue, and worker processes.
+
+It never touches a GPU and never blocks on one: workers run the jobs and report over a loopback
+socket; this loop validates every inbound message, keeps the job table and the results folder, and
+streams each job's events to every client following it. Delivery rules:
+
+- requests' answers, `done`, errors, final meshes and images: reliable, in order, per client;
+- preview meshes and preview images: latest wins (a slow client gets the newest, never a backlog);
+- progress: at least once a second per running job, dropped rather than queued for a slow client.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import multiprocessing
+import random
+import time
+import uuid
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from asd_protocol import (
+    PROTOCOL_VERSION,
+    Accepted,
+    Attach,
+    Cancel,
+    Done,
+    Error,
+    FrameLimits,
+    Heartbeat,
+    Hello,
+    Image,
+    Jobs,
+    ListJobs,
+    Log,
+    MeshSnapshot,
+    Message,
+    Progress,
+    ProtocolError,
+    Submit,
+    TeacherInfo,
+    Texture,
+    Welcome,
+    decode,
+    encode,
+)
+from asd_protocol import errors as codes
+from asd_protocol.messages import now_iso
+
+from .. import __version__
+from ..train.presets import PRESETS
+from . import auth
+from .jobs import FINISHED, Job, JobTable, new_job_id
+from .store import ResultStore
+from .worker import EVENT, READY, worker_main
+
+log = logging.getLogger("asd.server")
+
+KINDS = ("generate", "image")  # edit_texture joins when its worker code lands
+TEACHER_INFO = {
+    "tiny": "built-in tiny random SD-shaped pipeline: UNTRAINED, outputs are noise (tests and demos)",
+    "random-sd21": "SD 2.1-base architecture with random weights: UNTRAINED (speed and memory figures)",
+}
+PEER_TIMEOUT = 600.0  # forget a silent client once none of the jobs it follows is active
+PROGRESS_EVERY = 1.0
+
+
+def event(name: str, **fields: Any) -> None:
+    """One structured log line per event (JSON), always with the job id when there is one."""
+    log.info(json.dumps({"ts": round(time.time(), 3), "event": name, **fields}, default=str))
+
+
+@dataclasses.dataclass
+class ServerConfig:
+    bind: str = "tcp://127.0.0.1:5555"
+    results: Path = Path("asd-results")
+    teacher: str = "sd"
+    """Default teacher spec (see teachers/__init__.py); `tiny` is always offered as well."""
+    device: str = "auto"
+    gpus: list[int] | None = None
+    """One worker per listed GPU; None: one worker on `device`."""
+    curve_dir: Path | None = None
+    insecure: bool = False
+    heartbeat_interval: float = 2.0
+    max_queued_per_client: int = 8
+    max_message_bytes: int = 256 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        self.results = Path(self.results)
+        if self.curve_dir is not None:
+            self.curve_dir = Path(self.curve_dir)
+        if not auth.is_loopback(self.bind) and self.curve_dir is None and not self.insecure:
+            raise ValueError(f"refusing to listen on {self.bind} without CURVE: anyone who can reach it could run "
+                             "jobs. Run `asd keys init`, pass --curve-dir, and allow clients with `asd keys allow`; "
+                             "or pass --insecure on a trusted network")
+
+
+@dataclasses.dataclass
+class Peer:
+    identity: bytes
+    user: str
+    last_seen: float
+    subscriptions: set[str] = dataclasses.field(default_factory=set)
+    reliable: deque = dataclasses.field(default_factory=deque)  # frames lists, in order
+    latest: dict[tuple[str, str], list] = dataclasses.field(default_factory=dict)  # (job, type) -> frames
+
+
+@dataclasses.dataclass
+class WorkerHandle:
+    index: int
+    identity: bytes
+    process: Any
+    env: dict[str, str]
+    device: str
+    ready: bool = False
+    job_id: str | None = None
+
+
+class Server:
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.server_id = uuid.uuid4().hex
+        self.store = ResultStore(config.results)
+        self.table = JobTable(config.max_queued_per_client)
+        self.peers: dict[bytes, Peer] = {}
+        self.workers: dict[bytes, WorkerHandle] = {}
+        self.latest_mesh: dict[str, list] = {}
+        self.latest_image: dict[str, list] = {}
+        self.last_progress: dict[str, tuple[Progress, float]] = {}
+        self.teachers = list(dict.fromkeys([config.teacher, "tiny"]))
+        self.ctx = zmq.Context()
+        self.authenticator = None
+        self.clients: zmq.Socket | None = None
+        self.internal: zmq.Socket | None = None
+        self.address = config.bind
+        self._last_heartbeat = 0.0
+        self._last_supervise = 0.0
+        self._mp = multiprocessing.get_context("spawn")
+
+    # -- life cycle ------------------------------------------------------------------------------
+
+    def start(self) -> str:
+        """Bind, start workers, reload jobs from the results folder. Returns the bound address."""
+        self.clients = self.ctx.socket(zmq.ROUTER)
+        s = self.clients
+        s.setsockopt(zmq.ROUTER_MANDATORY, 1)  # full or gone peers raise instead of silently dropping
+        s.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a reconnecting client keeps its identity and stream
+        s.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_bytes)
+        s.setsockopt(zmq.SNDHWM, 64)
+        s.setsockopt(zmq.RCVHWM, 256)
+        s.setsockopt(zmq.LINGER, 0)
+        if self.config.curve_dir is not None:
+            self.authenticator = auth.secure_socket(self.ctx, s, self.config.curve_dir)
+        elif not auth.is_loopback(self.config.bind):
+            log.warning("WARNING: --insecure: listening on %s WITHOUT authentication or encryption; anyone who "
+                        "can reach this port can run jobs and read results", self.config.bind)
+        s.bind(self.config.bind)
+        self.address = s.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.internal = self.ctx.socket(zmq.ROUTER)
+        self.internal.setsockopt(zmq.LINGER, 0)
+        self.internal.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted worker reuses its identity
+        self.internal.bind("tcp://127.0.0.1:*")
+        for job in self.store.load_all():
+            if job.status == "interrupted":
+                job.status, job.resume = "queued", True
+                self.store.save(job)
+                event("job_requeued", job=job.job_id, reason="server restart", resume=True)
+            self.table.add(job)
+        gpus = self.config.gpus
+        if gpus:
+            for i, gpu in enumerate(gpus):
+                self._spawn_worker(i, "cuda", {"CUDA_VISIBLE_DEVICES": str(gpu)})
+        else:
+            self._spawn_worker(0, self.config.device, {})
+        event("server_started", address=self.address, results=str(self.store.root), teacher=self.config.teacher,
+              workers=len(self.workers), curve=self.config.curve_dir is not None, jobs=len(self.table.jobs))
+        return self.address
+
+    def _spawn_worker(self, index: int, device: str, env: dict[str, str]) -> None:
+        identity = f"w{index}".encode()
+        address = self.internal.getsockopt_string(zmq.LAST_ENDPOINT)
+        process = self._mp.Process(target=worker_main, name=f"asd-worker-{index}", daemon=True,
+                                   args=(index, device, address, str(self.store.root), self.config.teacher, env))
+        process.start()
+        self.workers[identity] = WorkerHandle(index, identity, process, env, device)
+        event("worker_started", worker=index, pid=process.pid, device=device)
+
+    def serve_forever(self) -> None:
+        try:
+            while True:
+                self.run_once(0.1)
+        except KeyboardInterrupt:
+            event("server_stopping", reason="interrupt")
+        finally:
+            self.stop()
+
+    def stop(self) -> None:
+        for w in self.workers.values():
+            try:
+                self.internal.send_multipart([w.identity, json.dumps({"cmd": "stop"}).encode()], zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass
+        for w in self.workers.values():
+            w.process.join(timeout=3)
+            if w.process.is_alive():
+                w.process.kill()
+        for job in self.table.jobs.values():
+            if job.status == "running":  # its checkpoint is on disk; a restart resumes it
+                job.status = "interrupted"
+                self.store.save(job)
+        if self.authenticator is not None:
+            self.authenticator.stop()
+        self.ctx.destroy(linger=0)
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    def run_once(self, timeout: float = 0.1) -> None:
+        poller = zmq.Poller()
+        poller.register(self.clients, zmq.POLLIN)
+        poller.register(self.internal, zmq.POLLIN)
+        ready = dict(poller.poll(int(timeout * 1000)))
+        if self.clients in ready:
+            for _ in range(100):
+                try:
+                    frames = self.clients.recv_multipart(zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    break
+                self._on_client(frames)
+        if self.internal in ready:
+            for _ in range(100):
+                try:
+                    frames = self.internal.recv_multipart(zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    break
+                self._on_worker(frames)
+        now = time.monotonic()
+        if now - self._last_supervise > 0.5:
+            self._last_supervise = now
+            self._supervise_workers()
+            self._resend_progress(now)
+        if now - self._last_heartbeat > self.config.heartbeat_interval:
+            self._last_heartbeat = now
+            self._heartbeat(now)
+        self._dispatch()
+        self._flush()
+
+    # -- clients -----------------------------------------------------------------------------------
+
+    def _on_client(self, frames: list) -> None:
+        identity = bytes(frames[0].buffer)
+        user = frames[0].get("User-Id") if self.config.curve_dir is not None else None
+        peer = self.peers.get(identity)
+        if peer is None:
+            peer = self.peers[identity] = Peer(identity, user or identity.hex()[:32], time.monotonic())
+        peer.last_seen = time.monotonic()
+        try:
+            msg = decode(frames[1:], limits=FrameLimits(max_message_bytes=self.config.max_message_bytes),
+                         expect_sender="client")
+        except ProtocolError as exc:
+            event("bad_message", client=peer.user, code=exc.code, field=exc.field, error=exc.message)
+            self._send(peer, Error.from_exception(exc), reliable=True)
+            return
+        try:
+            handler = {Hello: self._hello, Submit: self._submit, Cancel: self._cancel, Attach: self._attach,
+                       ListJobs: self._list, Heartbeat: self._heartbeat_in}[type(msg)]
+            handler(peer, msg)
+        except ProtocolError as exc:
+            self._send(peer, Error.from_exception(exc, parent_id=msg.msg_id, job_id=msg.job_id), reliable=True)
+        except Exception as exc:  # a server never dies of one request
+            log.exception("request failed")
+            event("request_failed", client=peer.user, msg_type=msg.msg_type, job=msg.job_id, error=str(exc))
+            self._send(peer, Error(code=codes.SERVER_ERROR, message=f"the server could not handle this "
+                                   f"{msg.msg_type}: {type(exc).__name__}: {exc}"[:4000],
+                                   hint="see the server log; the server is still running", parent_id=msg.msg_id,
+                                   job_id=msg.job_id), reliable=True)
+
+    def _hello(self, peer: Peer, msg: Hello) -> None:
+        event("hello", client=peer.user, client_name=msg.client, protocol=msg.protocol_version)
+        teachers = [TeacherInfo(name=t, description=TEACHER_INFO.get(t, f"diffusers model {t}"),
+                                trained=t not in TEACHER_INFO) for t in self.teachers]
+        self._send(peer, msg.reply(
+            Welcome, server=f"asd-backend/{__version__}", server_id=self.server_id, protocol_version=PROTOCOL_VERSION,
+            capabilities=list(KINDS), teachers=teachers, default_teacher=self.config.teacher,
+            methods=["asd", "vsd", "sds"], presets=list(PRESETS), heartbeat_interval=self.config.heartbeat_interval,
+            limits={"max_queued_per_client": self.config.max_queued_per_client,
+                    "max_message_bytes": self.config.max_message_bytes}), reliable=True)
+
+    def _heartbeat_in(self, peer: Peer, msg: Heartbeat) -> None:
+        pass  # last_seen is already updated; our own heartbeats go out on a timer
+
+    def _submit(self, peer: Peer, msg: Submit) -> None:
+        if msg.kind not in KINDS:
+            raise ProtocolError(codes.UNSUPPORTED, f"this server does not run {msg.kind!r} jobs yet",
+                                field="content.kind", hint=f"supported: {', '.join(KINDS)}")
+        if msg.preset not in PRESETS:
+            raise ProtocolError(codes.INVALID_FIELD, f"unknown preset {msg.preset!r}", field="content.preset",
+                                hint=f"use one of {', '.join(PRESETS)}")
+        teacher = msg.teacher or self.config.teacher
+        if teacher not in self.teachers:
+            raise ProtocolError(codes.INVALID_FIELD, f"teacher {teacher!r} is not offered by this server",
+                                field="content.teacher", hint=f"use one of {', '.join(self.teachers)}")
+        if self.table.queued_by(peer.user) >= self.config.max_queued_per_client:
+            raise ProtocolError(codes.QUEUE_FULL, f"you already have {self.config.max_queued_per_client} queued jobs",
+                                hint="wait for one to start, or cancel one")
+        preset = PRESETS[msg.preset]
+        settings = {"teacher": teacher, "method": msg.method, "cfg": 7.5 if msg.cfg is None else msg.cfg,
+                    "seed": random.randrange(2**31) if msg.seed is None else msg.seed, "preset": msg.preset,
+                    "steps": msg.steps, "mesh_every": msg.mesh_every, "mc_resolution": msg.mc_resolution,
+                    "negative_prompt": msg.negative_prompt, "resolution": msg.resolution}
+        if msg.kind == "image":
+            settings["steps"] = msg.steps or 500
+        total = settings["steps"] or preset.steps
+        job = Job(job_id=new_job_id(), kind=msg.kind, prompt=msg.prompt, settings=settings, client=peer.user,
+                  total=total)
+        self.table.add(job)
+        self.store.save(job)
+        peer.subscriptions.add(job.job_id)
+        event("submit", job=job.job_id, client=peer.user, kind=job.kind, prompt=job.prompt[:200], **settings)
+        self._send(peer, msg.reply(Accepted, job_id=job.job_id, kind=job.kind,
+                                   queue_position=self.table.position(job.job_id) or 0,
+                                   settings={k: v for k, v in settings.items() if v is not None}), reliable=True)
+
+    def _job(self, msg: Message) -> Job:
+        job = self.table.jobs.get(msg.job_id)
+        if job is None:
+            raise ProtocolError(codes.UNKNOWN_JOB, f"no job {msg.job_id!r} on this server", field="header.job_id",
+                                hint="list jobs to see their ids")
+        return job
+
+    def _cancel(self, peer: Peer, msg: Cancel) -> None:
+        job = self._job(msg)
+        event("cancel", job=job.job_id, client=peer.user, status=job.status)
+        if job.status in FINISHED:
+            raise ProtocolError(codes.INVALID_FIELD, f"job {job.job_id} has already {job.status}",
+                                field="header.job_id")
+        if job.status == "queued" and self.table.remove_from_queue(job.job_id):
+            self._finish(job, Done(job_id=job.job_id, status="cancelled", summary={"resumable": job.resume}))
+            return
+        worker = next((w for w in self.workers.values() if w.job_id == job.job_id), None)
+        if worker is not None:
+            self.internal.send_multipart([worker.identity, json.dumps({"cmd": "cancel",
+                                                                       "job_id": job.job_id}).encode()])
+
+    def _attach(self, peer: Peer, msg: Attach) -> None:
+        job = self._job(msg)
+        peer.subscriptions.add(job.job_id)
+        event("attach", job=job.job_id, client=peer.user, status=job.status)
+        self._send(peer, msg.reply(Jobs, jobs=[job.info(self.table.position(job.job_id))]), reliable=True)
+        mesh = self.latest_mesh.get(job.job_id) or self._final_mesh_from_disk(job)
+        if mesh is not None:
+            self._send_frames(peer, mesh, reliable=True)
+        image = self.latest_image.get(job.job_id)
+        if image is not None:
+            self._send_frames(peer, image, reliable=True)
+        if job.status in FINISHED:
+            self._send(peer, Done(job_id=job.job_id, status=job.status, seconds=job.seconds, outputs=job.outputs),
+                       reliable=True)
+        elif job.job_id in self.last_progress:
+            self._send(peer, self.last_progress[job.job_id][0])
+
+    def _final_mesh_from_disk(self, job: Job) -> list | None:
+        path = Path(job.outputs.get("mesh", "")) if job.outputs.get("mesh") else None
+        if path is None or not path.is_file():
+            return None
+        from ..mesh.export import read_mesh
+
+        mesh = read_mesh(path)
+        frames = encode(MeshSnapshot(job_id=job.job_id, vertices=mesh.vertices, faces=mesh.faces, colors=mesh.colors,
+                                     snapshot=job.snapshots, step=job.step, final=True))
+        self.latest_mesh[job.job_id] = frames
+        return frames
+
+    def _list(self, peer: Peer, msg: ListJobs) -> None:
+        self._send(peer, msg.reply(Jobs, jobs=self.table.listing(msg.limit)), reliable=True)
+
+    # -- workers -----------------------------------------------------------------------------------
+
+    def _on_worker(self, frames: list) -> None:
+        identity = bytes(frames[0].buffer)
+        worker = self.workers.get(identity)
+        if worker is None:
+            return
+        kind = bytes(frames[1].buffer)
+        if kind == READY:
+            worker.ready, worker.job_id = True, None
+            return
+        if kind != EVENT:
+            return
+        try:
+            msg = decode(frames[2:], expect_sender="server")
+        except ProtocolError as exc:
+            log.error("worker %s sent a bad event: %s", worker.index, exc)
+            return
+        job = self.table.jobs.get(msg.job_id or "")
+        if job is None:
+            return
+        encoded = encode(msg)
+        if isinstance(msg, Progress):
+            job.step, job.total = msg.step, msg.total or job.total
+            self.last_progress[job.job_id] = (msg, time.monotonic())
+            self._publish(job, encoded, latest="progress")
+        elif isinstance(msg, MeshSnapshot):
+            job.snapshots = max(job.snapshots, msg.snapshot)
+            self.latest_mesh[job.job_id] = encoded
+            if msg.final:
+                self._drop_latest(job.job_id, "mesh")
+            self._publish(job, encoded, latest=None if msg.final else "mesh")
+            event("snapshot", job=job.job_id, index=msg.snapshot, step=msg.step, faces=len(msg.faces), final=msg.final)
+        elif isinstance(msg, (Image, Texture)):
+            self.latest_image[job.job_id] = encoded
+            self._publish(job, encoded, latest=None if msg.final else "image")
+        elif isinstance(msg, (Log, Error)):
+            if isinstance(msg, Error):
+                job.error = msg.message
+            event("job_" + msg.msg_type, job=job.job_id, text=getattr(msg, "text", None) or msg.message[:500])
+            self._publish(job, encoded)
+        elif isinstance(msg, Done):
+            worker.job_id = None
+            job.outputs = dict(msg.outputs)
+            job.seconds = msg.seconds
+            if msg.status == "cancelled" or msg.status == "failed":
+                job.resume = True
+            self._finish(job, msg)
+        job.touch()
+
+    def _finish(self, job: Job, done: Done) -> None:
+        job.status = done.status
+        job.touch()
+        self.store.save(job)
+        self.last_progress.pop(job.job_id, None)
+        event("job_" + done.status, job=job.job_id, seconds=round(done.seconds, 2), error=job.error[:300] or None)
+        self._publish(job, encode(done))
+
+    def _dispatch(self) -> None:
+        for worker in self.workers.values():
+            if not (worker.ready and worker.job_id is None and worker.process.is_alive()):
+                continue
+            job = self.table.next_queued()
+            if job is None:
+                return
+            worker.ready, worker.job_id = False, job.job_id
+            job.status, job.started_at, job.error = "running", time.time(), ""
+            job.touch()
+            self.store.save(job)
+            event("job_started", job=job.job_id, worker=worker.index, resume=job.resume)
+            self.internal.send_multipart([worker.identity, json.dumps({"cmd": "run", "job": {
+                "job_id": job.job_id, "kind": job.kind, "prompt": job.prompt, "settings": job.settings,
+                "resume": job.resume}}).encode()])
+            starting = Progress(job_id=job.job_id, phase="starting", step=job.step, total=job.total)
+            self.last_progress[job.job_id] = (starting, time.monotonic())  # re-sent every second from now on
+            self._publish(job, encode(starting), latest="progress")
+
+    def _supervise_workers(self) -> None:
+        for identity, worker in list(self.workers.items()):
+            if worker.process.is_alive():
+                continue
+            code = worker.process.exitcode
+            event("worker_died", worker=worker.index, exitcode=code, job=worker.job_id)
+            job = self.table.jobs.get(worker.job_id or "")
+            if job is not None and job.status == "running":
+                how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+                job.error = f"the worker process died ({how}) while running this job"
+                job.resume = True
+                self._publish(job, encode(Error(
+                    job_id=job.job_id, code=codes.WORKER_CRASHED, message=job.error,
+                    hint="the server restarted the worker; submit again (it resumes from the last checkpoint when "
+                         "you attach and resubmit), or use a lighter preset if it ran out of memory")))
+                self._finish(job, Done(job_id=job.job_id, status="failed", summary={"resumable": True}))
+            del self.workers[identity]
+            self._spawn_worker(worker.index, worker.device, worker.env)
+
+    # -- delivery ----------------------------------------------------------------------------------
+
+    def _publish(self, job: Job, frames: list, latest: str | None = None) -> None:
+        for peer in self.peers.values():
+            if job.job_id in peer.subscriptions:
+                self._send_frames(peer, frames, reliable=latest is None, latest=latest, job_id=job.job_id)
+
+    def _drop_latest(self, job_id: str, kind: str) -> None:
+        for peer in self.peers.values():
+            peer.latest.pop((job_id, kind), None)
+
+    def _send(self, peer: Peer, msg: Message, reliable: bool = False) -> None:
+        self._send_frames(peer, encode(msg), reliable=reliable, latest=None if reliable else "progress",
+                          job_id=msg.job_id or "")
+
+    def _send_frames(self, peer: Peer, frames: list, reliable: bool, latest: str | None = None,
+                     job_id: str = "") -> None:
+        if reliable:
+            peer.reliable.append(frames)
+        else:
+            peer.latest[(job_id, latest or "progress")] = frames
+
+    def _flush(self) -> None:
+        for identity, peer in list(self.peers.items()):
+            try:
+                while peer.reliable:
+                    self.clients.send_multipart([identity, *peer.reliable[0]], zmq.NOBLOCK, copy=False)
+                    peer.reliable.popleft()
+                for key in list(peer.latest):
+                    self.clients.send_multipart([identity, *peer.latest[key]], zmq.NOBLOCK, copy=False)
+                    del peer.latest[key]
+            except zmq.Again:
+                continue  # this client is slow: what is left waits (latest-wins slots get overwritten)
+            except zmq.ZMQError as exc:
+                if exc.errno == zmq.EHOSTUNREACH:  # gone; it may come back (same identity) and re-attach
+                    peer.reliable.clear()
+                    peer.latest.clear()
+                else:
+                    raise
+
+    def _heartbeat(self, now: float) -> None:
+        for identity, peer in list(self.peers.items()):
+            if now - peer.last_seen > PEER_TIMEOUT and not any(
+                    self.table.jobs[j].status in ("queued", "running") for j in peer.subscriptions
+                    if j in self.table.jobs):
+                del self.peers[identity]  # it can attach again to anything it followed
+                continue
+            self._send_frames(peer, encode(Heartbeat()), reliable=False, latest="heartbeat")
+
+    def _resend_progress(self, now: float) -> None:
+        for job_id, (msg, sent) in list(self.last_progress.items()):
+            job = self.table.jobs.get(job_id)
+            if job is None or job.status != "running" or now - sent < PROGRESS_EVERY:
+                continue
+            elapsed = time.time() - job.started_at if job.started_at else msg.elapsed_seconds
+            eta = elapsed / job.step * (job.total - job.step) if job.step else msg.eta_seconds
+            fresh = dataclasses.replace(msg, msg_id=uuid.uuid4().hex, timestamp=now_iso(),
+                                        elapsed_seconds=max(elapsed, 0.0),
+                                        eta_seconds=None if eta is None else max(eta, 0.0))
+            self.last_progress[job_id] = (fresh, now)
+            self._publish(job, encode(fresh), latest="progress")

@@ -1,0 +1,239 @@
+"""A worker process: one per GPU (or one on the CPU), one job at a time.
+
+It talks to the front end over a DEALER socket on loopback. Commands arrive as one JSON frame
+({"cmd": "run" | "cancel" | "stop", ...}); events go back as [b"event", *protocol frames], the
+same typed messages clients receive, so arrays cross without copies or pickles. A job that raises
+is reported and the worker carries on; a worker that dies is noticed and replaced by the front end.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import os
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from asd_protocol import Done, Error, Image, Log, MeshSnapshot, Message, Progress, encode
+from asd_protocol import errors as codes
+
+log = logging.getLogger("asd.worker")
+
+READY = b"ready"
+EVENT = b"event"
+PROGRESS_INTERVAL = 0.5  # seconds between progress events (the front end re-sends every second anyway)
+
+
+class JobCancelled(Exception):
+    pass
+
+
+class Worker:
+    def __init__(self, index: int, device: str, address: str, results: str, default_teacher: str) -> None:
+        self.index = index
+        self.device = device
+        self.results = Path(results)
+        self.default_teacher = default_teacher
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.ROUTING_ID, f"w{index}".encode())
+        self.sock.setsockopt(zmq.LINGER, 2000)
+        self.sock.connect(address)
+        self.teachers: dict[str, Any] = {}
+        self.cancelled: set[str] = set()
+        self.stopping = False
+
+    # -- messaging ----------------------------------------------------------------------------
+
+    def emit(self, msg: Message) -> None:
+        self.sock.send_multipart([EVENT, *encode(msg)], copy=False)
+
+    def _drain_commands(self) -> None:
+        """Read cancel/stop commands that arrived while a job runs (never blocks)."""
+        while self.sock.poll(0, zmq.POLLIN):
+            cmd = json.loads(self.sock.recv())
+            if cmd.get("cmd") == "cancel":
+                self.cancelled.add(cmd.get("job_id", ""))
+            elif cmd.get("cmd") == "stop":
+                self.stopping = True
+
+    def serve(self) -> None:
+        self.sock.send(READY)
+        while not self.stopping:
+            if not self.sock.poll(1000, zmq.POLLIN):
+                if _server_gone():
+                    break  # the front end died (kill -9): do not linger as an orphan
+                continue
+            cmd = json.loads(self.sock.recv())
+            if cmd.get("cmd") == "stop":
+                break
+            if cmd.get("cmd") == "run":
+                self.run(cmd["job"])
+                self.sock.send(READY)
+        self.sock.close()
+        self.ctx.term()
+
+    # -- jobs -------------------------------------------------------------------------------------
+
+    def teacher(self, spec: str):
+        from ..teachers import load_teacher
+
+        if spec not in self.teachers:
+            self.teachers.clear()  # one model in memory at a time
+            self.teachers[spec] = load_teacher(spec, self.device)
+        return self.teachers[spec]
+
+    def run(self, job: dict[str, Any]) -> None:
+        job_id = job["job_id"]
+        started = time.time()
+        try:
+            if job_id in self.cancelled:
+                raise JobCancelled
+            outputs, summary = {"generate": self.generate, "image": self.image}[job["kind"]](job)
+            self.emit(Done(job_id=job_id, status="completed", seconds=time.time() - started, outputs=outputs,
+                           summary=summary))
+        except JobCancelled:
+            self.emit(Done(job_id=job_id, status="cancelled", seconds=time.time() - started,
+                           summary={"resumable": True}))
+        except Exception as exc:  # one job's failure must not take the worker down
+            code, hint = classify_failure(exc)
+            log.error("job %s failed: %s", job_id, traceback.format_exc())
+            self.emit(Error(job_id=job_id, code=code, message=f"{type(exc).__name__}: {exc}"[:4000], hint=hint))
+            self.emit(Done(job_id=job_id, status="failed", seconds=time.time() - started))
+            if code == codes.OUT_OF_MEMORY:
+                self.teachers.clear()
+                _empty_cuda_cache()
+        finally:
+            self.cancelled.discard(job_id)
+
+    def _should_stop(self, job_id: str):
+        def check() -> bool:
+            self._drain_commands()
+            if _server_gone():
+                self.stopping = True  # checkpoint and leave; a restarted server resumes the job
+            return job_id in self.cancelled or self.stopping
+        return check
+
+    def _progress(self, job_id: str, phase: str):
+        last = [0.0]
+
+        def report(step: int, total: int, metrics: dict[str, float]) -> None:
+            now = time.monotonic()
+            if now - last[0] < PROGRESS_INTERVAL and step != total:
+                return
+            last[0] = now
+            elapsed = float(metrics.get("seconds", 0.0))
+            eta = elapsed / max(step, 1) * (total - step) if step else None
+            losses = {k: float(v) for k, v in metrics.items() if k.startswith("loss") and isinstance(v, float)}
+            self.emit(Progress(job_id=job_id, phase=phase, step=step, total=total, loss=metrics.get("loss"),
+                               losses=losses, eta_seconds=eta, elapsed_seconds=elapsed))
+        return report
+
+    def _notice(self, job_id: str, teacher: Any) -> None:
+        from ..artifacts import teacher_notice
+
+        notice = teacher_notice(teacher)
+        if notice:
+            self.emit(Log(job_id=job_id, level="warning", text=notice))
+
+    def generate(self, job: dict[str, Any]) -> tuple[dict[str, str], dict[str, Any]]:
+        from ..artifacts import write_png
+        from ..mesh.export import write_mesh
+        from ..train.text_to_3d import GenerateConfig, generate
+
+        job_id, s = job["job_id"], job["settings"]
+        folder = self.results / job_id
+        self.emit(Progress(job_id=job_id, phase="loading", message=f"loading teacher {s['teacher']}"))
+        teacher = self.teacher(s["teacher"])
+        self._notice(job_id, teacher)
+        config = GenerateConfig(prompt=job["prompt"], negative_prompt=s.get("negative_prompt", ""),
+                                method=s["method"], cfg=s["cfg"], seed=s["seed"], preset=s["preset"],
+                                steps=s.get("steps"), mesh_every=s.get("mesh_every"),
+                                mc_resolution=s.get("mc_resolution"))
+
+        def on_snapshot(snap) -> None:
+            name = "mesh" if snap.final else f"snapshots/snapshot_{snap.index:03d}"
+            if len(snap.mesh.faces):
+                write_mesh(snap.mesh, folder / f"{name}.glb")
+            write_png(folder / f"{'preview' if snap.final else name}.png", snap.preview)
+            self.emit(MeshSnapshot(job_id=job_id, vertices=snap.mesh.vertices, faces=snap.mesh.faces,
+                                   colors=snap.mesh.colors, snapshot=snap.index, step=snap.step, final=snap.final))
+            self.emit(Image(job_id=job_id, pixels=snap.preview, role="preview", step=snap.step, final=snap.final))
+
+        result = generate(teacher, config, workdir=folder, resume=bool(job.get("resume")),
+                          on_progress=self._progress(job_id, "optimizing"), on_snapshot=on_snapshot,
+                          should_stop=self._should_stop(job_id))
+        if result.stopped:
+            raise JobCancelled
+        if result.mesh is None or not len(result.mesh.faces):
+            raise RuntimeError("the optimisation produced no surface; try more steps or another seed")
+        outputs = {"mesh": str(folder / "mesh.glb"), "preview": str(folder / "preview.png")}
+        return outputs, {"steps": result.steps_done, "faces": len(result.mesh.faces),
+                         "teacher_trained": bool(teacher.trained)}
+
+    def image(self, job: dict[str, Any]) -> tuple[dict[str, str], dict[str, Any]]:
+        from ..artifacts import write_png
+        from ..train.image_2d import ImageDistillConfig, distill_image
+
+        job_id, s = job["job_id"], job["settings"]
+        folder = self.results / job_id
+        self.emit(Progress(job_id=job_id, phase="loading", message=f"loading teacher {s['teacher']}"))
+        teacher = self.teacher(s["teacher"])
+        self._notice(job_id, teacher)
+        config = ImageDistillConfig(prompt=job["prompt"], negative_prompt=s.get("negative_prompt", ""),
+                                    method=s["method"], cfg=s["cfg"], steps=s["steps"], seed=s["seed"],
+                                    resolution=s.get("resolution"), every=s.get("mesh_every") or 0)
+        stop = self._should_stop(job_id)
+
+        def on_frame(frame) -> None:
+            self.emit(Image(job_id=job_id, pixels=frame.image, role="result" if frame.final else "preview",
+                            step=frame.step, final=frame.final))
+
+        progress = self._progress(job_id, "optimizing")
+        final = distill_image(teacher, config, on_frame=on_frame,
+                              on_step=lambda step, m: progress(step, config.steps, m), should_stop=stop)
+        if stop():
+            raise JobCancelled
+        path = write_png(folder / "image.png", final.image)
+        return {"image": str(path)}, {"steps": final.step, "teacher_trained": bool(teacher.trained)}
+
+
+def classify_failure(exc: BaseException) -> tuple[str, str]:
+    """An error code and what the artist can do about it."""
+    import torch
+
+    from ..errors import AsdError
+
+    if isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower():
+        return codes.OUT_OF_MEMORY, ("the GPU ran out of memory: choose a lighter preset (preview), a lower "
+                                     "marching-cubes resolution, or free the GPU of other programs")
+    if isinstance(exc, AsdError):
+        return codes.JOB_FAILED, "fix the setting named in the message and submit again"
+    if isinstance(exc, ValueError):
+        return codes.INVALID_FIELD, "a setting is out of range; see the message"
+    return codes.JOB_FAILED, "see the server log for details; try again, or a lighter preset"
+
+
+def _server_gone() -> bool:
+    parent = multiprocessing.parent_process()
+    return parent is not None and not parent.is_alive()
+
+
+def _empty_cuda_cache() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def worker_main(index: int, device: str, address: str, results: str, default_teacher: str,
+                env: dict[str, str] | None = None) -> None:
+    """Entry point of a spawned worker process."""
+    os.environ.update(env or {})
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    Worker(index, device, address, results, default_teacher).serve()

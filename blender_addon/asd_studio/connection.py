@@ -1,0 +1,237 @@
+"""The timer tick around the session: the only place streamed data reaches Blender.
+
+`tick()` runs on the main thread from `bpy.app.timers` (every 0.1 s while a session exists) and
+never blocks: it polls the socket, then applies meshes, images and job states. Tests call it
+directly, since timers do not fire in background mode.
+"""
+
+from __future__ import annotations
+
+import atexit
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import bpy
+
+from . import preferences, properties, scene
+from .session import ImageUpdate, JobUpdate, MeshUpdate, Notice, Session, is_loopback
+
+TICK_INTERVAL = 0.1
+TEST_TIMEOUT = 5.0
+
+_session: Session | None = None
+_test: tuple[Session, float] | None = None
+_targets: dict[str, dict] = {}  # submit request id -> where its object goes: scene name, 3D-cursor location
+_backend: subprocess.Popen | None = None
+_messages: list[tuple[str, str]] = []  # (level, text) of recent notices, newest last
+
+
+def session(context: bpy.types.Context | None = None) -> Session:
+    """The session for the preferences' address, (re)connecting when the address or keys changed."""
+    global _session
+    prefs = preferences.get(context)
+    wanted = (prefs.address, prefs.server_public_key, prefs.client_public_key, prefs.client_secret_key)
+    if _session is not None and getattr(_session, "_key", None) != wanted:
+        _session.close()
+        _session = None
+    if _session is None:
+        _session = Session(prefs.address, online_access=bpy.app.online_access,
+                           server_public_key=prefs.server_public_key, client_public_key=prefs.client_public_key,
+                           client_secret_key=prefs.client_secret_key)
+        _session._key = wanted
+        start_timer()
+    return _session
+
+
+def start_timer() -> None:
+    if not bpy.app.timers.is_registered(tick):
+        bpy.app.timers.register(tick, first_interval=TICK_INTERVAL, persistent=True)
+
+
+def remember_target(request_id: str, context: bpy.types.Context) -> None:
+    """Where the object of the job submitted by `request_id` goes: this scene, at the 3D cursor."""
+    _targets[request_id] = {"scene": context.scene.name, "location": tuple(context.scene.cursor.location)}
+
+
+def recent_messages() -> list[tuple[str, str]]:
+    return list(_messages[-5:])
+
+
+def _notice(level: str, text: str) -> None:
+    _messages.append((level, text))
+    del _messages[:-20]
+    print(f"ASD Studio: {level}: {text}", file=sys.stderr)
+
+
+def tick() -> float | None:
+    """Poll, apply, return when to run again (None stops the timer when there is nothing to follow)."""
+    _tick_test()
+    if _session is None:
+        return TICK_INTERVAL if _test is not None else None
+    props = properties.get()
+    for update in _session.poll():
+        if isinstance(update, JobUpdate):
+            _apply_job(props, update)
+        elif isinstance(update, MeshUpdate):
+            _apply_mesh(props, update)
+        elif isinstance(update, ImageUpdate):
+            scene.update_preview(update.pixels, update.width, update.height)
+        elif isinstance(update, Notice):
+            _notice(update.level, update.text)
+            if update.level == "ERROR" and (update.job_id is None or update.job_id == props.active_job):
+                props.status = update.text
+    if props.active_job and props.active_job in _session.jobs:
+        job = _session.jobs[props.active_job]
+        props.progress = job.fraction
+        eta = "" if job.eta_seconds is None or job.finished else f", {_duration(job.eta_seconds)} left"
+        props.progress_text = f"{job.phase or job.status} {job.step}/{job.total}{eta}"
+    elif not _session.connected:
+        props.status = _session.status
+    _redraw()
+    return TICK_INTERVAL
+
+
+def _apply_job(props, update: JobUpdate) -> None:
+    job = update.job
+    if job.request_id and job.request_id == props.active_request:
+        props.active_job = job.job_id  # the job this panel just submitted has its id now
+    item = next((i for i in props.jobs if i.job_id == job.job_id), None)
+    if item is None:
+        item = props.jobs.add()
+        item.job_id = job.job_id
+    item.prompt, item.kind, item.status, item.step, item.total = job.prompt, job.kind, job.status, job.step, job.total
+    if job.job_id == props.active_job:
+        props.status = {"queued": "queued on the backend", "running": f"{job.phase or 'running'}",
+                        "completed": "done", "cancelled": "cancelled", "failed": f"failed: {job.error}"}.get(
+            job.status, job.status)
+
+
+def _apply_mesh(props, update: MeshUpdate) -> None:
+    job = update.job
+    target = _targets.get(job.request_id, {})
+    scn = bpy.data.scenes.get(target.get("scene", "")) or bpy.context.scene
+    location = target.get("location", tuple(scn.cursor.location))
+    settings = {"prompt": job.prompt, "seed": job.settings.get("seed"), "method": job.settings.get("method"),
+                "server": _session.address}
+    obj = scene.ensure_object(job.job_id, job.prompt or job.job_id, scn, location, settings)
+    scene.apply_mesh(obj, update.buffers, smooth=update.final)
+    for item in props.jobs:
+        if item.job_id == job.job_id:
+            item.object_name = obj.name
+    if update.final:
+        try:
+            folder = scene.output_folder(preferences.get().output_dir)
+            path = scene.export_glb(obj, folder / f"{obj.name.replace(' ', '_')}_{job.job_id}.glb")
+            obj["asd_file"] = str(path)
+            _notice("INFO", f"saved {path}")
+        except (OSError, RuntimeError) as exc:
+            _notice("WARNING", f"could not save the final mesh: {exc}")
+        bpy.ops.ed.undo_push(message=f"ASD Studio: {obj.name}")
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 60}:{seconds % 60:02d}" if seconds >= 60 else f"{seconds}s"
+
+
+def _redraw() -> None:
+    for window in getattr(bpy.context.window_manager, "windows", []):
+        for area in window.screen.areas:
+            if area.type == "VIEW_3D":
+                area.tag_redraw()
+
+
+# -- test connection --------------------------------------------------------------------------
+
+
+def start_test(context: bpy.types.Context) -> None:
+    """Begin a non-blocking connection test; the tick reports its outcome in the status line."""
+    global _test
+    prefs = preferences.get(context)
+    if _test is not None:
+        _test[0].close()
+    probe = Session(prefs.address, online_access=bpy.app.online_access, client_name="asd-studio-blender-test",
+                    server_public_key=prefs.server_public_key, client_public_key=prefs.client_public_key,
+                    client_secret_key=prefs.client_secret_key, dead_after=TEST_TIMEOUT)
+    _test = (probe, time.monotonic() + TEST_TIMEOUT)
+    properties.get(context).status = f"testing {prefs.address}…"
+    start_timer()
+
+
+def _tick_test() -> None:
+    global _test
+    if _test is None:
+        return
+    probe, deadline = _test
+    updates = probe.poll()
+    props = properties.get()
+    errors = [u for u in updates if isinstance(u, Notice) and u.level == "ERROR"]
+    if probe.welcome is not None:
+        props.status = probe.status
+        _notice("INFO", probe.status)
+    elif errors:
+        props.status = errors[0].text
+        _notice("ERROR", errors[0].text)
+    elif time.monotonic() > deadline:
+        props.status = probe.client.lost_reason()
+        _notice("ERROR", props.status)
+    else:
+        return
+    probe.close()
+    _test = None
+
+
+# -- local backend ------------------------------------------------------------------------------
+
+
+def start_backend(context: bpy.types.Context) -> str:
+    """Spawn `asd serve` on loopback with the Python from the preferences; stopped when Blender quits."""
+    global _backend
+    prefs = preferences.get(context)
+    python = bpy.path.abspath(prefs.backend_python) if prefs.backend_python else ""
+    if not python or not Path(python).is_file():
+        raise ValueError("set Preferences ▸ Add-ons ▸ ASD Studio ▸ Backend Python to a Python that has the backend "
+                         "installed (for example the project's .venv/bin/python)")
+    if not is_loopback(prefs.address):
+        raise ValueError("a local backend listens on loopback: set the backend address to tcp://127.0.0.1:PORT")
+    if _backend is not None and _backend.poll() is None:
+        return f"a local backend is already running (pid {_backend.pid})"
+    results = bpy.path.abspath(prefs.backend_results) if prefs.backend_results else str(
+        Path(tempfile.gettempdir()) / "asd-studio-results")
+    log = Path(results) / "server.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as handle:
+        _backend = subprocess.Popen([python, "-m", "asd_backend.cli", "serve", "--bind", prefs.address,
+                                     "--results", results, "--teacher", prefs.backend_teacher or "sd"],
+                                    stdout=handle, stderr=subprocess.STDOUT)
+    return f"started a local backend (pid {_backend.pid}); log: {log}"
+
+
+def stop_backend() -> None:
+    global _backend
+    if _backend is not None and _backend.poll() is None:
+        _backend.terminate()
+        try:
+            _backend.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            _backend.kill()
+    _backend = None
+
+
+atexit.register(stop_backend)
+
+
+def shutdown() -> None:
+    """Close sockets and stop the timer (unregister, or tests)."""
+    global _session, _test
+    if bpy.app.timers.is_registered(tick):
+        bpy.app.timers.unregister(tick)
+    for s in (_session, _test[0] if _test else None):
+        if s is not None:
+            s.close()
+    _session, _test = None, None
+    _targets.clear()
+    stop_backend()

@@ -1,0 +1,152 @@
+"""Operators: generate, cancel, attach, test connection, start the local backend, keys, seed."""
+
+from __future__ import annotations
+
+import random
+
+import bpy
+from bpy.props import StringProperty
+from bpy.types import Operator
+
+from . import connection, preferences, properties
+
+
+class ASD_OT_generate(Operator):
+    """Generate a 3D object from the prompt on the backend; it streams into the scene at the 3D cursor"""
+
+    bl_idname = "asd.generate"
+    bl_label = "Generate"
+    bl_options = {"REGISTER"}
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        props = properties.get(context)
+        prompt = props.prompt.strip()
+        if not prompt:
+            self.report({"ERROR"}, "Type a prompt first, for example 'a ceramic teapot'")
+            return {"CANCELLED"}
+        try:
+            session = connection.session(context)
+        except (ValueError, RuntimeError) as exc:
+            props.status = str(exc)
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        options = {"negative_prompt": props.negative_prompt, "method": props.method, "preset": props.preset,
+                   "cfg": props.cfg, "seed": props.seed}
+        if props.teacher.strip():
+            options["teacher"] = props.teacher.strip()
+        request = session.submit(prompt, **options)
+        connection.remember_target(request, context)
+        props.active_request, props.active_job = request, ""
+        props.status, props.progress, props.progress_text = "submitted, waiting for the backend…", 0.0, ""
+        return {"FINISHED"}
+
+
+class ASD_OT_cancel(Operator):
+    """Stop the job (its last checkpoint is kept on the backend)"""
+
+    bl_idname = "asd.cancel"
+    bl_label = "Cancel"
+
+    job_id: StringProperty(default="", options={"SKIP_SAVE"})
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        props = properties.get(context)
+        job_id = self.job_id or props.active_job
+        if not job_id:
+            self.report({"WARNING"}, "No job to cancel")
+            return {"CANCELLED"}
+        connection.session(context).cancel(job_id)
+        props.status = "cancelling…"
+        return {"FINISHED"}
+
+
+class ASD_OT_attach(Operator):
+    """Follow a job on the backend again: its newest mesh comes into the scene, then live updates"""
+
+    bl_idname = "asd.attach"
+    bl_label = "Attach"
+
+    job_id: StringProperty(default="", options={"SKIP_SAVE"})
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        props = properties.get(context)
+        job_id = self.job_id
+        if not job_id and 0 <= props.jobs_index < len(props.jobs):
+            job_id = props.jobs[props.jobs_index].job_id
+        if not job_id:
+            self.report({"WARNING"}, "Select a job in the list first")
+            return {"CANCELLED"}
+        connection.session(context).attach(job_id)
+        props.active_job = job_id
+        return {"FINISHED"}
+
+
+class ASD_OT_refresh_jobs(Operator):
+    """Ask the backend for its job list"""
+
+    bl_idname = "asd.refresh_jobs"
+    bl_label = "Refresh Jobs"
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        connection.session(context).list_jobs()
+        return {"FINISHED"}
+
+
+class ASD_OT_test_connection(Operator):
+    """Check that the backend answers (the result shows in the panel's status line within seconds)"""
+
+    bl_idname = "asd.test_connection"
+    bl_label = "Test Connection"
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        try:
+            connection.start_test(context)
+        except (ValueError, RuntimeError) as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        self.report({"INFO"}, f"Testing {preferences.get(context).address}…")
+        return {"FINISHED"}
+
+
+class ASD_OT_start_backend(Operator):
+    """Start `asd serve` on this machine with the Python set in the preferences (stopped when Blender quits)"""
+
+    bl_idname = "asd.start_backend"
+    bl_label = "Start Local Backend"
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        try:
+            message = connection.start_backend(context)
+        except (ValueError, OSError) as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        self.report({"INFO"}, message)
+        return {"FINISHED"}
+
+
+class ASD_OT_generate_client_key(Operator):
+    """Create a CURVE keypair for this Blender; give the public key to the server's admin (asd keys allow)"""
+
+    bl_idname = "asd.generate_client_key"
+    bl_label = "Generate Client Key"
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        import zmq
+
+        public, secret = zmq.curve_keypair()
+        prefs = preferences.get(context)
+        prefs.client_public_key, prefs.client_secret_key = public.decode(), secret.decode()
+        context.window_manager.clipboard = prefs.client_public_key
+        self.report({"INFO"}, f"Public key copied to the clipboard: {prefs.client_public_key}")
+        return {"FINISHED"}
+
+
+class ASD_OT_random_seed(Operator):
+    """Pick a random seed"""
+
+    bl_idname = "asd.random_seed"
+    bl_label = "Random Seed"
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        properties.get(context).seed = random.randrange(2**31)
+        return {"FINISHED"}

@@ -1,0 +1,86 @@
+"""The sidebar panel (View3D ▸ Sidebar ▸ ASD): prompt and settings, progress, jobs, preview."""
+
+from __future__ import annotations
+
+import bpy
+from bpy.types import Panel, UIList
+
+from . import connection, properties, scene
+
+
+class ASD_UL_jobs(UIList):
+    ICONS = {"queued": "TIME", "running": "PLAY", "completed": "CHECKMARK", "cancelled": "CANCEL",
+             "failed": "ERROR", "interrupted": "PAUSE"}
+
+    def draw_item(self, context, layout, data, item, icon, active_data, active_propname, index=0):
+        row = layout.row(align=True)
+        row.label(text=item.prompt or item.job_id, icon=self.ICONS.get(item.status, "QUESTION"))
+        if item.status in ("running", "queued") and item.total:
+            row.label(text=f"{item.step}/{item.total}")
+        else:
+            row.label(text=item.status)
+
+
+class VIEW3D_PT_asd(Panel):
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "ASD"
+    bl_label = "ASD Studio"
+
+    def draw(self, context: bpy.types.Context) -> None:
+        props = properties.get(context)
+        layout = self.layout
+        layout.prop(props, "prompt", text="")
+        layout.prop(props, "negative_prompt")
+        col = layout.column(align=True)
+        col.prop(props, "method")
+        col.prop(props, "preset")
+        col.prop(props, "cfg")
+        row = col.row(align=True)
+        row.prop(props, "seed")
+        row.operator("asd.random_seed", text="", icon="FILE_REFRESH")
+        row = layout.row(align=True)
+        row.scale_y = 1.4
+        row.operator("asd.generate", icon="SHADERFX")
+        row.operator("asd.cancel", text="", icon="CANCEL")
+        if props.active_job:
+            layout.progress(factor=props.progress, type="BAR", text=props.progress_text or "waiting…")
+        if props.status:
+            layout.label(text=props.status, icon="INFO")
+        for level, text in connection.recent_messages()[-2:]:
+            if level != "INFO":
+                layout.label(text=text[:120], icon="ERROR" if level == "ERROR" else "INFO")
+
+
+class VIEW3D_PT_asd_jobs(Panel):
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "ASD"
+    bl_label = "Jobs"
+    bl_parent_id = "VIEW3D_PT_asd"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    def draw(self, context: bpy.types.Context) -> None:
+        props = properties.get(context)
+        layout = self.layout
+        layout.template_list("ASD_UL_jobs", "", props, "jobs", props, "jobs_index", rows=3)
+        row = layout.row(align=True)
+        row.operator("asd.refresh_jobs", icon="FILE_REFRESH")
+        row.operator("asd.attach", icon="IMPORT")
+
+
+class VIEW3D_PT_asd_preview(Panel):
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "ASD"
+    bl_label = "Preview"
+    bl_parent_id = "VIEW3D_PT_asd"
+
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        return scene.PREVIEW_IMAGE in bpy.data.images
+
+    def draw(self, context: bpy.types.Context) -> None:
+        image = bpy.data.images[scene.PREVIEW_IMAGE]
+        image.preview_ensure()
+        self.layout.template_icon(icon_value=image.preview.icon_id, scale=8.0)

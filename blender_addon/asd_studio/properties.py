@@ -1,0 +1,47 @@
+"""The add-on's scene settings and job list, in one PropertyGroup (Scene.asd)."""
+
+from __future__ import annotations
+
+import bpy
+from bpy.props import CollectionProperty, EnumProperty, FloatProperty, IntProperty, StringProperty
+from bpy.types import PropertyGroup
+
+METHODS = [("asd", "ASD", "Adversarial Score Distillation (recommended)"),
+           ("vsd", "VSD", "Variational Score Distillation (ProlificDreamer)"),
+           ("sds", "SDS", "Score Distillation Sampling (DreamFusion)")]
+PRESETS = [("preview", "Preview", "A quick look (minutes on a GPU)"),
+           ("standard", "Standard", "Good results (about half an hour on a GPU)"),
+           ("paper", "Paper", "The paper's 25k steps"),
+           ("smoke", "Smoke test", "Seconds: checks that everything works, not a real result")]
+
+
+class ASD_JobItem(PropertyGroup):
+    job_id: StringProperty()
+    prompt: StringProperty()
+    kind: StringProperty(default="generate")
+    status: StringProperty(default="queued")
+    step: IntProperty()
+    total: IntProperty()
+    object_name: StringProperty(description="The object this job streams into")
+
+
+class ASD_SceneProperties(PropertyGroup):
+    prompt: StringProperty(name="Prompt", default="", description="What to make, e.g. 'a ceramic teapot'")
+    negative_prompt: StringProperty(name="Negative", default="", description="What to avoid")
+    method: EnumProperty(name="Method", items=METHODS, default="asd")
+    preset: EnumProperty(name="Quality", items=PRESETS, default="preview")
+    cfg: FloatProperty(name="Guidance", default=7.5, min=0.0, max=100.0,
+                       description="Classifier-free guidance scale")
+    seed: IntProperty(name="Seed", default=0, min=0)
+    teacher: StringProperty(name="Teacher", default="", description="Empty: the backend's default teacher")
+    status: StringProperty(name="Status", default="")
+    progress: FloatProperty(name="Progress", default=0.0, min=0.0, max=1.0, subtype="FACTOR")
+    progress_text: StringProperty(default="")
+    active_job: StringProperty(default="", description="The job the panel shows")
+    active_request: StringProperty(default="", description="The submit waiting for its job id")
+    jobs: CollectionProperty(type=ASD_JobItem)
+    jobs_index: IntProperty(default=0)
+
+
+def get(context: bpy.types.Context | None = None) -> ASD_SceneProperties:
+    return (context or bpy.context).scene.asd

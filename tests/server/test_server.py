@@ -1,0 +1,267 @@
+"""`asd serve` over real loopback sockets, with the tiny teacher and the smoke preset."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import socket
+import time
+
+import pytest
+import zmq
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from asd_protocol import Accepted, Done, Error, Image, Jobs, Log, MeshSnapshot, Progress, Submit, Welcome, encode
+from asd_protocol.client import LOST
+
+from .live_server import running_server, start_server, stop_server
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def submit(client, prompt="a teapot", **options) -> str:
+    request = client.submit(prompt, preset="smoke", **options)
+    reply = client.wait_for(lambda m: m.parent_id == request and isinstance(m, (Accepted, Error)), timeout=30)
+    assert isinstance(reply, Accepted), reply
+    return reply.job_id
+
+
+def follow(client, job_id, timeout=180.0):
+    """Every message about `job_id` until its `done`, with arrival times."""
+    got = []
+    done = client.wait_for(lambda m: m.job_id == job_id and isinstance(m, Done), timeout=timeout,
+                           on_message=lambda m: got.append((time.monotonic(), m)))
+    return [*got, (time.monotonic(), done)]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, asd_home):
+    results = tmp_path_factory.mktemp("results")
+    with running_server(results, free_port()) as live:
+        yield live
+
+
+def test_welcome_lists_capabilities_and_untrained_teacher(server):
+    with server.client() as client:
+        welcome = client.wait_for(lambda m: isinstance(m, Welcome), timeout=10)
+    assert {"generate", "image"} <= set(welcome.capabilities)
+    assert {t.name: t.trained for t in welcome.teachers}["tiny"] is False
+    assert "smoke" in welcome.presets and welcome.default_teacher == "tiny"
+
+
+def test_generate_streams_progress_meshes_and_preview(server):
+    with server.client() as client:
+        job = submit(client)
+        got = follow(client, job)
+    messages = [m for _, m in got]
+    meshes = [m for m in messages if isinstance(m, MeshSnapshot)]
+    assert meshes and meshes[-1].final and len(meshes[-1].vertices) > 100
+    assert meshes[-1].colors is not None and meshes[-1].colors.shape == (len(meshes[-1].vertices), 3)
+    assert any(not m.final for m in meshes)  # a preview snapshot streamed before the end
+    assert any(isinstance(m, Image) for m in messages)
+    assert any(isinstance(m, Log) and "UNTRAINED" in m.text for m in messages)
+    assert messages[-1].status == "completed" and messages[-1].outputs["mesh"].endswith("mesh.glb")
+    # Progress at least once a second while the job runs.
+    times = [t for t, m in got if isinstance(m, Progress)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert len(times) >= 5 and max(gaps) < 1.6, gaps
+    # Everything persisted.
+    folder = server.results / job
+    assert (folder / "job.json").is_file() and (folder / "mesh.glb").is_file() and (folder / "checkpoint.pt").is_file()
+
+
+def test_two_clients_are_served_in_queue_order(server):
+    with server.client() as a, server.client() as b:
+        first = submit(a, "first")
+        second = submit(b, "second")
+        done_order = []
+        a.wait_for(lambda m: m.job_id == first and isinstance(m, Done), timeout=180,
+                   on_message=lambda m: None)
+        done_order.append(first)
+        b.wait_for(lambda m: m.job_id == second and isinstance(m, Done), timeout=180)
+        done_order.append(second)
+        b.list_jobs()
+        jobs = b.wait_for(lambda m: isinstance(m, Jobs), timeout=10).jobs
+    info = {j.job_id: j for j in jobs}
+    assert info[first].status == info[second].status == "completed"
+    assert info[first].created <= info[second].created
+    log = server.log_text()
+    assert log.index(f'"job_started", "job": "{first}"') < log.index(f'"job_started", "job": "{second}"')
+    assert log.index(f'"job_completed", "job": "{first}"') < log.index(f'"job_started", "job": "{second}"')
+
+
+def test_cancel_a_running_job(server):
+    with server.client() as client:
+        job = submit(client, steps=400)
+        client.wait_for(lambda m: m.job_id == job and isinstance(m, Progress) and m.phase == "optimizing"
+                        and m.step >= 2, timeout=120)
+        client.cancel(job)
+        done = client.wait_for(lambda m: m.job_id == job and isinstance(m, Done), timeout=60)
+    assert done.status == "cancelled"
+    assert (server.results / job / "checkpoint.pt").is_file()  # resumable
+
+
+def test_cancel_a_queued_job(server):
+    with server.client() as client:
+        running = submit(client, steps=400)
+        queued = submit(client, "waiting")
+        client.cancel(queued)
+        done = client.wait_for(lambda m: m.job_id == queued and isinstance(m, Done), timeout=30)
+        assert done.status == "cancelled"
+        client.cancel(running)
+        client.wait_for(lambda m: m.job_id == running and isinstance(m, Done), timeout=60)
+
+
+def test_attach_after_disconnect_gets_state_and_newest_mesh(server):
+    with server.client() as first:
+        job = submit(first)
+    # The submitting client is gone; its job goes on. Another client attaches.
+    with server.client() as second:
+        second.attach(job)
+        state = second.wait_for(lambda m: isinstance(m, Jobs), timeout=10)
+        assert state.jobs[0].job_id == job
+        got = [m for _, m in follow(second, job)]
+    assert any(isinstance(m, MeshSnapshot) and m.final for m in got)
+    # A finished job can still be fetched: attach again after it is done.
+    with server.client() as third:
+        third.attach(job)
+        mesh = third.wait_for(lambda m: isinstance(m, MeshSnapshot), timeout=30)
+        done = third.wait_for(lambda m: isinstance(m, Done), timeout=30)
+    assert mesh.final and len(mesh.faces) > 0 and done.status == "completed"
+
+
+def test_bad_requests_get_errors_that_name_the_field(server):
+    with server.client() as client:
+        checks = [
+            (Submit(kind="generate", prompt="x", preset="ultra"), "content.preset"),
+            (Submit(kind="generate", prompt="x", teacher="sd:/etc"), "content.teacher"),
+        ]
+        for msg, field in checks:
+            client.send(msg)
+            reply = client.wait_for(lambda m, msg=msg: m.parent_id == msg.msg_id, timeout=10)
+            assert isinstance(reply, Error) and reply.field == field, reply
+        client.attach("no-such-job")
+        reply = client.wait_for(lambda m: isinstance(m, Error), timeout=10)
+        assert reply.code == "unknown_job"
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(frames=st.lists(st.binary(max_size=300), min_size=0, max_size=5))
+def test_arbitrary_frames_get_error_replies_and_the_server_stays_up(server, frames):
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(server.address)
+    try:
+        sock.send_multipart(frames or [b""])
+        assert sock.poll(5000), "no reply to a malformed message"
+        reply = sock.recv_multipart()
+        assert b'"error"' in reply[0]
+        sock.send_multipart(encode(Submit(kind="generate", prompt="x", preset="nope")))
+        assert sock.poll(5000), "the server stopped answering after a malformed message"
+    finally:
+        sock.close()
+
+
+def test_server_restart_resumes_a_running_job(tmp_path, asd_home):
+    port = free_port()
+    results = tmp_path / "results"
+    server = start_server(results, port)
+    try:
+        with server.client() as client:
+            job = submit(client, steps=40)
+            # smoke checkpoints every 6 steps: wait until one exists, then kill the server outright.
+            client.wait_for(lambda m: m.job_id == job and isinstance(m, Progress) and m.step >= 8, timeout=180)
+        stop_server(server, signal.SIGKILL)
+        server = start_server(results, port)
+        with server.client() as client:
+            client.attach(job)
+            got = [m for _, m in follow(client, job)]
+        steps = [m.step for m in got if isinstance(m, Progress) and m.phase == "optimizing"]
+        assert steps and min(steps) >= 6, steps  # continued from the checkpoint, not from step 1
+        assert got[-1].status == "completed"
+        assert '"job_requeued"' in server.log_text()
+    finally:
+        stop_server(server)
+
+
+def test_killing_a_worker_fails_only_its_job(tmp_path, asd_home):
+    with running_server(tmp_path / "results", free_port()) as server:
+        with server.client() as client:
+            job = submit(client, steps=400)
+            client.wait_for(lambda m: m.job_id == job and isinstance(m, Progress) and m.step >= 1, timeout=180)
+            os.kill(server.worker_pids()[-1], signal.SIGKILL)
+            error = client.wait_for(lambda m: m.job_id == job and isinstance(m, Error), timeout=30)
+            done = client.wait_for(lambda m: m.job_id == job and isinstance(m, Done), timeout=30)
+            assert error.code == "worker_crashed" and "signal 9" in error.message and error.hint
+            assert done.status == "failed"
+            # The server is up, a new worker runs the next job.
+            nxt = submit(client, "after the crash")
+            assert follow(client, nxt)[-1][1].status == "completed"
+        assert len(server.worker_pids()) == 2
+
+
+def test_client_notices_a_dead_server(tmp_path, asd_home):
+    server = start_server(tmp_path / "results", free_port())
+    client = server.client(dead_after=3.0)
+    try:
+        client.wait_for(lambda m: isinstance(m, Welcome), timeout=10)
+        stop_server(server, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while client.state != LOST and time.monotonic() < deadline:
+            client.poll(timeout=0.2)
+        assert client.state == LOST and "stopped answering" in client.lost_reason()
+    finally:
+        client.close()
+
+
+def test_unreachable_server_is_reported(free_port):
+    from asd_protocol.client import AsdClient
+
+    with AsdClient(f"tcp://127.0.0.1:{free_port}", dead_after=1.0) as client:
+        with pytest.raises(ConnectionError, match="is `asd serve` running"):
+            client.wait_for(lambda m: isinstance(m, Welcome), timeout=5)
+
+
+def test_non_loopback_bind_needs_curve_or_insecure(tmp_path):
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "asd_backend.cli", "serve", "--bind", "tcp://0.0.0.0:5999",
+                             "--results", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "CURVE" in result.stderr and "--insecure" in result.stderr
+
+
+def test_curve_allowed_key_works_unknown_key_and_plaintext_are_refused(tmp_path, asd_home):
+    from asd_backend.server import auth
+
+    curve = tmp_path / "curve"
+    server_key_file = auth.init_keys(curve)
+    allowed_public, allowed_secret = auth.create_client_keys(tmp_path / "alice", "alice")
+    auth.allow_client(curve, str(allowed_public))
+    _stranger_public, stranger_secret = auth.create_client_keys(tmp_path / "mallory", "mallory")
+    from asd_protocol.client import AsdClient, load_keypair
+
+    server_key = server_key_file.read_text().split('public-key = "')[1].split('"')[0]
+    with running_server(tmp_path / "results", free_port(), "--curve-dir", str(curve)) as server:
+        # wait_until_serving used a plaintext client: it must not have been let in, so check explicitly.
+        def attempt(**keys) -> bool:
+            with AsdClient(server.address, dead_after=3.0, **keys) as client:
+                try:
+                    client.wait_for(lambda m: isinstance(m, Welcome), timeout=4)
+                    return True
+                except (TimeoutError, ConnectionError):
+                    return False
+
+        pub, sec = load_keypair(allowed_secret)
+        assert attempt(server_public_key=server_key, client_public_key=pub, client_secret_key=sec)
+        pub, sec = load_keypair(stranger_secret)
+        assert not attempt(server_public_key=server_key, client_public_key=pub, client_secret_key=sec)
+        assert not attempt()  # plaintext
+        assert '"auth_refused"' in server.log_text()
