@@ -326,6 +326,24 @@ def _add_server_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_keys)
 
 
+# -- demo -------------------------------------------------------------------------------------
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .demo import run
+
+    return run(args.prompt, Path(args.outputs))
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="end to end: a local backend, a prompt, streamed meshes under outputs/")
+    p.add_argument("--prompt", default="a ceramic teapot")
+    p.add_argument("--outputs", default="outputs")
+    p.set_defaults(handler=_demo)
+
+
 # -- bench ------------------------------------------------------------------------------------
 
 
@@ -363,9 +381,24 @@ def _bench_2d(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_3d(args: argparse.Namespace) -> int:
+    from .bench import shape
+
+    cfg = shape.ShapeBenchConfig(target=args.target, method=args.method, steps=args.steps, seed=args.seed,
+                                 resolution=args.resolution, cfg=args.cfg)
+    report = shape.run(cfg, device=args.device)
+    if args.json:
+        _print_json(report)
+    else:
+        print(f"{cfg.target} ({cfg.method}, {report['steps']} steps, {report['seconds']:.0f} s): "
+              f"chamfer {100 * report['chamfer_l1_rel']:.2f}% of the diagonal, IoU {report['iou']:.3f}, "
+              f"F-score@1% {report['fscore']:.3f}")
+    return 0
+
+
 def _add_bench(sub: argparse._SubParsersAction) -> None:
     bench = sub.add_parser("bench", help="benchmarks that print JSON")
-    kinds = bench.add_subparsers(dest="bench", required=True, metavar="{protocol,2d}")
+    kinds = bench.add_subparsers(dest="bench", required=True, metavar="{protocol,2d,3d}")
     p = kinds.add_parser("protocol", help="mesh-frame throughput over loopback ZeroMQ")
     p.add_argument("--triangles", type=int, default=1_000_000)
     p.add_argument("--messages", type=int, default=40)
@@ -385,6 +418,17 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the JSON report instead of a table")
     p.set_defaults(handler=_bench_2d)
 
+    p = kinds.add_parser("3d", help="text-to-3D against an exact teacher that renders a known mesh")
+    p.add_argument("--target", default="torus", help="torus | star | mug | a mesh file")
+    p.add_argument("--method", choices=["sds", "vsd", "asd"], default="sds")
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resolution", type=int, default=48, help="render side in pixels")
+    p.add_argument("--cfg", type=float, default=1.0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_bench_3d)
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="asd", description="ASD Studio: text-to-3D with Adversarial Score "
@@ -393,6 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_generate(sub)
     _add_server_commands(sub)
+    _add_demo(sub)
     _add_image(sub)
     _add_bench(sub)
     return parser

@@ -48,10 +48,10 @@ def _error_text(msg: Error) -> str:
 
 
 def follow(client: AsdClient, *, submit: dict[str, Any] | None = None, attach: str | None = None,
-           out_dir: Path, final_name: str = "mesh.glb", keep_snapshots: bool = True,
+           out_dir: Path | Callable[[str], Path], final_name: str = "mesh.glb", keep_snapshots: bool = True,
            on_progress: Callable[[Progress], None] | None = None,
            on_message: Callable[[Message], None] | None = None, timeout: float = 24 * 3600) -> RemoteResult:
-    """Submit a job (or attach to one) and stream it to `out_dir` until it is done."""
+    """Submit a job (or attach to one) and stream it to `out_dir` (or `out_dir(job_id)`) until it is done."""
     started = time.monotonic()
     if (submit is None) == (attach is None):
         raise ValueError("give exactly one of submit (the job) or attach (a job id)")
@@ -64,6 +64,8 @@ def follow(client: AsdClient, *, submit: dict[str, Any] | None = None, attach: s
     else:
         job_id = attach
         client.attach(job_id)
+    if callable(out_dir):
+        out_dir = out_dir(job_id)
     out_dir.mkdir(parents=True, exist_ok=True)
     snapshots: list[Path] = []
     mesh_path = preview_path = None

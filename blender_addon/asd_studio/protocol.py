@@ -2,7 +2,17 @@
 
 try:  # the extension zip carries a copy of shared/asd_protocol next to this file
     from .asd_protocol import (  # type: ignore[no-redef]
-        Accepted, Done, Error, Image, Jobs, Log, MeshSnapshot, Progress, Texture, Welcome, client,
+        Accepted,
+        Done,
+        Error,
+        Image,
+        Jobs,
+        Log,
+        MeshSnapshot,
+        Progress,
+        Texture,
+        Welcome,
+        client,
     )
 except ImportError:  # developing from the repository: the package installed by `make`
     from asd_protocol import Accepted, Done, Error, Image, Jobs, Log, MeshSnapshot, Progress, Texture, Welcome, client

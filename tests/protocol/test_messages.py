@@ -141,3 +141,13 @@ def test_decoded_arrays_are_views_of_the_frames():
     back = decode(frames)
     assert not back.vertices.flags.writeable  # zero-copy: read-only over the received frame
     assert np.array_equal(back.vertices, vertices)
+
+
+def test_the_specification_documents_every_type_and_field():
+    from pathlib import Path
+
+    spec = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text()
+    for name, cls in MESSAGE_TYPES.items():
+        assert f"`{name}`" in spec, name
+        for f, _ in spec_fields(cls):
+            assert f"`{f.name}`" in spec, f"{name}.{f.name}"

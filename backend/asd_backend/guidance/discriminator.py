@@ -22,11 +22,16 @@ from ..teachers.base import V_PREDICTION, Teacher, epsilon_from_v
 CAMERA_DIM = 16  # a flattened 4×4 camera-to-world matrix
 
 
-def camera_features(camera: Float[Tensor, "B 4 4"] | None, batch_size: int, device: torch.device) -> Tensor:
-    """Flattened camera matrices; no camera is the zero matrix (the "unconditional" camera)."""
-    if camera is None:
+def camera_features(camera, batch_size: int, device: torch.device, use_camera: bool = True) -> Tensor:
+    """Flattened camera-to-world matrices (of a CameraBatch or a [B, 4, 4] tensor).
+
+    No camera, or `use_camera=False` (dropout, or the camera-unconditional branch), is the zero
+    matrix, as in the official code.
+    """
+    c2w = getattr(camera, "c2w", camera)
+    if c2w is None or not use_camera:
         return torch.zeros(batch_size, CAMERA_DIM, device=device)
-    return camera.reshape(batch_size, CAMERA_DIM).float().to(device)
+    return c2w.reshape(batch_size, CAMERA_DIM).float().to(device)
 
 
 class CameraEmbedding(nn.Module):
@@ -101,8 +106,9 @@ class LoraCameraDiscriminator(nn.Module):
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for _, p in self.lora_parameters()] + list(self.camera_embedding.parameters())
 
-    def predict_eps(self, x_t: Tensor, t: Int[Tensor, " B"], cond: Tensor, camera: Tensor | None) -> Tensor:
-        labels = camera_features(camera, x_t.shape[0], x_t.device)
+    def predict_eps(self, x_t: Tensor, t: Int[Tensor, " B"], cond: Tensor, camera=None,
+                    use_camera: bool = True) -> Tensor:
+        labels = camera_features(camera, x_t.shape[0], x_t.device, use_camera)
         out = self.host.unet_forward(x_t, t, cond, adapter=True, class_embedding=self.camera_embedding,
                                      class_labels=labels)
         if self.host.prediction_type == V_PREDICTION:
@@ -133,10 +139,11 @@ def timestep_features(t: Tensor, total: int, n_freqs: int = 8) -> Tensor:
 
 
 class ResidualDiscriminator(nn.Module):
-    """ε_φ(x, t, y, c) = ε_teacher(x, t, y) + r_ψ(x, t, y, c), r_ψ an MLP whose last layer starts at zero.
+    """ε_φ(x, t, y, c) = ε_teacher(x, t, y) + r_ψ(x, t, y, c), r_ψ's last layer starting at zero.
 
-    For analytic teachers whose conditioning is a prompt index (−1 = unconditional) and whose
-    samples are small (flattened to [B, D]).
+    For analytic teachers whose conditioning is a prompt index (−1 = unconditional). Vector samples
+    ([B, D], the Gaussian mixtures) get an MLP; image samples ([B, C, H, W], the rendered-shape
+    teacher) a small convolutional network whose features are shifted by the conditioning (FiLM).
     """
 
     def __init__(self, teacher: Teacher, *, hidden: int = 256, depth: int = 3, n_prompts: int = 64,
@@ -146,12 +153,20 @@ class ResidualDiscriminator(nn.Module):
         self.n_prompts = n_prompts
         self.use_camera = use_camera
         self.prompt_embedding = nn.Embedding(n_prompts + 1, prompt_dim)
-        in_dim = teacher.sample_channels + 17 + prompt_dim + (CAMERA_DIM if use_camera else 0)
-        layers: list[nn.Module] = []
-        for i in range(depth):
-            layers += [nn.Linear(in_dim if i == 0 else hidden, hidden), nn.SiLU()]
-        self.body = nn.Sequential(*layers)
-        self.head = nn.Linear(hidden, teacher.sample_channels)
+        cond_dim = 17 + prompt_dim + (CAMERA_DIM if use_camera else 0)
+        channels = teacher.sample_channels
+        self.images = teacher.native_resolution > 1
+        if self.images:
+            width = min(hidden, 64)
+            self.body = nn.ModuleList([nn.Conv2d(channels, width, 3, padding=1), nn.Conv2d(width, width, 3, padding=1)])
+            self.film = nn.Linear(cond_dim, width)
+            self.head = nn.Conv2d(width, channels, 3, padding=1)
+        else:
+            layers: list[nn.Module] = []
+            for i in range(depth):
+                layers += [nn.Linear(channels + cond_dim if i == 0 else hidden, hidden), nn.SiLU()]
+            self.body = nn.Sequential(*layers)
+            self.head = nn.Linear(hidden, channels)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
         self.to(teacher.device)
@@ -166,15 +181,20 @@ class ResidualDiscriminator(nn.Module):
     def close(self) -> None:
         """Nothing to undo: the residual network lives outside the teacher."""
 
-    def predict_eps(self, x_t: Tensor, t: Int[Tensor, " B"], cond: Tensor, camera: Tensor | None) -> Tensor:
+    def predict_eps(self, x_t: Tensor, t: Int[Tensor, " B"], cond: Tensor, camera=None,
+                    use_camera: bool = True) -> Tensor:
         with torch.no_grad():
             base = self.teacher.predict_eps(x_t, t, cond, camera)
-        flat = x_t.reshape(x_t.shape[0], -1)
-        features = [flat, timestep_features(t, self.teacher.num_train_timesteps),
+        features = [timestep_features(t, self.teacher.num_train_timesteps),
                     self.prompt_embedding((cond.long() + 1).clamp(0, self.n_prompts))]
         if self.use_camera:
-            features.append(camera_features(camera, x_t.shape[0], x_t.device))
-        residual = self.head(self.body(torch.cat(features, dim=-1)))
+            features.append(camera_features(camera, x_t.shape[0], x_t.device, use_camera))
+        conditioning = torch.cat(features, dim=-1)
+        if self.images:
+            h = torch.nn.functional.silu(self.body[0](x_t) + self.film(conditioning)[:, :, None, None])
+            residual = self.head(torch.nn.functional.silu(self.body[1](h)))
+        else:
+            residual = self.head(self.body(torch.cat([x_t.reshape(x_t.shape[0], -1), conditioning], dim=-1)))
         return base + residual.reshape(x_t.shape)
 
     def trainable_state(self) -> dict[str, Tensor]:

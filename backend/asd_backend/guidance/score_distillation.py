@@ -198,11 +198,10 @@ class ScoreDistillation:
     def discriminator_eps(self, x_t: Tensor, t: Tensor, c: Conditioning, camera: Any) -> Tensor:
         """ε_φ(x_t; y, camera), with guidance over the camera when discriminator_cfg != 1."""
         s = self.config.discriminator_cfg
-        c2w = camera_matrix(camera)
-        eps_cam = self.discriminator.predict_eps(x_t, t, c.base, c2w)
-        if s == 1.0 or c2w is None:
+        eps_cam = self.discriminator.predict_eps(x_t, t, c.base, camera)
+        if s == 1.0 or camera is None:
             return eps_cam
-        eps_none = self.discriminator.predict_eps(x_t, t, c.base, torch.zeros_like(c2w))
+        eps_none = self.discriminator.predict_eps(x_t, t, c.base, camera, use_camera=False)
         return classifier_free_guidance(eps_none, eps_cam, s)
 
     # -- the two losses ------------------------------------------------------------------------
@@ -240,12 +239,11 @@ class ScoreDistillation:
         t = torch.randint(low, high, (z.shape[0],), device=z.device, generator=generator)
         noise = torch.randn(z.shape, device=z.device, dtype=z.dtype, generator=generator)
         x_t = self.teacher.add_noise(z, noise, t)
-        c2w = camera_matrix(camera)
-        if c2w is not None and cfg.camera_dropout > 0:
+        use_camera = True
+        if camera is not None and cfg.camera_dropout > 0:
             drop = torch.rand((), generator=generator, device="cpu" if generator is None else generator.device)
-            if float(drop) < cfg.camera_dropout:
-                c2w = torch.zeros_like(c2w)
-        eps_phi = self.discriminator.predict_eps(x_t, t, c.base, c2w).float()
+            use_camera = float(drop) >= cfg.camera_dropout
+        eps_phi = self.discriminator.predict_eps(x_t, t, c.base, camera, use_camera=use_camera).float()
         loss = F.mse_loss(eps_phi, noise.float())
         if cfg.effective_gamma != 0.0:
             with torch.no_grad():
@@ -259,11 +257,6 @@ def map_camera(camera: Any, fn: Callable[[Tensor], Tensor]) -> Any:
     if camera is None or isinstance(camera, Tensor):
         return None if camera is None else fn(camera)
     return type(camera)(*(fn(getattr(camera, f.name)) for f in dataclasses.fields(camera)))
-
-
-def camera_matrix(camera: Any) -> Tensor | None:
-    """The camera-to-world matrices that condition ε_φ (a CameraBatch's c2w, or the tensor itself)."""
-    return getattr(camera, "c2w", camera)
 
 
 def _repeat_conditioning(c: Conditioning, n: int) -> Conditioning:

@@ -165,9 +165,13 @@ class Worker:
                                    colors=snap.mesh.colors, snapshot=snap.index, step=snap.step, final=snap.final))
             self.emit(Image(job_id=job_id, pixels=snap.preview, role="preview", step=snap.step, final=snap.final))
 
+        def on_phase(phase: str) -> None:
+            self.emit(Progress(job_id=job_id, phase=phase, step=config.resolved_preset().steps,
+                               total=config.resolved_preset().steps, message="marching cubes on the final field"))
+
         result = generate(teacher, config, workdir=folder, resume=bool(job.get("resume")),
                           on_progress=self._progress(job_id, "optimizing"), on_snapshot=on_snapshot,
-                          should_stop=self._should_stop(job_id))
+                          should_stop=self._should_stop(job_id), on_phase=on_phase)
         if result.stopped:
             raise JobCancelled
         if result.mesh is None or not len(result.mesh.faces):

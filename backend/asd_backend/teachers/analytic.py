@@ -96,7 +96,7 @@ class GaussianMixtureTeacher(Teacher):
     def discriminator(self, **options: object) -> torch.nn.Module:
         from ..guidance.discriminator import ResidualDiscriminator
 
-        return ResidualDiscriminator(self, **options)
+        return ResidualDiscriminator(self, **{"n_prompts": int(self.means.shape[0]), **options})
 
 
 def positional_albedo(points: Tensor) -> Tensor:
@@ -171,3 +171,8 @@ class RenderedShapeTeacher(Teacher):
             logits = torch.where((cond == UNCONDITIONAL)[:, None], logits, only_target.expand_as(logits))
         resp = torch.softmax(logits, dim=1)
         return (1 - a).sqrt() * (resp[:, :, None, None, None] * diffs).sum(1) / s2
+
+    def discriminator(self, **options: object) -> torch.nn.Module:
+        from ..guidance.discriminator import ResidualDiscriminator
+
+        return ResidualDiscriminator(self, **{"n_prompts": 1, **options})

@@ -163,6 +163,9 @@ def save_checkpoint(path: Path, step: int, model: Generator3D, optimizer: torch.
         "optimizer": optimizer.state_dict(),
         "discriminator": None if guidance.discriminator is None else guidance.discriminator.trainable_state(),
         "generators": {k: g.get_state() for k, g in generators.items()},
+        # Global RNG too: some library code draws from it (the VAE's posterior sample, for one).
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         "config": dataclasses.asdict(config),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -180,6 +183,9 @@ def load_checkpoint(path: Path, model: Generator3D, optimizer: torch.optim.Optim
     optimizer.load_state_dict(state["optimizer"])
     for name, g in generators.items():
         g.set_state(state["generators"][name])
+    torch.set_rng_state(state["torch_rng"])
+    if state.get("cuda_rng") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
     return int(state["step"])
 
 
@@ -198,8 +204,14 @@ def opacity_losses(opacity: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def generate(teacher: Teacher, config: GenerateConfig, *, workdir: Path | None = None, resume: bool = False,
              on_progress: Callable[[int, int, dict[str, float]], None] | None = None,
              on_snapshot: Callable[[Snapshot], None] | None = None,
-             should_stop: Callable[[], bool] | None = None) -> GenerationResult:
-    """Run (or continue) a text-to-3D optimisation. Returns the final mesh in Blender's frame."""
+             should_stop: Callable[[], bool] | None = None,
+             on_phase: Callable[[str], None] | None = None) -> GenerationResult:
+    """Run (or continue) a text-to-3D optimisation. Returns the final mesh in Blender's frame.
+
+    Callbacks: `on_progress(step, total, metrics)` every step, `on_snapshot` with preview and final
+    meshes, `should_stop()` polled every step (True: checkpoint and return), `on_phase(name)` when the
+    work changes phase after the optimisation ("extracting").
+    """
     preset = config.resolved_preset()
     device = teacher.device
     torch.manual_seed(config.seed)
@@ -212,7 +224,7 @@ def generate(teacher: Teacher, config: GenerateConfig, *, workdir: Path | None =
     )
     try:
         return _optimise(teacher, config, preset, model, guidance, workdir, resume, on_progress, on_snapshot,
-                         should_stop)
+                         should_stop, on_phase)
     finally:
         guidance.close()
 
@@ -221,7 +233,8 @@ def _optimise(teacher: Teacher, config: GenerateConfig, preset: NerfPreset, mode
               guidance: ScoreDistillation, workdir: Path | None, resume: bool,
               on_progress: Callable[[int, int, dict[str, float]], None] | None,
               on_snapshot: Callable[[Snapshot], None] | None,
-              should_stop: Callable[[], bool] | None) -> GenerationResult:
+              should_stop: Callable[[], bool] | None,
+              on_phase: Callable[[str], None] | None) -> GenerationResult:
     device = teacher.device
     optimizer = _optimizer(model, preset, guidance)
     generators = {"cpu": torch.Generator().manual_seed(config.seed)}
@@ -287,6 +300,8 @@ def _optimise(teacher: Teacher, config: GenerateConfig, preset: NerfPreset, mode
             snapshots += 1
             on_snapshot(Snapshot(snapshots, step, mesh, model.preview(preset.preview_render), metrics, final=False))
     if not stopped:
+        if on_phase is not None:
+            on_phase("extracting")
         final = ExtractionConfig(resolution=preset.mc_resolution, threshold=config.mc_threshold)
         final_mesh = model.mesh(final)
         if on_snapshot is not None:
