@@ -396,9 +396,24 @@ def _bench_3d(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_serve(args: argparse.Namespace) -> int:
+    from .bench import serve
+
+    _print_json(serve.run(clients=args.clients, steps=args.steps, mesh_every=args.mesh_every))
+    return 0
+
+
+def _bench_speed(args: argparse.Namespace) -> int:
+    from .bench import speed
+
+    _print_json(speed.run(preset=args.preset, teacher=args.teacher, device=args.device, method=args.method,
+                          steps=args.steps, resolution=args.resolution))
+    return 0
+
+
 def _add_bench(sub: argparse._SubParsersAction) -> None:
     bench = sub.add_parser("bench", help="benchmarks that print JSON")
-    kinds = bench.add_subparsers(dest="bench", required=True, metavar="{protocol,2d,3d}")
+    kinds = bench.add_subparsers(dest="bench", required=True, metavar="{protocol,2d,3d,serve,speed}")
     p = kinds.add_parser("protocol", help="mesh-frame throughput over loopback ZeroMQ")
     p.add_argument("--triangles", type=int, default=1_000_000)
     p.add_argument("--messages", type=int, default=40)
@@ -428,6 +443,21 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_bench_3d)
+
+    p = kinds.add_parser("serve", help="latency of progress and mesh delivery to many clients over loopback")
+    p.add_argument("--clients", type=int, default=20)
+    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--mesh-every", type=int, default=5)
+    p.set_defaults(handler=_bench_serve)
+
+    p = kinds.add_parser("speed", help="seconds per step and peak GPU memory of a preset")
+    p.add_argument("--preset", default="standard")
+    p.add_argument("--teacher", default="random-sd21", help="random-sd21 (full size, random weights) | tiny | sd")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--method", choices=["asd", "vsd", "sds"], default="asd")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--resolution", type=int, default=None, help="render side (default: the preset's largest)")
+    p.set_defaults(handler=_bench_speed)
 
 
 def build_parser() -> argparse.ArgumentParser:

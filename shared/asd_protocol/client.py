@@ -39,6 +39,7 @@ LOST = "lost"
 CLOSED = "closed"
 
 DEFAULT_ADDRESS = "tcp://127.0.0.1:5555"
+MAX_OUTBOX = 256
 
 
 class AsdClient:
@@ -74,6 +75,7 @@ class AsdClient:
         self.state = CONNECTING
         self.welcome: Welcome | None = None
         self._unread: deque[Message] = deque()
+        self._outbox: deque[list] = deque()
         self._ctx = context or zmq.Context.instance()
         self._socket = self._ctx.socket(zmq.DEALER)
         # A stable identity lets the server keep routing a job's stream to us across reconnects.
@@ -100,17 +102,42 @@ class AsdClient:
         self._last_seen = now
         self._last_sent = now
         self._last_hello = now
-        self.send(Hello(client=client_name, protocol_version=PROTOCOL_VERSION))
+        self._send_control(Hello(client=client_name, protocol_version=PROTOCOL_VERSION))
 
     # -- sending ----------------------------------------------------------------------------
 
     def send(self, msg: Message) -> str:
-        """Validate and send a message; returns its msg_id (replies carry it as parent_id)."""
+        """Validate and queue a message; returns its msg_id (replies carry it as parent_id).
+
+        Never blocks: a DEALER with no live connection (server down, handshake refused) would block
+        on send, so a message that cannot leave now waits in a small outbox that poll() flushes.
+        """
         if self.state == CLOSED:
             raise RuntimeError("this client is closed; create a new AsdClient")
-        self._socket.send_multipart(encode(msg), copy=False)
-        self._last_sent = self.clock()
+        frames = encode(msg)
+        if len(self._outbox) >= MAX_OUTBOX:
+            raise ConnectionError(f"{MAX_OUTBOX} messages are waiting for the backend at {self.address}: "
+                                  f"{self.lost_reason()}")
+        self._outbox.append(frames)
+        self._flush()
         return msg.msg_id
+
+    def _flush(self) -> None:
+        while self._outbox:
+            try:
+                self._socket.send_multipart(self._outbox[0], flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            self._outbox.popleft()
+            self._last_sent = self.clock()
+
+    def _send_control(self, msg: Message) -> None:
+        """Hello and heartbeat: worth sending only now; dropped if the connection cannot take them."""
+        try:
+            self._socket.send_multipart(encode(msg), flags=zmq.NOBLOCK, copy=False)
+            self._last_sent = self.clock()
+        except zmq.Again:
+            pass
 
     def submit(self, prompt: str, kind: str = "generate", **options: Any) -> str:
         """Send a job; the `accepted` (or `error`) reply has this call's return value as parent_id."""
@@ -208,6 +235,7 @@ class AsdClient:
 
     def _tick(self) -> None:
         self._read_monitor()
+        self._flush()
         now = self.clock()
         if now - self._last_seen > self.dead_after and self.state != LOST:
             self.state = LOST
@@ -215,9 +243,9 @@ class AsdClient:
             # Until the server greets us (it may have restarted), keep saying hello.
             if now - self._last_hello >= self.heartbeat_interval:
                 self._last_hello = now
-                self.send(Hello(client=self.client_name, protocol_version=PROTOCOL_VERSION))
+                self._send_control(Hello(client=self.client_name, protocol_version=PROTOCOL_VERSION))
         elif now - self._last_sent >= self.heartbeat_interval:
-            self.send(Heartbeat())
+            self._send_control(Heartbeat())
 
     def close(self) -> None:
         if self.state != CLOSED:

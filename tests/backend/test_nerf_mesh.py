@@ -26,10 +26,14 @@ RADIUS = 0.12
 class SphereField(nn.Module):
     """A solid red ball of density 200 at CENTRE: an analytic stand-in for the NeRF field."""
 
-    radius = 1.0
+    radius = 1.0  # the field's bounding radius (the renderer's sphere), not the ball's
+
+    def __init__(self, ball_radius: float = RADIUS) -> None:
+        super().__init__()
+        self.ball_radius = ball_radius
 
     def forward(self, points):
-        inside = (points - CENTRE).norm(dim=-1) < RADIUS
+        inside = (points - CENTRE).norm(dim=-1) < self.ball_radius
         density = torch.where(inside, 200.0, 0.0)
         return density, torch.tensor([1.0, 0.0, 0.0]).expand(len(points), 3)
 
@@ -100,7 +104,8 @@ def test_hash_grid_interpolates_trilinearly():
 def test_occupancy_grid_skips_empty_space():
     grid = OccupancyGrid(radius=1.0, resolution=16, warmup_steps=0)
     assert grid.occupied_fraction == 1.0
-    grid.update(0, SphereField().density, step_size=0.01)
+    # A ball several cells wide, so the cell around its centre is inside it wherever the update samples.
+    grid.update(0, SphereField(ball_radius=0.3).density, step_size=0.01)
     assert 0 < grid.occupied_fraction < 0.05
     assert grid.query(CENTRE[None]).item() and not grid.query(torch.tensor([[-0.6, 0.6, -0.6]])).item()
 

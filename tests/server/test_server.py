@@ -251,17 +251,21 @@ def test_curve_allowed_key_works_unknown_key_and_plaintext_are_refused(tmp_path,
     server_key = server_key_file.read_text().split('public-key = "')[1].split('"')[0]
     with running_server(tmp_path / "results", free_port(), "--curve-dir", str(curve)) as server:
         # wait_until_serving used a plaintext client: it must not have been let in, so check explicitly.
-        def attempt(**keys) -> bool:
+        def attempt(**keys) -> str:
             with AsdClient(server.address, dead_after=3.0, **keys) as client:
                 try:
                     client.wait_for(lambda m: isinstance(m, Welcome), timeout=4)
-                    return True
+                    return "welcome"
                 except (TimeoutError, ConnectionError):
-                    return False
+                    started = time.monotonic()
+                    client.submit("still never blocks")  # a refused connection must not block the caller
+                    assert time.monotonic() - started < 0.5
+                    return client.lost_reason()
 
         pub, sec = load_keypair(allowed_secret)
-        assert attempt(server_public_key=server_key, client_public_key=pub, client_secret_key=sec)
+        assert attempt(server_public_key=server_key, client_public_key=pub, client_secret_key=sec) == "welcome"
         pub, sec = load_keypair(stranger_secret)
-        assert not attempt(server_public_key=server_key, client_public_key=pub, client_secret_key=sec)
-        assert not attempt()  # plaintext
+        reason = attempt(server_public_key=server_key, client_public_key=pub, client_secret_key=sec)
+        assert "refused this client's CURVE key" in reason
+        assert attempt() != "welcome"  # plaintext
         assert '"auth_refused"' in server.log_text()
