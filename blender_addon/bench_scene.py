@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 def grid_mesh(triangles: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A valid triangulated height field with about `triangles` faces, jittered by `seed`."""
-    side = int(np.sqrt(triangles / 2)) + 1
+    side = int(np.sqrt(triangles / 2)) + 2  # enough quads, then cut to exactly `triangles`
     xs, ys = np.meshgrid(np.arange(side), np.arange(side))
     rng = np.random.default_rng(seed)
     z = rng.normal(scale=0.01, size=side * side)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import bpy
 
-from . import preferences, properties, scene
+from . import preferences, properties, scene, texture_edit
 from .session import ImageUpdate, JobUpdate, MeshUpdate, Notice, Session, is_loopback
 
 TICK_INTERVAL = 0.1
@@ -25,6 +25,7 @@ TEST_TIMEOUT = 5.0
 _session: Session | None = None
 _test: tuple[Session, float] | None = None
 _targets: dict[str, dict] = {}  # submit request id -> where its object goes: scene name, 3D-cursor location
+_edits: dict[str, dict] = {}  # submit request id -> the object whose texture it edits
 _backend: subprocess.Popen | None = None
 _messages: list[tuple[str, str]] = []  # (level, text) of recent notices, newest last
 
@@ -56,6 +57,10 @@ def remember_target(request_id: str, context: bpy.types.Context) -> None:
     _targets[request_id] = {"scene": context.scene.name, "location": tuple(context.scene.cursor.location)}
 
 
+def remember_edit(request_id: str, object_name: str, original_image: str, node_name: str) -> None:
+    _edits[request_id] = {"object": object_name, "original": original_image, "node": node_name}
+
+
 def recent_messages() -> list[tuple[str, str]]:
     return list(_messages[-5:])
 
@@ -77,6 +82,8 @@ def tick() -> float | None:
             _apply_job(props, update)
         elif isinstance(update, MeshUpdate):
             _apply_mesh(props, update)
+        elif isinstance(update, ImageUpdate) and update.role == "texture":
+            _apply_texture(update)
         elif isinstance(update, ImageUpdate):
             scene.update_preview(update.pixels, update.width, update.height)
         elif isinstance(update, Notice):
@@ -130,6 +137,22 @@ def _apply_mesh(props, update: MeshUpdate) -> None:
         except (OSError, RuntimeError) as exc:
             _notice("WARNING", f"could not save the final mesh: {exc}")
         bpy.ops.ed.undo_push(message=f"ASD Studio: {obj.name}")
+
+
+def _apply_texture(update: ImageUpdate) -> None:
+    edit = _edits.get(update.job.request_id)
+    obj = bpy.data.objects.get(edit["object"]) if edit else None
+    if obj is None:
+        return
+    image = texture_edit.apply_edit(obj, update.pixels, update.width, update.height, edit["original"], edit["node"],
+                                    update.job.job_id)
+    if update.final:
+        try:
+            path = texture_edit.save_png(image, scene.output_folder(preferences.get().output_dir))
+            _notice("INFO", f"saved {path}")
+        except (OSError, RuntimeError) as exc:
+            _notice("WARNING", f"could not save the edited texture: {exc}")
+        bpy.ops.ed.undo_push(message=f"ASD Studio: edit {obj.name}")
 
 
 def _duration(seconds: float) -> str:
@@ -234,4 +257,5 @@ def shutdown() -> None:
             s.close()
     _session, _test = None, None
     _targets.clear()
+    _edits.clear()
     stop_backend()

@@ -5,10 +5,10 @@ from __future__ import annotations
 import random
 
 import bpy
-from bpy.props import StringProperty
+from bpy.props import BoolProperty, StringProperty
 from bpy.types import Operator
 
-from . import connection, preferences, properties
+from . import connection, preferences, properties, texture_edit
 
 
 class ASD_OT_generate(Operator):
@@ -149,4 +149,59 @@ class ASD_OT_random_seed(Operator):
 
     def execute(self, context: bpy.types.Context) -> set[str]:
         properties.get(context).seed = random.randrange(2**31)
+        return {"FINISHED"}
+
+
+class ASD_OT_edit_texture(Operator):
+    """Edit the base-colour textures of the selected mesh objects from the prompt (the originals are kept)"""
+
+    bl_idname = "asd.edit_texture"
+    bl_label = "Edit Texture"
+    bl_options = {"REGISTER", "UNDO"}
+
+    smart_uv: BoolProperty(name="Smart UV Project", default=False,
+                           description="Unwrap objects that have no UV map with Smart UV Project first")
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        props = properties.get(context)
+        prompt = props.edit_prompt.strip()
+        objects = [o for o in context.selected_objects if o.type == "MESH"]
+        if not prompt:
+            self.report({"ERROR"}, "Type what the texture should become, e.g. 'weathered bronze'")
+            return {"CANCELLED"}
+        if not objects:
+            self.report({"ERROR"}, "Select one or more mesh objects to edit")
+            return {"CANCELLED"}
+        try:
+            session = connection.session(context)
+            prepared = [(obj, texture_edit.prepare(obj, self.smart_uv)) for obj in objects]
+        except (ValueError, RuntimeError) as exc:
+            props.status = str(exc)
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        for obj, data in prepared:
+            request = session.submit(prompt, kind="edit_texture", source_prompt=props.source_prompt.strip()
+                                     or obj.name, object_name=obj.name, strength=props.strength,
+                                     steps=props.edit_steps, method=props.edit_method, cfg=props.cfg, seed=props.seed,
+                                     negative_prompt=props.negative_prompt, vertices=data["vertices"],
+                                     faces=data["faces"], uvs=data["uvs"], texture=data["texture"])
+            connection.remember_edit(request, obj.name, data["original"], data["node"])
+            props.active_request, props.active_job = request, ""
+        props.status = f"editing {len(prepared)} object(s)…"
+        return {"FINISHED"}
+
+
+class ASD_OT_revert_texture(Operator):
+    """Show the original texture again on the selected objects (the edited image is kept in the file)"""
+
+    bl_idname = "asd.revert_texture"
+    bl_label = "Revert Texture"
+    bl_options = {"REGISTER", "UNDO"}
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        reverted = [o.name for o in context.selected_objects if o.type == "MESH" and texture_edit.revert(o)]
+        if not reverted:
+            self.report({"WARNING"}, "None of the selected objects has an ASD texture edit")
+            return {"CANCELLED"}
+        self.report({"INFO"}, f"Reverted {', '.join(reverted)}")
         return {"FINISHED"}

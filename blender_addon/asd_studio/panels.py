@@ -52,6 +52,28 @@ class VIEW3D_PT_asd(Panel):
                 layout.label(text=text[:120], icon="ERROR" if level == "ERROR" else "INFO")
 
 
+class VIEW3D_PT_asd_texture(Panel):
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "ASD"
+    bl_label = "Edit Texture"
+    bl_parent_id = "VIEW3D_PT_asd"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    def draw(self, context: bpy.types.Context) -> None:
+        props = properties.get(context)
+        layout = self.layout
+        layout.prop(props, "edit_prompt")
+        layout.prop(props, "source_prompt")
+        col = layout.column(align=True)
+        col.prop(props, "edit_method")
+        col.prop(props, "strength")
+        col.prop(props, "edit_steps")
+        row = layout.row(align=True)
+        row.operator("asd.edit_texture", icon="BRUSH_DATA")
+        row.operator("asd.revert_texture", text="", icon="LOOP_BACK")
+
+
 class VIEW3D_PT_asd_jobs(Panel):
     bl_space_type = "VIEW_3D"
     bl_region_type = "UI"

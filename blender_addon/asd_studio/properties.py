@@ -34,6 +34,15 @@ class ASD_SceneProperties(PropertyGroup):
                        description="Classifier-free guidance scale")
     seed: IntProperty(name="Seed", default=0, min=0)
     teacher: StringProperty(name="Teacher", default="", description="Empty: the backend's default teacher")
+    edit_prompt: StringProperty(name="Edit", default="", description="What the selected objects' textures should "
+                                "become, e.g. 'weathered bronze'")
+    source_prompt: StringProperty(name="Source", default="", description="What they are now (default: the "
+                                  "object's name)")
+    edit_method: EnumProperty(name="Method", items=[*METHODS, ("dds", "DDS", "Delta Denoising Score (fixed "
+                                                               "discriminator)")], default="asd")
+    strength: FloatProperty(name="Strength", default=0.6, min=0.05, max=1.0, subtype="FACTOR",
+                            description="How far the edit may go from the original")
+    edit_steps: IntProperty(name="Steps", default=400, min=1, max=20000)
     status: StringProperty(name="Status", default="")
     progress: FloatProperty(name="Progress", default=0.0, min=0.0, max=1.0, subtype="FACTOR")
     progress_text: StringProperty(default="")

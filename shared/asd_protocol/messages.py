@@ -48,7 +48,7 @@ MAX_MESH_FACES = 16_000_000
 MAX_IMAGE_SIDE = 4096
 
 JOB_KINDS = ("generate", "edit_texture", "image")
-METHODS = ("asd", "vsd", "sds")
+METHODS = ("asd", "vsd", "sds", "dds")  # dds: texture editing only
 JOB_STATES = ("queued", "running", "completed", "cancelled", "failed", "interrupted")
 DONE_STATES = ("completed", "cancelled", "failed")
 LOG_LEVELS = ("debug", "info", "warning", "error")

@@ -115,7 +115,7 @@ def test_config_validation_names_the_value():
     with pytest.raises(ValueError, match="gamma must be in"):
         GuidanceConfig(method="asd", gamma=0.5)
     with pytest.raises(ValueError, match="method must be one of"):
-        GuidanceConfig(method="dds")
+        GuidanceConfig(method="magic")
     with pytest.raises(ValueError, match="weighting"):
         GuidanceConfig(weighting="fantasia")
     GuidanceConfig(method="vsd", gamma=0.5)  # VSD ignores gamma
@@ -211,3 +211,21 @@ def test_asd_step_on_tiny_teacher_with_cameras_and_perp_neg(tiny_teacher):
     loss_d.backward()
     assert torch.isfinite(loss_d)
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in guidance.discriminator.trainable_parameters())
+
+
+def test_dds_reference_is_the_teacher_on_the_source_with_the_same_noise(gmm):
+    guidance = ScoreDistillation(gmm, GuidanceConfig(method="dds", cfg=3.0))
+    c = PromptBank(gmm, "0", "", NO_VIEWS).conditioning(batch_size=4)
+    c.base = gmm.embed_prompts(["1"] * 4)  # the source prompt
+    z, source = torch.randn(4, 5, requires_grad=True), torch.randn(4, 5)
+    out = guidance.generator_loss(z, c, source=source, generator=torch.Generator().manual_seed(5))
+    src_t = gmm.add_noise(source, out.noise, out.t)
+    cond_src = gmm.predict_eps(src_t, out.t, torch.ones(4, dtype=torch.long))
+    uncond_src = gmm.predict_eps(src_t, out.t, torch.full((4,), -1))
+    torch.testing.assert_close(out.eps_reference, uncond_src + 3.0 * (cond_src - uncond_src))
+    # Editing the source towards itself (same prompt, same sample) gives no gradient: DDS's premise.
+    c.base = c.cond
+    still = guidance.generator_loss(source.clone().requires_grad_(True), c, source=source)
+    assert still.grad.abs().max() < 1e-6
+    with pytest.raises(ValueError, match="source"):
+        guidance.generator_loss(z, c)

@@ -169,3 +169,64 @@ def test_remote_address_needs_online_access(addon):
     assert check_address("tcp://10.0.0.5:5555", online_access=False).startswith("Blender's online access is off")
     assert check_address("tcp://127.0.0.1:5555", online_access=False) is None
     assert check_address("tcp://gpu-box:5555", online_access=True) is None
+
+
+def _textured_sphere(name: str = "Statue"):
+    bpy.ops.mesh.primitive_uv_sphere_add(radius=1.0, location=(0.0, 0.0, 0.0), segments=24, ring_count=12)
+    obj = bpy.context.active_object
+    obj.name = name
+    material = bpy.data.materials.new(f"{name} material")
+    if material.node_tree is None:
+        material.use_nodes = True
+    bsdf = next(n for n in material.node_tree.nodes if n.type == "BSDF_PRINCIPLED")
+    image = bpy.data.images.new("paint", 64, 32, alpha=True)
+    image.pixels.foreach_set(np.tile(np.array([0.8, 0.1, 0.1, 1.0], np.float32), 64 * 32))
+    node = material.node_tree.nodes.new("ShaderNodeTexImage")
+    node.image = image
+    material.node_tree.links.new(node.outputs["Color"], bsdf.inputs["Base Color"])
+    obj.data.materials.append(material)
+    return obj, node, image
+
+
+def test_edit_texture_applies_a_new_image_and_keeps_the_original(addon, tmp_path, asd_home):
+    connection = addon
+    prefs = bpy.context.preferences.addons[ADDON].preferences
+    prefs.output_dir = str(tmp_path / "textures")
+    obj, node, original = _textured_sphere()
+    before = np.empty(64 * 32 * 4, np.float32)
+    original.pixels.foreach_get(before)
+    with running_server(tmp_path / "results", free_port()) as server:
+        prefs.address = server.address
+        props = bpy.context.scene.asd
+        props.edit_prompt, props.edit_steps = "weathered bronze", 4
+        for o in bpy.context.view_layer.objects:
+            o.select_set(o is obj)
+        assert bpy.ops.asd.edit_texture() == {"FINISHED"}
+        tick_until(connection, lambda: props.jobs and props.jobs[0].status in ("completed", "failed"))
+        assert props.jobs[0].status == "completed", props.status
+        tick_until(connection, lambda: node.image is not original, timeout=10)
+    edited = node.image
+    assert edited.name == "paint (ASD edit)" and tuple(edited.size) == (64, 32)
+    after = np.empty(64 * 32 * 4, np.float32)
+    edited.pixels.foreach_get(after)
+    assert np.abs(after - before).max() > 1e-3  # the texture changed...
+    kept = np.empty(64 * 32 * 4, np.float32)
+    original.pixels.foreach_get(kept)
+    np.testing.assert_array_equal(kept, before)  # ...and the original did not
+    assert Path(edited.filepath_raw).is_file()
+    assert bpy.ops.asd.revert_texture() == {"FINISHED"}
+    assert node.image is original
+
+
+def test_edit_texture_needs_uvs_or_smart_uv_project(addon):
+    from asd_studio import texture_edit
+
+    bpy.ops.mesh.primitive_cube_add()
+    cube = bpy.context.active_object
+    while cube.data.uv_layers:
+        cube.data.uv_layers.remove(cube.data.uv_layers[0])
+    with pytest.raises(ValueError, match="Smart UV Project"):
+        texture_edit.prepare(cube, smart_uv=False)
+    data = texture_edit.prepare(cube, smart_uv=True)
+    assert cube.data.uv_layers and data["uvs"].shape == (12, 3, 2) and data["faces"].shape == (12, 3)
+    assert data["texture"].shape == (512, 512, 4)  # the flat base colour, made into an image to keep

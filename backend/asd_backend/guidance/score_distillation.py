@@ -10,9 +10,12 @@ where ε̃ is the teacher's classifier-free-guided prediction and the reference 
     SDS  ref = ε                       (the noise that was added)
     VSD  ref = ε_φ(x_t; y, camera)     ε_φ trained with ‖ε_φ − ε‖²
     ASD  ref = ε_φ(x_t; y, camera)     ε_φ trained with ‖ε_φ − ε‖² + γ‖ε_φ − sg(ε_teacher(x_t; y))‖²
+    DDS  ref = ε̃_teacher(x̂_t; y_src)   x̂_t: the source sample noised with the same t and ε (editing;
+                                       y_src is the conditioning's `base`, which also conditions ε_φ)
 
-so VSD is ASD with γ = 0. The generator loss 0.5·‖z − sg(z − grad)‖² has exactly `grad` as its
-gradient with respect to z. The discriminator is trained on detached renders, with fresh t and ε.
+so VSD is ASD with γ = 0, and DDS is editing with a fixed discriminator (the teacher on the
+source). The generator loss 0.5·‖z − sg(z − grad)‖² has exactly `grad` as its gradient with
+respect to z. The discriminator is trained on detached renders, with fresh t and ε.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from torch import Tensor
 from ..teachers.base import Teacher, expand_like
 from .prompts import Conditioning
 
-METHODS = ("sds", "vsd", "asd")
+METHODS = ("sds", "vsd", "asd", "dds")
 WEIGHTINGS = ("sds", "asd", "uniform")
 
 
@@ -38,7 +41,7 @@ class GuidanceConfig:
     """Score distillation settings. Defaults are the official ASD NeRF configuration."""
 
     method: str = "asd"
-    """sds, vsd or asd: which reference the teacher's prediction is compared with."""
+    """sds, vsd, asd or dds (editing only): which reference the teacher's prediction is compared with."""
     cfg: float = 7.5
     """Classifier-free guidance scale s: ε̃ = ε_uncond + s·(ε_cond − ε_uncond)."""
     gamma: float = -0.75
@@ -89,7 +92,7 @@ class GuidanceConfig:
 
     @property
     def uses_discriminator(self) -> bool:
-        return self.method != "sds"
+        return self.method in ("vsd", "asd")
 
     @property
     def effective_gamma(self) -> float:
@@ -207,15 +210,27 @@ class ScoreDistillation:
     # -- the two losses ------------------------------------------------------------------------
 
     def generator_loss(self, z: Tensor, c: Conditioning, camera: Any = None, step: int = 0,
-                       generator: torch.Generator | None = None) -> GuidanceOutput:
-        """Loss whose gradient w.r.t. the render z is w(t)·(ε̃_teacher − ref)."""
+                       generator: torch.Generator | None = None, source: Tensor | None = None) -> GuidanceOutput:
+        """Loss whose gradient w.r.t. the render z is w(t)·(ε̃_teacher − ref).
+
+        `source` (DDS only) is the unedited sample the reference is computed on.
+        """
+        if self.config.method == "dds" and source is None:
+            raise ValueError("DDS compares with the source sample: pass source=")
         low, high = self.step_range(step)
         t = self.sample_timesteps(z.shape[0], low, high, z.device, generator)
         with torch.no_grad():
             noise = torch.randn(z.shape, device=z.device, dtype=z.dtype, generator=generator)
             x_t = self.teacher.add_noise(z.detach(), noise, t)
             eps_teacher, _ = self.teacher_eps(x_t, t, c, camera)
-            reference = noise if self.discriminator is None else self.discriminator_eps(x_t, t, c, camera)
+            if self.config.method == "dds":
+                source_t = self.teacher.add_noise(source, noise, t)
+                reference, _ = self.teacher_eps(source_t, t, dataclasses.replace(
+                    c, cond=c.base, negatives=None, negative_weights=None), camera)
+            elif self.discriminator is None:
+                reference = noise
+            else:
+                reference = self.discriminator_eps(x_t, t, c, camera)
             grad = torch.nan_to_num(self.weight(t, z) * (eps_teacher - reference))
             if self.config.grad_clip is not None:
                 grad = grad.clamp(-self.config.grad_clip, self.config.grad_clip)

@@ -61,7 +61,8 @@ from .worker import EVENT, READY, worker_main
 
 log = logging.getLogger("asd.server")
 
-KINDS = ("generate", "image")  # edit_texture joins when its worker code lands
+KINDS = ("generate", "image", "edit_texture")
+MAX_TEXTURE_SIDE = 2048
 TEACHER_INFO = {
     "tiny": "built-in tiny random SD-shaped pipeline: UNTRAINED, outputs are noise (tests and demos)",
     "random-sd21": "SD 2.1-base architecture with random weights: UNTRAINED (speed and memory figures)",
@@ -307,6 +308,13 @@ class Server:
         if self.table.queued_by(peer.user) >= self.config.max_queued_per_client:
             raise ProtocolError(codes.QUEUE_FULL, f"you already have {self.config.max_queued_per_client} queued jobs",
                                 hint="wait for one to start, or cancel one")
+        if msg.method == "dds" and msg.kind != "edit_texture":
+            raise ProtocolError(codes.INVALID_FIELD, "DDS is an editing method", field="content.method",
+                                hint="use asd, vsd or sds for generation")
+        if msg.kind == "edit_texture" and max(msg.texture.shape[:2]) > MAX_TEXTURE_SIDE:
+            raise ProtocolError(codes.TOO_LARGE, f"textures up to {MAX_TEXTURE_SIDE}² are edited; got "
+                                f"{msg.texture.shape[1]}×{msg.texture.shape[0]}", field="content.texture",
+                                hint="scale the image down in Blender first")
         preset = PRESETS[msg.preset]
         settings = {"teacher": teacher, "method": msg.method, "cfg": 7.5 if msg.cfg is None else msg.cfg,
                     "seed": random.randrange(2**31) if msg.seed is None else msg.seed, "preset": msg.preset,
@@ -314,9 +322,15 @@ class Server:
                     "negative_prompt": msg.negative_prompt, "resolution": msg.resolution}
         if msg.kind == "image":
             settings["steps"] = msg.steps or 500
+        if msg.kind == "edit_texture":
+            settings.update(steps=msg.steps or 400, source_prompt=msg.source_prompt or msg.object_name or "an object",
+                            strength=msg.strength, object_name=msg.object_name)
         total = settings["steps"] or preset.steps
         job = Job(job_id=new_job_id(), kind=msg.kind, prompt=msg.prompt, settings=settings, client=peer.user,
                   total=total)
+        if msg.kind == "edit_texture":  # the inputs outlive this message: the worker (and a resume) read them
+            self.store.save_arrays(job.job_id, "inputs.npz", vertices=msg.vertices, faces=msg.faces, uvs=msg.uvs,
+                                   texture=msg.texture)
         self.table.add(job)
         self.store.save(job)
         peer.subscriptions.add(job.job_id)

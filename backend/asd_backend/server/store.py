@@ -35,6 +35,18 @@ class ResultStore:
         folder.mkdir(parents=True, exist_ok=True)
         write_json(folder / "job.json", job.to_json())
 
+    def save_arrays(self, job_id: str, name: str, **arrays) -> Path:
+        """Arrays in a .npz (no pickle: read back with allow_pickle=False), written atomically."""
+        import numpy as np
+
+        folder = self.job_dir(job_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / (name + ".part")
+        with open(tmp, "wb") as handle:
+            np.savez(handle, **arrays)
+        tmp.replace(folder / name)
+        return folder / name
+
     def load_all(self) -> list[Job]:
         """Every job on disk, oldest first; jobs that were active when the server stopped are marked
         interrupted (to be queued again with resume)."""

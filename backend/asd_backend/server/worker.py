@@ -19,7 +19,7 @@ from typing import Any
 
 import zmq
 
-from asd_protocol import Done, Error, Image, Log, MeshSnapshot, Message, Progress, encode
+from asd_protocol import Done, Error, Image, Log, MeshSnapshot, Message, Progress, Texture, encode
 from asd_protocol import errors as codes
 
 log = logging.getLogger("asd.worker")
@@ -94,7 +94,8 @@ class Worker:
         try:
             if job_id in self.cancelled:
                 raise JobCancelled
-            outputs, summary = {"generate": self.generate, "image": self.image}[job["kind"]](job)
+            run = {"generate": self.generate, "image": self.image, "edit_texture": self.edit_texture}[job["kind"]]
+            outputs, summary = run(job)
             self.emit(Done(job_id=job_id, status="completed", seconds=time.time() - started, outputs=outputs,
                            summary=summary))
         except JobCancelled:
@@ -205,6 +206,40 @@ class Worker:
             raise JobCancelled
         path = write_png(folder / "image.png", final.image)
         return {"image": str(path)}, {"steps": final.step, "teacher_trained": bool(teacher.trained)}
+
+
+    def edit_texture(self, job: dict[str, Any]) -> tuple[dict[str, str], dict[str, Any]]:
+        import numpy as np
+
+        from ..artifacts import write_png
+        from ..texture.edit import TextureEditConfig, edit_texture
+
+        job_id, s = job["job_id"], job["settings"]
+        folder = self.results / job_id
+        with np.load(folder / "inputs.npz", allow_pickle=False) as inputs:  # written by the front end
+            arrays = {k: inputs[k] for k in ("vertices", "faces", "uvs", "texture")}
+        self.emit(Progress(job_id=job_id, phase="loading", message=f"loading teacher {s['teacher']}"))
+        teacher = self.teacher(s["teacher"])
+        self._notice(job_id, teacher)
+        config = TextureEditConfig(prompt=job["prompt"], source_prompt=s.get("source_prompt") or "an object",
+                                   negative_prompt=s.get("negative_prompt", ""), method=s["method"], cfg=s["cfg"],
+                                   strength=s.get("strength", 0.6), steps=s["steps"], seed=s["seed"],
+                                   every=s.get("mesh_every") or 25)
+        stop = self._should_stop(job_id)
+
+        def on_frame(frame) -> None:
+            self.emit(Texture(job_id=job_id, pixels=frame.texture, step=frame.step, final=frame.final))
+
+        progress = self._progress(job_id, "optimizing")
+        self.emit(Progress(job_id=job_id, phase="rasterizing", total=config.steps,
+                           message=f"ray casting {config.views} views of the mesh"))
+        final = edit_texture(teacher, arrays["vertices"], arrays["faces"], arrays["uvs"], arrays["texture"], config,
+                             on_frame=on_frame, on_step=lambda step, m: progress(step, config.steps, m),
+                             should_stop=stop)
+        if stop():
+            raise JobCancelled
+        path = write_png(folder / "texture.png", final.texture)
+        return {"texture": str(path)}, {"steps": final.step, "teacher_trained": bool(teacher.trained)}
 
 
 def classify_failure(exc: BaseException) -> tuple[str, str]:

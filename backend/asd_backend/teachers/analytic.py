@@ -110,36 +110,75 @@ def positional_albedo(points: Tensor) -> Tensor:
     return 0.5 + 0.4 * torch.sin(points.float() @ freq.T + phase)
 
 
-class RenderedShapeTeacher(Teacher):
-    """A view-conditioned Gaussian in pixel space around renders of a known mesh.
+class RenderedGaussianTeacher(Teacher):
+    """A view-conditioned Gaussian in pixel space around a render per prompt, for every camera.
 
-    For a camera c, the conditional data distribution is N(render_target(c), σ²I) over images in
-    [-1, 1]; the unconditional one is the equal mixture of that and N(render_distractor(c), σ²I), so
-    CFG has something to push away from. ε̂ is exact for both (as for GaussianMixtureTeacher). The
-    target is seen with `positional_albedo` on a solid background; conditioning is 0 (the target)
-    or −1 (unconditional), the prompt strings "target" and "".
+    For prompt k and camera c the data distribution is N(render_k(c), σ²I) over images in [-1, 1];
+    the unconditional one (prompt '') is the equal mixture over all prompts. As for the Gaussian
+    mixture, ε̂ is exact: √(1−ᾱ) Σ_k r_k (x_t − √ᾱ μ_k) / s², s² = ᾱσ² + 1 − ᾱ. Subclasses say what
+    each prompt's render is.
     """
 
-    def __init__(self, target, distractor, *, resolution: int, sigma: float = 0.05,
-                 background: tuple[float, float, float] = (1.0, 1.0, 1.0), device: str | torch.device = "cpu") -> None:
-        self.target, self.distractor = target, distractor
+    prompts: tuple[str, ...] = ()
+
+    def __init__(self, *, resolution: int, sigma: float, device: str | torch.device) -> None:
         self.device = torch.device(device)
         self.alphas_cumprod = scaled_linear_alphas_cumprod().to(self.device)
         self.prediction_type = EPSILON
-        self.name = "rendered-shape"
-        self.description = "exact Gaussian around ray-cast renders of a target mesh"
         self.trained = True
         self.sample_channels = 3
         self.native_resolution = resolution
         self.sigma = sigma
-        self.background = torch.tensor(background, device=self.device)
+
+    def render_prompt(self, index: int, camera, height: int, width: int) -> Float[Tensor, "B 3 H W"]:
+        raise NotImplementedError
 
     def embed_prompts(self, prompts: Sequence[str]) -> Tensor:
-        mapping = {"target": 0, "": UNCONDITIONAL}
+        mapping = {p: i for i, p in enumerate(self.prompts)} | {"": UNCONDITIONAL}
         for p in prompts:
             if p not in mapping:
-                raise ValueError(f"prompt {p!r}: this teacher knows only 'target' and ''")
+                raise ValueError(f"prompt {p!r}: this teacher knows only {', '.join(map(repr, mapping))}")
         return torch.tensor([mapping[p] for p in prompts], dtype=torch.long, device=self.device)
+
+    def predict_raw(self, x_t: Float[Tensor, "B 3 H W"], t: Int[Tensor, " B"], cond: Int[Tensor, " B"],
+                    camera=None) -> Tensor:
+        if camera is None:
+            raise ValueError(f"{type(self).__name__} needs the camera of every sample")
+        h, w = x_t.shape[-2:]
+        cond = cond.to(x_t.device)
+        needed = range(len(self.prompts)) if bool((cond == UNCONDITIONAL).any()) else sorted(set(cond.tolist()))
+        centres = {k: self.render_prompt(k, camera, h, w) * 2 - 1 for k in needed}
+        a = self.alpha_bar(t, x_t).reshape(-1, 1, 1, 1)
+        s2 = a * self.sigma**2 + (1 - a)
+        keys = sorted(centres)
+        diffs = torch.stack([x_t - a.sqrt() * centres[k] for k in keys], dim=1)  # [B, K, 3, H, W]
+        logits = -(diffs**2).flatten(2).sum(-1) / (2 * s2.reshape(-1, 1))  # [B, K]
+        # A conditional row keeps only its own prompt's component; unconditional rows the mixture.
+        own = cond[:, None] == torch.tensor(keys, device=x_t.device)[None]
+        logits = torch.where((cond == UNCONDITIONAL)[:, None] | own, logits, torch.full_like(logits, float("-inf")))
+        resp = torch.softmax(logits, dim=1)
+        return (1 - a).sqrt() * (resp[:, :, None, None, None] * diffs).sum(1) / s2
+
+    def discriminator(self, **options: object) -> torch.nn.Module:
+        from ..guidance.discriminator import ResidualDiscriminator
+
+        return ResidualDiscriminator(self, **{"n_prompts": len(self.prompts), **options})
+
+
+class RenderedShapeTeacher(RenderedGaussianTeacher):
+    """Renders of a target mesh (prompt 'target') and a distractor (prompt 'distractor', so CFG has
+    something to push away from), ray-cast with `positional_albedo` on a solid background."""
+
+    prompts = ("target", "distractor")
+
+    def __init__(self, target, distractor, *, resolution: int, sigma: float = 0.05,
+                 background: tuple[float, float, float] = (1.0, 1.0, 1.0), device: str | torch.device = "cpu") -> None:
+        super().__init__(resolution=resolution, sigma=sigma, device=device)
+        self.meshes = (target, distractor)
+        self.target = target
+        self.name = "rendered-shape"
+        self.description = "exact Gaussian around ray-cast renders of a target mesh"
+        self.background = torch.tensor(background, device=self.device)
 
     def render(self, mesh, cameras, height: int, width: int) -> Float[Tensor, "B 3 H W"]:
         """The mesh in [0, 1] sRGB, positional albedo, solid background, channels first."""
@@ -152,27 +191,22 @@ class RenderedShapeTeacher(Teacher):
         image = torch.where(mask, color, self.background)
         return image.permute(0, 3, 1, 2)
 
-    def predict_raw(self, x_t: Float[Tensor, "B 3 H W"], t: Int[Tensor, " B"], cond: Int[Tensor, " B"],
-                    camera=None) -> Tensor:
-        if camera is None:
-            raise ValueError("RenderedShapeTeacher needs the camera of every sample")
-        h, w = x_t.shape[-2:]
-        target = self.render(self.target, camera, h, w) * 2 - 1
-        a = self.alpha_bar(t, x_t).reshape(-1, 1, 1, 1)
-        s2 = a * self.sigma**2 + (1 - a)
-        centres = [target]
-        if bool((cond == UNCONDITIONAL).any()):
-            centres.append(self.render(self.distractor, camera, h, w) * 2 - 1)
-        diffs = torch.stack([x_t - a.sqrt() * m for m in centres], dim=1)  # [B, K, 3, H, W]
-        logits = -(diffs**2).flatten(2).sum(-1) / (2 * s2.reshape(-1, 1))  # [B, K]
-        if len(centres) > 1:
-            # Conditional rows use the target only; unconditional rows the mixture.
-            only_target = torch.tensor([0.0, float("-inf")], device=x_t.device)
-            logits = torch.where((cond == UNCONDITIONAL)[:, None], logits, only_target.expand_as(logits))
-        resp = torch.softmax(logits, dim=1)
-        return (1 - a).sqrt() * (resp[:, :, None, None, None] * diffs).sum(1) / s2
+    def render_prompt(self, index: int, camera, height: int, width: int) -> Tensor:
+        return self.render(self.meshes[index], camera, height, width)
 
-    def discriminator(self, **options: object) -> torch.nn.Module:
-        from ..guidance.discriminator import ResidualDiscriminator
 
-        return ResidualDiscriminator(self, **{"n_prompts": 1, **options})
+class RenderedTextureTeacher(RenderedGaussianTeacher):
+    """Renders of known textures on a fixed mesh, one per prompt (for example 'target' and 'source'),
+    through a UVRasterizer's precomputed views (the camera is a ViewBatch)."""
+
+    def __init__(self, rasterizer, textures: dict[str, Tensor], *, sigma: float = 0.05,
+                 device: str | torch.device = "cpu") -> None:
+        super().__init__(resolution=rasterizer.resolution, sigma=sigma, device=device)
+        self.rasterizer = rasterizer
+        self.prompts = tuple(textures)
+        self.textures = [tex.to(self.device) for tex in textures.values()]
+        self.name = "rendered-texture"
+        self.description = "exact Gaussian around renders of known textures on a fixed mesh"
+
+    def render_prompt(self, index: int, camera, height: int, width: int) -> Tensor:
+        return self.rasterizer.render(self.textures[index], camera.index)

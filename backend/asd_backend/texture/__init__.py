@@ -1,0 +1,1 @@
+"""Texture editing on fixed geometry: per-view UV rasterization (raster.py) and the edit loop (edit.py)."""

@@ -1,0 +1,156 @@
+"""Texture editing in Blender: read a mesh object's geometry, UVs and base-colour image; apply edits.
+
+The original image is never modified: edits go to a new image datablock that the material's image
+node switches to, and `revert` switches back. Main thread only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import bpy
+import numpy as np
+
+MAX_SIDE = 2048
+ORIGINAL = "asd_original_image"  # object property: the image the edit replaced
+EDITED = "asd_edited_image"
+NODE = "asd_image_node"
+
+
+def base_color_node(obj: bpy.types.Object, create: bool = True) -> bpy.types.ShaderNodeTexImage | None:
+    """The Image Texture node feeding the first material's Principled Base Color (made if asked)."""
+    material = obj.active_material
+    if material is None:
+        if not create:
+            return None
+        material = bpy.data.materials.new(f"{obj.name} material")
+        obj.data.materials.append(material)
+    if material.node_tree is None:
+        material.use_nodes = True
+    nodes, links = material.node_tree.nodes, material.node_tree.links
+    bsdf = next((n for n in nodes if n.type == "BSDF_PRINCIPLED"), None)
+    if bsdf is None:
+        return None
+    socket = bsdf.inputs["Base Color"]
+    if socket.is_linked and socket.links[0].from_node.type == "TEX_IMAGE":
+        return socket.links[0].from_node
+    if not create:
+        return None
+    # A flat colour (or a colour attribute): make an image of it, so there is an "original" to keep.
+    color = tuple(socket.default_value)
+    image = bpy.data.images.new(f"{obj.name} base color", 512, 512, alpha=True)
+    image.pixels.foreach_set(np.tile(np.array(color, np.float32), 512 * 512))
+    node = nodes.new("ShaderNodeTexImage")
+    node.image = image
+    node.location = (bsdf.location.x - 350, bsdf.location.y)
+    links.new(node.outputs["Color"], socket)
+    return node
+
+
+def read_image(image: bpy.types.Image) -> np.ndarray:
+    """An image as H×W×4 uint8, rows top-down, at most MAX_SIDE a side."""
+    if max(image.size) > MAX_SIDE:
+        image = image.copy()
+        scale = MAX_SIDE / max(image.size)
+        image.scale(max(8, int(image.size[0] * scale)), max(8, int(image.size[1] * scale)))
+        copy = image
+    else:
+        copy = None
+    w, h = image.size
+    if w < 8 or h < 8:
+        raise ValueError(f"image {image.name!r} is {w}×{h}: it has no pixels Blender can read (is the file missing?)")
+    pixels = np.empty(w * h * 4, np.float32)
+    image.pixels.foreach_get(pixels)
+    if copy is not None:
+        bpy.data.images.remove(copy)
+    rgba = pixels.reshape(h, w, 4)[::-1]
+    return np.ascontiguousarray(np.round(np.clip(rgba, 0, 1) * 255).astype(np.uint8))
+
+
+def geometry(obj: bpy.types.Object) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """World-space vertices (N×3), triangles (M×3) and their corner UVs (M×3×2) of a mesh object."""
+    mesh = obj.data
+    if not mesh.uv_layers:
+        raise ValueError(f"{obj.name!r} has no UV map: unwrap it, or tick 'Smart UV Project' in the operator")
+    mesh.calc_loop_triangles()
+    n_tris = len(mesh.loop_triangles)
+    if n_tris == 0:
+        raise ValueError(f"{obj.name!r} has no faces")
+    tri_vertices = np.empty(n_tris * 3, np.int32)
+    tri_loops = np.empty(n_tris * 3, np.int32)
+    mesh.loop_triangles.foreach_get("vertices", tri_vertices)
+    mesh.loop_triangles.foreach_get("loops", tri_loops)
+    co = np.empty(len(mesh.vertices) * 3, np.float32)
+    mesh.vertices.foreach_get("co", co)
+    world = np.asarray(obj.matrix_world, np.float64)
+    co = co.reshape(-1, 3) @ world[:3, :3].T + world[:3, 3]
+    uv = np.empty(len(mesh.loops) * 2, np.float32)
+    mesh.uv_layers.active.data.foreach_get("uv", uv)
+    corner_uvs = uv.reshape(-1, 2)[tri_loops].reshape(n_tris, 3, 2)
+    return co.astype(np.float32), tri_vertices.reshape(n_tris, 3).astype(np.uint32), corner_uvs
+
+
+def smart_uv_project(obj: bpy.types.Object) -> None:
+    """Blender's Smart UV Project on one object (the artist asked for it explicitly)."""
+    view_layer = bpy.context.view_layer
+    previous = view_layer.objects.active
+    view_layer.objects.active = obj
+    with bpy.context.temp_override(active_object=obj, object=obj, selected_objects=[obj],
+                                   selected_editable_objects=[obj]):
+        bpy.ops.object.mode_set(mode="EDIT")
+        bpy.ops.mesh.select_all(action="SELECT")
+        bpy.ops.uv.smart_project()
+        bpy.ops.object.mode_set(mode="OBJECT")
+    view_layer.objects.active = previous
+
+
+def prepare(obj: bpy.types.Object, smart_uv: bool) -> dict:
+    """Everything to send for one object: geometry, UVs and the current base-colour texture."""
+    if obj.type != "MESH":
+        raise ValueError(f"{obj.name!r} is not a mesh")
+    if not obj.data.uv_layers and smart_uv:
+        smart_uv_project(obj)
+    vertices, faces, uvs = geometry(obj)
+    node = base_color_node(obj)
+    if node is None:
+        raise ValueError(f"{obj.name!r}: its material has no Principled BSDF whose Base Color could be edited")
+    original = bpy.data.images.get(obj.get(ORIGINAL, "")) or node.image
+    return {"vertices": vertices, "faces": faces, "uvs": uvs, "texture": read_image(original),
+            "original": original.name, "node": node.name}
+
+
+def apply_edit(obj: bpy.types.Object, pixels: np.ndarray, width: int, height: int, original: str, node_name: str,
+               job_id: str) -> bpy.types.Image:
+    """Write the edited texture (flat RGBA floats, rows bottom-up) into the object's edit image and show it."""
+    name = obj.get(EDITED) or f"{original} (ASD edit)"
+    image = bpy.data.images.get(name)
+    if image is None or tuple(image.size) != (width, height):
+        if image is not None:
+            bpy.data.images.remove(image)
+        image = bpy.data.images.new(name, width, height, alpha=True)
+    image.pixels.foreach_set(pixels)
+    image.update()
+    node = obj.active_material.node_tree.nodes.get(node_name)
+    if node is not None and node.image is not image:
+        node.image = image
+    obj[ORIGINAL], obj[EDITED], obj[NODE], obj["asd_job_id"] = original, image.name, node_name, job_id
+    return image
+
+
+def save_png(image: bpy.types.Image, folder: Path) -> Path:
+    path = folder / f"{bpy.path.clean_name(image.name)}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.filepath_raw = str(path)
+    image.file_format = "PNG"
+    image.save()
+    return path
+
+
+def revert(obj: bpy.types.Object) -> bool:
+    """Show the original image again (the edit image stays in the file, unused)."""
+    original = bpy.data.images.get(obj.get(ORIGINAL, ""))
+    node = obj.active_material.node_tree.nodes.get(obj.get(NODE, "")) if obj.active_material else None
+    if original is None or node is None:
+        return False
+    node.image = original
+    return True
