@@ -386,7 +386,7 @@ def _bench_3d(args: argparse.Namespace) -> int:
 
     cfg = shape.ShapeBenchConfig(target=args.target, method=args.method, steps=args.steps, seed=args.seed,
                                  resolution=args.resolution, cfg=args.cfg)
-    report = shape.run(cfg, device=args.device)
+    report = shape.run(cfg, device=args.device, save=args.save)
     if args.json:
         _print_json(report)
     else:
@@ -441,6 +441,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resolution", type=int, default=48, help="render side in pixels")
     p.add_argument("--cfg", type=float, default=1.0)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--save", default=None, metavar="MESH", help="also write the reconstruction (.glb/.obj/.ply)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_bench_3d)
 

@@ -15,7 +15,7 @@ import addon_utils  # noqa: E402  (bundled with bpy)
 from tests.server.live_server import running_server  # noqa: E402
 
 ADDON = "asd_studio"
-DOCS_IMAGES = Path(__file__).resolve().parents[2] / "docs" / "images"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "build" / "test-artifacts"  # ignored by git, kept by CI
 
 
 def free_port() -> int:
@@ -93,7 +93,7 @@ def test_generate_streams_into_one_object_with_colours(addon, tmp_path, asd_home
 
 
 def render_for_docs(obj, tmp_path):
-    """The final object rendered with Cycles on the CPU, kept for the README."""
+    """The final object rendered with Cycles on the CPU, kept in build/test-artifacts for the docs."""
     scene = bpy.context.scene
     scene.render.engine = "CYCLES"
     scene.cycles.device = "CPU"
@@ -117,8 +117,8 @@ def render_for_docs(obj, tmp_path):
     scene.render.filepath = str(out)
     bpy.ops.render.render(write_still=True)
     assert out.is_file() and out.stat().st_size > 1000
-    DOCS_IMAGES.mkdir(parents=True, exist_ok=True)
-    (DOCS_IMAGES / "blender_render.png").write_bytes(out.read_bytes())
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / "blender_render.png").write_bytes(out.read_bytes())
 
 
 def test_cancel_from_blender(addon, tmp_path, asd_home):

@@ -154,7 +154,8 @@ def bench_preset(cfg: ShapeBenchConfig) -> NerfPreset:
         occupancy_update_every=16, occupancy_warmup_steps=128, lr_encoding=cfg.lr_encoding)
 
 
-def run(cfg: ShapeBenchConfig, device: str = "cpu") -> dict[str, Any]:
+def run(cfg: ShapeBenchConfig, device: str = "cpu", save: str | None = None) -> dict[str, Any]:
+    """Optimise, extract, score. `save` writes the reconstructed mesh (Blender frame) to that path."""
     torch.set_num_threads(max(1, torch.get_num_threads()))
     target = load_target(cfg.target)
     teacher = RenderedShapeTeacher(target, distractor_for(target), resolution=cfg.resolution, sigma=cfg.sigma,
@@ -170,5 +171,9 @@ def run(cfg: ShapeBenchConfig, device: str = "cpu") -> dict[str, Any]:
     target_blender.vertices = to_blender_frame(Mesh(np.asarray(target.vertices, np.float32),
                                                     np.asarray(target.faces, np.uint32))).vertices
     scores = metrics(result.mesh, target_blender, cfg.samples, cfg.iou_grid, cfg.seed)
+    if save:
+        from ..mesh.export import write_mesh
+
+        write_mesh(result.mesh, save)
     return {"benchmark": "3d", "settings": dataclasses.asdict(cfg), **scores, "seconds": round(seconds, 1),
             "steps": result.steps_done, "faces": len(result.mesh.faces)}
