@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from ..guidance.prompts import Conditioning, PromptBank, ViewPromptConfig
-from ..guidance.score_distillation import GuidanceConfig, ScoreDistillation
+from ..guidance.score_distillation import GuidanceConfig, ScoreDistillation, train_discriminator
 from ..teachers.analytic import GaussianMixtureTeacher
 
 
@@ -112,10 +112,7 @@ def distill(cfg: GmmBenchConfig, method: str, guidance_scale: float) -> dict[str
         out.loss.backward()
         optimizer.step()
         if disc_optimizer is not None:
-            loss_d = guidance.discriminator_loss(particles, c, generator=generator)
-            disc_optimizer.zero_grad(set_to_none=True)
-            loss_d.backward()
-            disc_optimizer.step()
+            train_discriminator(guidance, disc_optimizer, particles, c, generator=generator)
     seconds = time.perf_counter() - start
     return {"method": method, "cfg": guidance_scale, **metrics(particles[: cfg.particles], teacher, cfg),
             "seconds": round(seconds, 2)}

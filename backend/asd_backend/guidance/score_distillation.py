@@ -99,6 +99,16 @@ class GuidanceConfig:
         return self.gamma if self.method == "asd" else 0.0
 
 
+def train_discriminator(guidance: ScoreDistillation, optimizer: torch.optim.Optimizer, z: Tensor, c: Conditioning,
+                        camera: Any = None, generator: torch.Generator | None = None) -> float:
+    """One optimiser step of ε_φ on the (detached) render z; returns its loss."""
+    loss = guidance.discriminator_loss(z, c, camera, generator=generator)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach())
+
+
 def perpendicular_component(x: Tensor, y: Tensor) -> Tensor:
     """The part of each x orthogonal to the matching y (per sample)."""
     dims = tuple(range(1, x.ndim))

@@ -135,12 +135,16 @@ class Worker:
                                losses=losses, eta_seconds=eta, elapsed_seconds=elapsed))
         return report
 
-    def _notice(self, job_id: str, teacher: Any) -> None:
+    def _teacher_for(self, job_id: str, spec: str):
+        """Load (or reuse) the job's teacher, saying so, and warn when it is untrained."""
         from ..artifacts import teacher_notice
 
+        self.emit(Progress(job_id=job_id, phase="loading", message=f"loading teacher {spec}"))
+        teacher = self.teacher(spec)
         notice = teacher_notice(teacher)
         if notice:
             self.emit(Log(job_id=job_id, level="warning", text=notice))
+        return teacher
 
     def generate(self, job: dict[str, Any]) -> tuple[dict[str, str], dict[str, Any]]:
         from ..artifacts import write_png
@@ -149,9 +153,7 @@ class Worker:
 
         job_id, s = job["job_id"], job["settings"]
         folder = self.results / job_id
-        self.emit(Progress(job_id=job_id, phase="loading", message=f"loading teacher {s['teacher']}"))
-        teacher = self.teacher(s["teacher"])
-        self._notice(job_id, teacher)
+        teacher = self._teacher_for(job_id, s["teacher"])
         config = GenerateConfig(prompt=job["prompt"], negative_prompt=s.get("negative_prompt", ""),
                                 method=s["method"], cfg=s["cfg"], seed=s["seed"], preset=s["preset"],
                                 steps=s.get("steps"), mesh_every=s.get("mesh_every"),
@@ -187,9 +189,7 @@ class Worker:
 
         job_id, s = job["job_id"], job["settings"]
         folder = self.results / job_id
-        self.emit(Progress(job_id=job_id, phase="loading", message=f"loading teacher {s['teacher']}"))
-        teacher = self.teacher(s["teacher"])
-        self._notice(job_id, teacher)
+        teacher = self._teacher_for(job_id, s["teacher"])
         config = ImageDistillConfig(prompt=job["prompt"], negative_prompt=s.get("negative_prompt", ""),
                                     method=s["method"], cfg=s["cfg"], steps=s["steps"], seed=s["seed"],
                                     resolution=s.get("resolution"), every=s.get("mesh_every") or 0)
@@ -218,9 +218,7 @@ class Worker:
         folder = self.results / job_id
         with np.load(folder / "inputs.npz", allow_pickle=False) as inputs:  # written by the front end
             arrays = {k: inputs[k] for k in ("vertices", "faces", "uvs", "texture")}
-        self.emit(Progress(job_id=job_id, phase="loading", message=f"loading teacher {s['teacher']}"))
-        teacher = self.teacher(s["teacher"])
-        self._notice(job_id, teacher)
+        teacher = self._teacher_for(job_id, s["teacher"])
         config = TextureEditConfig(prompt=job["prompt"], source_prompt=s.get("source_prompt") or "an object",
                                    negative_prompt=s.get("negative_prompt", ""), method=s["method"], cfg=s["cfg"],
                                    strength=s.get("strength", 0.6), steps=s["steps"], seed=s["seed"],

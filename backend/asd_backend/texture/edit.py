@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from ..guidance.prompts import Conditioning
-from ..guidance.score_distillation import GuidanceConfig, ScoreDistillation
+from ..guidance.score_distillation import GuidanceConfig, ScoreDistillation, train_discriminator
 from ..teachers.base import Teacher
 from .raster import NormalisedMesh, UVRasterizer
 
@@ -159,11 +159,8 @@ def edit_texture(teacher: Teacher, vertices: np.ndarray, faces: np.ndarray, uvs:
             with torch.no_grad():
                 texels.clamp_(0, 1)
             if disc_optimizer is not None:
-                loss_d = guidance.discriminator_loss(z, conditioning, views, generator=generator)
-                disc_optimizer.zero_grad(set_to_none=True)
-                loss_d.backward()
-                disc_optimizer.step()
-                metrics["loss_discriminator"] = float(loss_d.detach())
+                metrics["loss_discriminator"] = train_discriminator(guidance, disc_optimizer, z, conditioning, views,
+                                                                    generator)
             metrics["seconds"] = time.perf_counter() - started
             if on_step is not None:
                 on_step(step, metrics)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..guidance.prompts import PromptBank, ViewPromptConfig
-from ..guidance.score_distillation import GuidanceConfig, ScoreDistillation
+from ..guidance.score_distillation import GuidanceConfig, ScoreDistillation, train_discriminator
 from ..teachers.base import Teacher
 
 
@@ -102,11 +102,8 @@ def _optimise(teacher: Teacher, config: ImageDistillConfig, guidance: ScoreDisti
         optimizer.step()
         metrics: dict[str, Any] = out.metrics()
         if disc_optimizer is not None:
-            loss_d = guidance.discriminator_loss(latent, cond, generator=generator)
-            disc_optimizer.zero_grad(set_to_none=True)
-            loss_d.backward()
-            disc_optimizer.step()
-            metrics["loss_discriminator"] = float(loss_d.detach())
+            metrics["loss_discriminator"] = train_discriminator(guidance, disc_optimizer, latent, cond,
+                                                                generator=generator)
         metrics["seconds"] = time.perf_counter() - start
         if on_step is not None:
             on_step(step, metrics)
