@@ -120,7 +120,8 @@ def _generate(args: argparse.Namespace) -> int:
         raise ValueError(f"-o {out}: write the mesh as one of {', '.join(FORMATS)}")
     config = GenerateConfig(prompt=args.prompt, negative_prompt=args.negative_prompt, method=args.method,
                             cfg=args.cfg, seed=args.seed, preset=args.preset, steps=args.steps,
-                            mesh_every=args.mesh_every, mc_resolution=args.mc_resolution)
+                            mesh_every=args.mesh_every, mc_resolution=args.mc_resolution,
+                            texture_size=args.texture_size)
     workdir = out.with_name(out.stem + "_run")
     started = time.time()
     teacher = load_teacher(args.teacher, args.device)
@@ -176,6 +177,8 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in OUTPUT_run/")
     p.add_argument("--save-snapshots", action="store_true", help="also write every preview mesh to OUTPUT_run/")
+    p.add_argument("--texture-size", type=int, default=0, metavar="N",
+                   help="bake the colours into an N×N texture on a UV atlas (xatlas) instead of vertex colours")
     p.add_argument("--turntable", type=int, default=8, help="turntable frames to render at the end (0: none)")
     p.add_argument("--turntable-size", type=int, default=256)
     p.set_defaults(handler=_generate)

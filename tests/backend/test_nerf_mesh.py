@@ -223,3 +223,31 @@ def test_bench_3d_reports_its_metrics():
     report = json.loads(result.stdout)
     assert {"chamfer_l1_rel", "iou", "fscore", "seconds", "steps"} <= set(report)
     assert report["steps"] == 30 and 0 < report["chamfer_l1_rel"] < 0.5 and 0 <= report["iou"] <= 1
+
+
+def test_baked_texture_holds_the_colour_field_and_survives_glb(tmp_path):
+    from asd_backend.mesh.bake import bake_texture
+
+    def colour(p):
+        return (p + 1) / 2
+
+    mesh = extract_mesh(lambda p: 100 * (0.5 - p.norm(dim=-1)), 1.0, ExtractionConfig(resolution=32, threshold=0.0),
+                        color_fn=colour)
+    baked = bake_texture(mesh, colour, size=256)
+    assert baked.uvs.shape == (len(baked.vertices), 2) and baked.texture.shape == (256, 256, 3)
+    assert baked.uvs.min() >= 0 and baked.uvs.max() <= 1
+    # The texel under each triangle's UV centroid has the colour field's value at the triangle's 3D
+    # centroid (rows top-down, v up). Centroids sit inside their chart, away from the seams.
+    uv_tri = baked.uvs[baked.faces]
+    area = 0.5 * np.abs(np.cross(uv_tri[:, 1] - uv_tri[:, 0], uv_tri[:, 2] - uv_tri[:, 0])) * 256**2
+    big = area > 4  # triangles covering a few texels
+    centre_uv = uv_tri[big].mean(1)
+    centre_xyz = baked.vertices[baked.faces[big]].mean(1)
+    col = np.clip((centre_uv[:, 0] * 256).astype(int), 0, 255)
+    row = np.clip(((1 - centre_uv[:, 1]) * 256).astype(int), 0, 255)
+    expected = np.round(np.clip((centre_xyz + 1) / 2, 0, 1) * 255)
+    error = np.abs(baked.texture[row, col].astype(float) - expected)
+    assert big.mean() > 0.5 and np.percentile(error, 99) <= 4
+    back = read_mesh(write_mesh(baked, tmp_path / "baked.glb"))
+    np.testing.assert_allclose(back.uvs, baked.uvs, atol=1e-6)
+    np.testing.assert_array_equal(back.texture, baked.texture)

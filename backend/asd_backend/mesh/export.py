@@ -8,6 +8,7 @@ Y-up so they import upright. glTF vertex colours are linear by specification; we
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ def to_blender_frame(mesh: Mesh) -> Mesh:
     """Rotate −90° about Z: +X (the NeRF's front) → −Y (Blender's front)."""
     v = mesh.vertices
     rotated = np.stack([v[:, 1], -v[:, 0], v[:, 2]], axis=1).astype(np.float32)
-    return Mesh(rotated, mesh.faces, mesh.colors)
+    return dataclasses.replace(mesh, vertices=rotated)
 
 
 def srgb_to_linear(c: np.ndarray) -> np.ndarray:
@@ -56,7 +57,13 @@ def write_mesh(mesh: Mesh, path: str | Path) -> Path:
     if colors is not None and suffix == ".glb":
         colors = np.round(srgb_to_linear(colors[:, :3]) * 255).astype(np.uint8)
     tm = trimesh.Trimesh(vertices, mesh.faces.astype(np.int64), process=False)
-    if colors is not None:
+    if mesh.texture is not None and mesh.uvs is not None and suffix != ".ply":
+        from PIL import Image
+
+        material = trimesh.visual.material.PBRMaterial(baseColorTexture=Image.fromarray(mesh.texture),
+                                                       metallicFactor=0.0, roughnessFactor=0.6, name="albedo")
+        tm.visual = trimesh.visual.TextureVisuals(uv=mesh.uvs, material=material)
+    elif colors is not None:
         alpha = np.full((len(colors), 1), 255, np.uint8)
         tm.visual = trimesh.visual.ColorVisuals(tm, vertex_colors=np.concatenate([colors[:, :3], alpha], axis=1))
     tmp = path.with_name(path.name + ".part" + suffix)
@@ -74,9 +81,13 @@ def read_mesh(path: str | Path) -> Mesh:
     vertices = np.asarray(tm.vertices, np.float64)
     if path.suffix.lower() != ".ply":
         vertices = np.stack([vertices[:, 0], -vertices[:, 2], vertices[:, 1]], axis=1)
-    colors = None
-    if tm.visual is not None and getattr(tm.visual, "kind", None) == "vertex":
+    colors = uvs = texture = None
+    if getattr(tm.visual, "kind", None) == "texture" and tm.visual.uv is not None:
+        uvs = np.asarray(tm.visual.uv, np.float32)
+        image = getattr(tm.visual.material, "baseColorTexture", None) or getattr(tm.visual.material, "image", None)
+        texture = None if image is None else np.asarray(image.convert("RGB"))
+    elif tm.visual is not None and getattr(tm.visual, "kind", None) == "vertex":
         colors = np.asarray(tm.visual.vertex_colors)[:, :3].astype(np.uint8)
         if path.suffix.lower() == ".glb":
             colors = linear_to_srgb(colors / 255.0)
-    return Mesh(vertices.astype(np.float32), np.asarray(tm.faces, np.uint32), colors)
+    return Mesh(vertices.astype(np.float32), np.asarray(tm.faces, np.uint32), colors, uvs=uvs, texture=texture)

@@ -26,6 +26,8 @@ class Mesh:
     vertices: np.ndarray  # float32 N×3
     faces: np.ndarray  # uint32 M×3, counter-clockwise seen from outside
     colors: np.ndarray | None = None  # uint8 N×3 (sRGB)
+    uvs: np.ndarray | None = None  # float32 N×2, u right, v up (with `texture`, from mesh/bake.py)
+    texture: np.ndarray | None = None  # uint8 H×W×3 (sRGB), rows top-down
 
     @property
     def n_faces(self) -> int:

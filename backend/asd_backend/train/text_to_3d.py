@@ -49,6 +49,8 @@ class GenerateConfig:
     """Override how often a preview mesh is made (0: only the final mesh)."""
     mc_resolution: int | None = None
     """Override the final marching-cubes resolution."""
+    texture_size: int = 0
+    """Also bake the albedo into a texture of this size on an xatlas atlas for the final mesh (0: off)."""
     mc_threshold: float | str = "auto"
     """Density of the surface, or 'auto' (half the typical interior density; see mesh/extract.py)."""
     gamma: float = -0.75
@@ -115,13 +117,18 @@ class Generator3D(torch.nn.Module):
                                        warmup_steps=preset.occupancy_warmup_steps)
         self.renderer = VolumeRenderer(self.field, self.background, self.occupancy, preset.samples_per_ray)
 
-    def mesh(self, config: ExtractionConfig, threshold_fallback: bool = True) -> Mesh:
-        """Marching cubes of the density, coloured by albedo; 'auto' threshold if the fixed one finds nothing."""
+    def mesh(self, config: ExtractionConfig, threshold_fallback: bool = True, texture_size: int = 0) -> Mesh:
+        """Marching cubes of the density, coloured by albedo (and baked into a texture if asked);
+        the 'auto' threshold if a fixed one finds nothing. Returned in Blender's frame."""
         device = self.field.device
         mesh = extract_mesh(self.field.density, self.field.radius, config, color_fn=self.field.albedo, device=device)
         if not len(mesh.faces) and threshold_fallback and config.threshold != "auto":
             mesh = extract_mesh(self.field.density, self.field.radius, dataclasses.replace(config, threshold="auto"),
                                 color_fn=self.field.albedo, device=device)
+        if texture_size and len(mesh.faces):
+            from ..mesh.bake import bake_texture
+
+            mesh = bake_texture(mesh, self.field.albedo, texture_size, device=device)
         return to_blender_frame(mesh)
 
     @torch.no_grad()
@@ -303,7 +310,7 @@ def _optimise(teacher: Teacher, config: GenerateConfig, preset: NerfPreset, mode
         if on_phase is not None:
             on_phase("extracting")
         final = ExtractionConfig(resolution=preset.mc_resolution, threshold=config.mc_threshold)
-        final_mesh = model.mesh(final)
+        final_mesh = model.mesh(final, texture_size=config.texture_size)
         if on_snapshot is not None:
             snapshots += 1
             on_snapshot(Snapshot(snapshots, step, final_mesh, model.preview(preset.preview_render),
