@@ -36,15 +36,45 @@ def base_color_node(obj: bpy.types.Object, create: bool = True) -> bpy.types.Sha
         return socket.links[0].from_node
     if not create:
         return None
-    # A flat colour (or a colour attribute): make an image of it, so there is an "original" to keep.
-    color = tuple(socket.default_value)
-    image = bpy.data.images.new(f"{obj.name} base color", 512, 512, alpha=True)
-    image.pixels.foreach_set(np.tile(np.array(color, np.float32), 512 * 512))
+    # Vertex colours or a flat colour: make an image of them, so there is an "original" to keep.
+    vertex_colors = socket.is_linked and socket.links[0].from_node.type == "VERTEX_COLOR"
+    image = bpy.data.images.new(f"{obj.name} base color", 1024 if vertex_colors else 512,
+                                1024 if vertex_colors else 512, alpha=True)
     node = nodes.new("ShaderNodeTexImage")
     node.image = image
-    node.location = (bsdf.location.x - 350, bsdf.location.y)
+    node.location = (bsdf.location.x - 350, bsdf.location.y - 250)
+    if vertex_colors:
+        bake_base_color(obj, material, node)
+    else:
+        image.pixels.foreach_set(np.tile(np.array(tuple(socket.default_value), np.float32), 512 * 512))
     links.new(node.outputs["Color"], socket)
     return node
+
+
+def bake_base_color(obj: bpy.types.Object, material: bpy.types.Material, node: bpy.types.ShaderNodeTexImage) -> None:
+    """Bake what drives the Base Color (vertex colours) into `node`'s image with Cycles (diffuse colour pass)."""
+    scene = bpy.context.scene
+    engine, samples = scene.render.engine, scene.cycles.samples
+    scene.render.engine = "CYCLES"
+    scene.cycles.samples = 1  # a colour pass needs no light transport
+    nodes = material.node_tree.nodes
+    previous_active = nodes.active
+    nodes.active = node  # Cycles bakes into the active image node
+    view_layer = bpy.context.view_layer
+    selected = [o for o in view_layer.objects if o.select_get()]
+    for o in selected:
+        o.select_set(False)
+    obj.select_set(True)
+    try:
+        with bpy.context.temp_override(active_object=obj, object=obj, selected_objects=[obj],
+                                       selected_editable_objects=[obj]):
+            bpy.ops.object.bake(type="DIFFUSE", pass_filter={"COLOR"}, margin=4, use_clear=True)
+    finally:
+        obj.select_set(False)
+        for o in selected:
+            o.select_set(True)
+        nodes.active = previous_active
+        scene.render.engine, scene.cycles.samples = engine, samples
 
 
 def read_image(image: bpy.types.Image) -> np.ndarray:

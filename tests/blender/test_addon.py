@@ -230,3 +230,23 @@ def test_edit_texture_needs_uvs_or_smart_uv_project(addon):
     data = texture_edit.prepare(cube, smart_uv=True)
     assert cube.data.uv_layers and data["uvs"].shape == (12, 3, 2) and data["faces"].shape == (12, 3)
     assert data["texture"].shape == (512, 512, 4)  # the flat base colour, made into an image to keep
+
+
+def test_vertex_colours_are_baked_into_the_original_image(addon):
+    from asd_studio import scene as asd_scene
+    from asd_studio import texture_edit
+
+    bpy.ops.mesh.primitive_uv_sphere_add(segments=24, ring_count=12)
+    obj = bpy.context.active_object
+    mesh = obj.data
+    attr = mesh.color_attributes.new(asd_scene.COLOR_ATTRIBUTE, "BYTE_COLOR", "POINT")
+    z = np.array([v.co.z for v in mesh.vertices])
+    colours = np.where((z > 0)[:, None], [0.9, 0.1, 0.1, 1.0], [0.1, 0.1, 0.9, 1.0]).astype(np.float32)
+    attr.data.foreach_set("color_srgb", colours.ravel())
+    mesh.materials.append(asd_scene.ensure_material("painted"))
+    data = texture_edit.prepare(obj, smart_uv=False)
+    texture = data["texture"][..., :3].reshape(-1, 3).astype(int)
+    reddish = ((texture[:, 0] > 150) & (texture[:, 2] < 100)).mean()
+    bluish = ((texture[:, 2] > 150) & (texture[:, 0] < 100)).mean()
+    assert reddish > 0.1 and bluish > 0.1  # both halves' colours made it into the image
+    assert data["texture"].shape == (1024, 1024, 4)
