@@ -188,7 +188,7 @@ def test_asd_generate_smoke_end_to_end(tmp_path, asd_home):
                              "--turntable-size", "48"], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     mesh = read_mesh(out)
-    assert len(mesh.vertices) > 100 and mesh.colors is not None and mesh.colors.std() >= 0
+    assert len(mesh.vertices) > 100 and mesh.colors is not None and mesh.colors.shape == (len(mesh.vertices), 3)
     run = json.loads(out.with_suffix(".json").read_text())
     assert run["teacher"]["trained"] is False and "UNTRAINED" in run["notice"]
     assert run["steps_done"] == 12 and run["settings"]["method"] == "asd" and "torch" in run["versions"]

@@ -80,12 +80,8 @@ def test_two_clients_are_served_in_queue_order(server):
     with server.client() as a, server.client() as b:
         first = submit(a, "first")
         second = submit(b, "second")
-        done_order = []
-        a.wait_for(lambda m: m.job_id == first and isinstance(m, Done), timeout=180,
-                   on_message=lambda m: None)
-        done_order.append(first)
+        a.wait_for(lambda m: m.job_id == first and isinstance(m, Done), timeout=180)
         b.wait_for(lambda m: m.job_id == second and isinstance(m, Done), timeout=180)
-        done_order.append(second)
         b.list_jobs()
         jobs = b.wait_for(lambda m: isinstance(m, Jobs), timeout=10).jobs
     info = {j.job_id: j for j in jobs}
