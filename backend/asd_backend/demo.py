@@ -9,12 +9,12 @@ otherwise the built-in tiny random one, and the demo says which and what that me
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from .loopback import free_port
 from .teachers.stable_diffusion import DEFAULT_MODEL
 
 
@@ -47,12 +47,6 @@ def choose_teacher() -> tuple[str, str, str]:
                              "meaningful shapes. See README ▸ A GPU box for the real model.")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run(prompt: str, outputs: Path = Path("outputs")) -> int:
     from asd_protocol.client import AsdClient
 
@@ -60,7 +54,7 @@ def run(prompt: str, outputs: Path = Path("outputs")) -> int:
 
     teacher, preset, line = choose_teacher()
     print(line, flush=True)
-    address = f"tcp://127.0.0.1:{_free_port()}"
+    address = f"tcp://127.0.0.1:{free_port()}"
     outputs.mkdir(parents=True, exist_ok=True)
     log = outputs / "backend.log"
     print(f"starting a local backend on {address} (log: {log})…", flush=True)

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import bpy
 
-from . import preferences, properties, scene, texture_edit
-from .session import ImageUpdate, JobUpdate, MeshUpdate, Notice, Session, is_loopback
+from . import preferences, properties, protocol, scene, texture_edit
+from .session import ImageUpdate, JobUpdate, MeshUpdate, Notice, Session
 
 TICK_INTERVAL = 0.1
 TEST_TIMEOUT = 5.0
@@ -218,7 +218,7 @@ def start_backend(context: bpy.types.Context) -> str:
     if not python or not Path(python).is_file():
         raise ValueError("set Preferences ▸ Add-ons ▸ ASD Studio ▸ Backend Python to a Python that has the backend "
                          "installed (for example the project's .venv/bin/python)")
-    if not is_loopback(prefs.address):
+    if not protocol.is_loopback(prefs.address):
         raise ValueError("a local backend listens on loopback: set the backend address to tcp://127.0.0.1:PORT")
     if _backend is not None and _backend.poll() is None:
         return f"a local backend is already running (pid {_backend.pid})"

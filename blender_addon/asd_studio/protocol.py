@@ -18,6 +18,7 @@ except ImportError:  # developing from the repository: the package installed by 
     from asd_protocol import Accepted, Done, Error, Image, Jobs, Log, MeshSnapshot, Progress, Texture, Welcome, client
 
 AsdClient = client.AsdClient
+is_loopback = client.is_loopback
 load_keypair = client.load_keypair
 
 __all__ = ["Accepted", "AsdClient", "Done", "Error", "Image", "Jobs", "Log", "MeshSnapshot", "Progress", "Texture",

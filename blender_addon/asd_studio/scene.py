@@ -109,7 +109,8 @@ def set_smooth(mesh: bpy.types.Mesh, smooth: bool) -> None:
     sharp.data.foreach_set("value", np.ones(len(mesh.polygons), dtype=bool))
 
 
-def update_preview(pixels, width: int, height: int, name: str = PREVIEW_IMAGE) -> bpy.types.Image:
+def write_image(name: str, pixels, width: int, height: int) -> bpy.types.Image:
+    """Flat RGBA floats (rows bottom-up) into the image `name`, made or resized as needed, in place."""
     image = bpy.data.images.get(name)
     if image is None or tuple(image.size) != (width, height):
         if image is not None:
@@ -117,6 +118,11 @@ def update_preview(pixels, width: int, height: int, name: str = PREVIEW_IMAGE) -
         image = bpy.data.images.new(name, width, height, alpha=True)
     image.pixels.foreach_set(pixels)
     image.update()
+    return image
+
+
+def update_preview(pixels, width: int, height: int, name: str = PREVIEW_IMAGE) -> bpy.types.Image:
+    image = write_image(name, pixels, width, height)
     if image.preview is not None:
         image.preview.reload()
     return image

@@ -7,10 +7,8 @@ on the main thread. Keeping this bpy-free lets plain pytest cover the logic agai
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import time
 from typing import Any
-from urllib.parse import urlsplit
 
 from . import protocol
 from .mesh_data import MeshBuffers, image_pixels, mesh_buffers
@@ -73,21 +71,11 @@ class Notice:
 Update = MeshUpdate | ImageUpdate | JobUpdate | Notice
 
 
-def is_loopback(address: str) -> bool:
-    host = urlsplit(address).hostname or ""
-    if host == "localhost" or address.startswith(("ipc://", "inproc://")):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def check_address(address: str, online_access: bool) -> str | None:
     """Why this address cannot be used, or None."""
     if not address.startswith("tcp://") or ":" not in address[6:]:
         return f"backend address {address!r} must look like tcp://HOST:PORT (for example tcp://127.0.0.1:5555)"
-    if not online_access and not is_loopback(address):
+    if not online_access and not protocol.is_loopback(address):
         return ("Blender's online access is off, so only a backend on this machine can be reached: enable "
                 "Preferences ▸ System ▸ Network ▸ Allow Online Access, or use a local backend")
     return None

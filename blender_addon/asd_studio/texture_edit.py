@@ -11,6 +11,8 @@ from pathlib import Path
 import bpy
 import numpy as np
 
+from .scene import write_image
+
 MAX_SIDE = 2048
 ORIGINAL = "asd_original_image"  # object property: the image the edit replaced
 EDITED = "asd_edited_image"
@@ -152,14 +154,7 @@ def prepare(obj: bpy.types.Object, smart_uv: bool) -> dict:
 def apply_edit(obj: bpy.types.Object, pixels: np.ndarray, width: int, height: int, original: str, node_name: str,
                job_id: str) -> bpy.types.Image:
     """Write the edited texture (flat RGBA floats, rows bottom-up) into the object's edit image and show it."""
-    name = obj.get(EDITED) or f"{original} (ASD edit)"
-    image = bpy.data.images.get(name)
-    if image is None or tuple(image.size) != (width, height):
-        if image is not None:
-            bpy.data.images.remove(image)
-        image = bpy.data.images.new(name, width, height, alpha=True)
-    image.pixels.foreach_set(pixels)
-    image.update()
+    image = write_image(obj.get(EDITED) or f"{original} (ASD edit)", pixels, width, height)
     node = obj.active_material.node_tree.nodes.get(node_name)
     if node is not None and node.image is not image:
         node.image = image

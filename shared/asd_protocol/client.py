@@ -7,12 +7,14 @@ the blocking convenience the CLI and tests use.
 
 from __future__ import annotations
 
+import ipaddress
 import time
 import uuid
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import zmq
 
@@ -261,6 +263,22 @@ class AsdClient:
         self.close()
 
 
+def is_loopback(address: str) -> bool:
+    """True for tcp://127.x, tcp://localhost, tcp://[::1], ipc:// and inproc:// endpoints.
+
+    Shared by the server (loopback needs no CURVE) and the add-on (Blender's online-access rule).
+    """
+    if address.startswith(("ipc://", "inproc://")):
+        return True
+    host = urlsplit(address).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # '*', an interface name or a host name: not loopback
+
+
 def load_keypair(path: str | Path) -> tuple[str, str]:
     """(public, secret) Z85 keys from a `zmq.auth` secret key file (`*.key_secret`)."""
     from zmq.auth import load_certificate
@@ -287,4 +305,5 @@ def _key(value: str | bytes) -> bytes:
     raise ValueError(f"{value[:60]!r} is neither a 40-character Z85 CURVE key nor a key file")
 
 
-__all__ = ["CLOSED", "CONNECTED", "CONNECTING", "DEFAULT_ADDRESS", "LOST", "AsdClient", "errors"]
+__all__ = ["CLOSED", "CONNECTED", "CONNECTING", "DEFAULT_ADDRESS", "LOST", "AsdClient", "errors", "is_loopback",
+           "load_keypair"]

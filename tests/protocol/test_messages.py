@@ -151,3 +151,14 @@ def test_the_specification_documents_every_type_and_field():
         assert f"`{name}`" in spec, name
         for f, _ in spec_fields(cls):
             assert f"`{f.name}`" in spec, f"{name}.{f.name}"
+
+
+@pytest.mark.parametrize(("address", "loopback"), [
+    ("tcp://127.0.0.1:5555", True), ("tcp://127.8.0.2:1", True), ("tcp://localhost:5555", True),
+    ("tcp://[::1]:5555", True), ("ipc:///tmp/asd", True), ("tcp://0.0.0.0:5555", False), ("tcp://*:5555", False),
+    ("tcp://10.0.0.5:5555", False), ("tcp://gpu-box:5555", False),
+])
+def test_loopback_addresses(address, loopback):
+    from asd_protocol.client import is_loopback
+
+    assert is_loopback(address) is loopback

@@ -6,7 +6,6 @@ validates every message exactly as the add-on does. Throughput counts the array 
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from typing import Any
@@ -15,12 +14,6 @@ import numpy as np
 import zmq
 
 from asd_protocol import MeshSnapshot, decode, encode
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run(triangles: int = 1_000_000, messages: int = 40, warmup: int = 3) -> dict[str, Any]:
@@ -39,9 +32,9 @@ def run(triangles: int = 1_000_000, messages: int = 40, warmup: int = 3) -> dict
     payload = sum(memoryview(f).nbytes for f in frames)
 
     ctx = zmq.Context()
-    address = f"tcp://127.0.0.1:{_free_port()}"
     router = ctx.socket(zmq.ROUTER)
-    router.bind(address)
+    router.bind("tcp://127.0.0.1:*")  # any free port
+    address = router.getsockopt_string(zmq.LAST_ENDPOINT)
     dealer = ctx.socket(zmq.DEALER)
     dealer.connect(address)
     for s in (router, dealer):

@@ -9,7 +9,6 @@ Latency is arrival time minus the message's header timestamp (same machine, same
 from __future__ import annotations
 
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -22,11 +21,7 @@ from typing import Any
 from asd_protocol import Accepted, Done, MeshSnapshot, Progress
 from asd_protocol.client import AsdClient
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from ..loopback import free_port
 
 
 def _age_ms(timestamp: str) -> float:
@@ -46,7 +41,7 @@ def _summary(values: list[float]) -> dict[str, float]:
 def run(clients: int = 20, steps: int = 60, mesh_every: int = 5, timeout: float = 600.0) -> dict[str, Any]:
     if clients < 1:
         raise ValueError("clients must be at least 1")
-    address = f"tcp://127.0.0.1:{_free_port()}"
+    address = f"tcp://127.0.0.1:{free_port()}"
     with tempfile.TemporaryDirectory(prefix="asd-bench-serve-") as tmp:
         log = Path(tmp) / "server.log"
         with open(log, "wb") as handle:

@@ -9,12 +9,10 @@ The allow-list is re-read whenever the folder changes, so keys can be added whil
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import shutil
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import zmq
 import zmq.auth
@@ -24,19 +22,6 @@ log = logging.getLogger("asd.server")
 
 DEFAULT_CURVE_DIR = Path(os.environ.get("ASD_CURVE_DIR", Path.home() / ".config" / "asd-studio" / "curve"))
 AUTHORIZED = "authorized_clients"
-
-
-def is_loopback(address: str) -> bool:
-    """True for tcp://127.x, tcp://localhost, tcp://[::1], ipc:// and inproc:// endpoints."""
-    if address.startswith(("ipc://", "inproc://")):
-        return True
-    host = urlsplit(address).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # '*', an interface name or a host name: not loopback
 
 
 def init_keys(curve_dir: Path = DEFAULT_CURVE_DIR, force: bool = False) -> Path:

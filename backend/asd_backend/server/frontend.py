@@ -50,6 +50,7 @@ from asd_protocol import (
     encode,
 )
 from asd_protocol import errors as codes
+from asd_protocol.client import is_loopback
 from asd_protocol.messages import now_iso
 
 from .. import __version__
@@ -95,7 +96,7 @@ class ServerConfig:
         self.results = Path(self.results)
         if self.curve_dir is not None:
             self.curve_dir = Path(self.curve_dir)
-        if not auth.is_loopback(self.bind) and self.curve_dir is None and not self.insecure:
+        if not is_loopback(self.bind) and self.curve_dir is None and not self.insecure:
             raise ValueError(f"refusing to listen on {self.bind} without CURVE: anyone who can reach it could run "
                              "jobs. Run `asd keys init`, pass --curve-dir, and allow clients with `asd keys allow`; "
                              "or pass --insecure on a trusted network")
@@ -157,7 +158,7 @@ class Server:
         s.setsockopt(zmq.LINGER, 0)
         if self.config.curve_dir is not None:
             self.authenticator = auth.secure_socket(self.ctx, s, self.config.curve_dir)
-        elif not auth.is_loopback(self.config.bind):
+        elif not is_loopback(self.config.bind):
             log.warning("WARNING: --insecure: listening on %s WITHOUT authentication or encryption; anyone who "
                         "can reach this port can run jobs and read results", self.config.bind)
         s.bind(self.config.bind)

@@ -89,6 +89,13 @@ class Teacher(ABC):
         """Images in [0, 1] to the model's sample space. Pixel teachers: identity (to [-1, 1])."""
         return images * 2 - 1
 
+    def encode_at_native(self, images: Float[Tensor, "B 3 H W"]) -> Tensor:
+        """`encode` after a bilinear resize to the teacher's native resolution (renders come in any size)."""
+        if images.shape[-2:] != (self.native_resolution, self.native_resolution):
+            images = torch.nn.functional.interpolate(images, (self.native_resolution,) * 2, mode="bilinear",
+                                                     align_corners=False)
+        return self.encode(images)
+
     def decode(self, samples: Tensor) -> Float[Tensor, "B 3 H W"]:
         """Samples back to images in [0, 1]."""
         return ((samples + 1) / 2).clamp(0, 1)

@@ -26,7 +26,6 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..guidance.prompts import Conditioning
 from ..guidance.score_distillation import GuidanceConfig, ScoreDistillation, train_discriminator
@@ -138,13 +137,13 @@ def edit_texture(teacher: Teacher, vertices: np.ndarray, faces: np.ndarray, uvs:
         for step in range(1, config.steps + 1):
             index = torch.randint(len(rasterizer), (1,), generator=cpu)
             views = rasterizer.views(index)
-            z = _encode(teacher, rasterizer.render(texels, index), side)
+            z = teacher.encode_at_native(rasterizer.render(texels, index))
             source_z = None
             if config.method == "dds":
                 key = int(index)
                 if key not in source_latents:
                     with torch.no_grad():
-                        source_latents[key] = _encode(teacher, rasterizer.render(source, index), side)
+                        source_latents[key] = teacher.encode_at_native(rasterizer.render(source, index))
                 source_z = source_latents[key]
             out = guidance.generator_loss(z, conditioning, views, step=step, generator=generator, source=source_z)
             loss = out.loss
@@ -175,8 +174,3 @@ def edit_texture(teacher: Teacher, vertices: np.ndarray, faces: np.ndarray, uvs:
     finally:
         guidance.close()
 
-
-def _encode(teacher: Teacher, images: torch.Tensor, side: int) -> torch.Tensor:
-    if images.shape[-1] != teacher.native_resolution:
-        images = F.interpolate(images, (teacher.native_resolution,) * 2, mode="bilinear", align_corners=False)
-    return teacher.encode(images)

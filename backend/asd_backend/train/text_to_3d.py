@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..guidance.prompts import PromptBank, ViewPromptConfig
 from ..guidance.score_distillation import GuidanceConfig, ScoreDistillation
@@ -267,9 +266,7 @@ def _optimise(teacher: Teacher, config: GenerateConfig, preset: NerfPreset, mode
         out = model.renderer(cameras, side, side, training=True, generator=cpu_gen)
         images = out.rgb.permute(0, 3, 1, 2)
         # 2. Into the teacher's sample space (the VAE for latent teachers), at its native size.
-        if side != teacher.native_resolution:
-            images = F.interpolate(images, (teacher.native_resolution,) * 2, mode="bilinear", align_corners=False)
-        z = teacher.encode(images)
+        z = teacher.encode_at_native(images)
         # 3. The distillation gradient, and ε_φ's own loss on the same (detached) render.
         conditioning = bank.conditioning(cameras.elevation_deg, cameras.azimuth_deg)
         guided = guidance.generator_loss(z, conditioning, cameras, step=step, generator=dev_gen)
