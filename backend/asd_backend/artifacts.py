@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import platform
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,22 +30,56 @@ def versions() -> dict[str, str]:
             "diffusers": diffusers.__version__, "cuda": str(torch.version.cuda)}
 
 
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary name beside `path` to write to; renamed to `path` when the block ends, removed when it
+    raises (an error, Ctrl-C): a file under the final name is always whole, and nothing half-written stays."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.part{path.suffix}")  # the suffix keeps writers' formats
+    try:
+        yield tmp
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def write_png(path: Path, image: np.ndarray, metadata: dict[str, str] | None = None) -> Path:
     """H×W×3|4 uint8 to PNG, with text chunks (prompt, teacher, …) that image viewers show."""
     from PIL import Image, PngImagePlugin
 
-    path.parent.mkdir(parents=True, exist_ok=True)
     info = PngImagePlugin.PngInfo()
     for key, value in (metadata or {}).items():
         info.add_text(key, str(value))
-    Image.fromarray(np.ascontiguousarray(image)).save(path, pnginfo=info)
+    with atomic_path(path) as tmp:
+        Image.fromarray(np.ascontiguousarray(image)).save(tmp, format="PNG", pnginfo=info)
     return path
 
 
 def write_json(path: Path, data: dict[str, Any]) -> Path:
-    """Atomic: a crash never leaves half a JSON file behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    tmp.replace(path)
+    """Atomic: a crash never leaves half a JSON file behind. NaN and infinities are refused (not JSON)."""
+    text = json.dumps(data, indent=2, default=str, allow_nan=False) + "\n"
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return path
+
+
+def check_output_path(path: Path, suffixes: tuple[str, ...], what: str) -> Path:
+    """Refuse, before any work, an output path that cannot be written; one line that says what to do."""
+    path = Path(path).expanduser()
+    if path.suffix.lower() not in suffixes:
+        raise ValueError(f"-o {path}: the {what} is written as {' or '.join(suffixes)}; give a path ending in "
+                         f"{' or '.join(suffixes)}")
+    if path.is_dir():
+        example = path / ("out" + suffixes[0])
+        raise ValueError(f"-o {path}: that is a folder; give a file name inside it, e.g. {example}")
+    folder = path.parent
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"-o {path}: {existing} is a file, not a folder; choose another output folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"-o {path}: cannot write in {existing} (permission denied); choose a folder you can write")
     return path

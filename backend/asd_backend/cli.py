@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from collections.abc import Callable, Sequence
+
+from asd_protocol.errors import ProtocolError
 
 from . import __version__
 from .errors import AsdError
@@ -23,10 +24,57 @@ def _print_json(obj: object) -> None:
 # -- image ------------------------------------------------------------------------------------
 
 
-def _progress(total: int, desc: str):
+def _progress(total: int, desc: str, initial: int = 0):
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True, file=sys.stderr)
+    return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True, file=sys.stderr)
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _load_teacher(spec, device: str):
+    """The spec's teacher on `device` (the spec records which), with its warnings on stderr."""
+    from asd_protocol.job_spec import DEFAULT_TEACHER
+
+    from . import artifacts
+    from .teachers import load_teacher
+
+    spec.model.teacher = spec.model.teacher or DEFAULT_TEACHER
+    teacher = load_teacher(spec.model.teacher, device)
+    notice = artifacts.teacher_notice(teacher)
+    for line in (notice, teacher.truncation_warning(spec.prompt)):
+        if line:
+            _say(f"warning: {line}")
+    return teacher, notice
+
+
+class _StopOnInterrupt:
+    """First Ctrl-C: ask the loop to checkpoint and stop at the end of its step; a second one: stop now."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def __enter__(self) -> _StopOnInterrupt:
+        import signal
+
+        self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        _say("\nstopping after this step (Ctrl-C again to stop at once)…")
+
+    def __exit__(self, *exc: object) -> None:
+        import signal
+
+        signal.signal(signal.SIGINT, self._previous)
+
+    def __call__(self) -> bool:
+        return self.requested
 
 
 def _image(args: argparse.Namespace) -> int:
@@ -34,26 +82,21 @@ def _image(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from . import artifacts
-    from .teachers import load_teacher
-    from .train.image_2d import ImageDistillConfig, distill_image
+    from .spec_flags import partial_from_args
+    from .train.image_2d import distill_image
+    from .train.presets import resolve_spec
 
-    config = ImageDistillConfig(prompt=args.prompt, negative_prompt=args.negative_prompt, method=args.method,
-                                cfg=args.cfg, steps=args.steps, seed=args.seed, resolution=args.resolution,
-                                every=args.every)
-    out = Path(args.output)
-    if out.suffix.lower() != ".png":
-        raise ValueError(f"-o {out}: the image is written as PNG; give a path ending in .png")
+    spec = resolve_spec(partial_from_args(args, "image"))
+    out = artifacts.check_output_path(Path(args.output), (".png",), "image")
     started = time.time()
-    teacher = load_teacher(args.teacher, args.device)
-    notice = artifacts.teacher_notice(teacher)
-    if notice:
-        print(f"note: {notice}", file=sys.stderr)
-    meta = {"prompt": args.prompt, "method": args.method, "cfg": str(args.cfg), "seed": str(args.seed),
-            "teacher": teacher.name, "teacher_trained": str(teacher.trained), "software": "asd-studio"}
+    teacher, notice = _load_teacher(spec, args.device)
+    meta = {"prompt": spec.prompt, "method": spec.guidance.method, "cfg": str(spec.guidance.cfg),
+            "seed": str(spec.seed), "teacher": teacher.name, "teacher_trained": str(teacher.trained),
+            "software": "asd-studio"}
     if notice:
         meta["notice"] = notice
     frames_dir = out.with_name(out.stem + "_frames")
-    bar = _progress(config.steps, "distilling")
+    bar = _progress(spec.steps, "distilling")
 
     def on_step(step: int, metrics: dict[str, float]) -> None:
         bar.update(1)
@@ -63,47 +106,35 @@ def _image(args: argparse.Namespace) -> int:
         if not frame.final:
             artifacts.write_png(frames_dir / f"step_{frame.step:05d}.png", frame.image, meta)
 
-    final = distill_image(teacher, config, on_frame=on_frame, on_step=on_step)
+    with _StopOnInterrupt() as stop:
+        final = distill_image(teacher, spec, on_frame=on_frame, on_step=on_step, should_stop=stop)
     bar.close()
     artifacts.write_png(out, final.image, meta)
     artifacts.write_json(out.with_suffix(".json"), {
-        "kind": "image", "settings": vars(config) | {"teacher": args.teacher, "device": str(teacher.device)},
+        "kind": "image", "spec": spec.to_json(), "device": str(teacher.device),
         "teacher": {"name": teacher.name, "trained": teacher.trained, "description": teacher.description},
-        "notice": notice, "seconds": round(time.time() - started, 2), "final_metrics": final.metrics,
-        "versions": artifacts.versions()})
-    print(f"wrote {out}" + (f" and frames in {frames_dir}/" if args.every else ""))
+        "notice": notice, "steps_done": final.step, "seconds": round(time.time() - started, 2),
+        "final_metrics": final.metrics, "versions": artifacts.versions()})
+    if stop.requested:
+        _say(f"interrupted at step {final.step}: wrote that image to {out}")
+        return 130
+    print(f"wrote {out}" + (f" and frames in {frames_dir}/" if spec.image.every else ""))
     return 0
 
 
 def _add_image(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("image", help="distill one image from a prompt (2D SDS/VSD/ASD)")
+    from .spec_flags import add_spec_flags
+
+    p = sub.add_parser("image", help="distill one image from a prompt (2D SDS/VSD/ASD)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("prompt")
     p.add_argument("-o", "--output", default="image.png", help="PNG to write (a .json run record goes beside it)")
-    p.add_argument("--negative-prompt", default="")
-    p.add_argument("--method", choices=["asd", "vsd", "sds"], default="asd")
-    p.add_argument("--cfg", type=float, default=7.5, help="classifier-free guidance scale")
-    p.add_argument("--steps", type=int, default=500)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--resolution", type=int, default=None, help="image side; default the teacher's native size")
-    p.add_argument("--every", type=int, default=0, help="write an intermediate frame every N steps")
-    p.add_argument("--teacher", default="sd", help="sd[:ID_OR_PATH] | tiny | random-sd21 (default: SD 2.1-base)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    add_spec_flags(p, ("image",))
     p.set_defaults(handler=_image)
 
 
 # -- generate ---------------------------------------------------------------------------------
-
-
-def _add_generation_options(p: argparse.ArgumentParser) -> None:
-    """Options shared by `asd generate` (local) and `asd submit` (remote)."""
-    p.add_argument("--negative-prompt", default="")
-    p.add_argument("--preset", default="preview", help="smoke | preview | standard | paper")
-    p.add_argument("--method", choices=["asd", "vsd", "sds"], default="asd")
-    p.add_argument("--cfg", type=float, default=7.5, help="classifier-free guidance scale")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=None, help="override the preset's number of steps")
-    p.add_argument("--mesh-every", type=int, default=None, help="preview mesh every N steps (0: final only)")
-    p.add_argument("--mc-resolution", type=int, default=None, help="marching-cubes resolution of the final mesh")
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -112,24 +143,26 @@ def _generate(args: argparse.Namespace) -> int:
 
     from . import artifacts
     from .mesh.export import FORMATS, write_mesh
-    from .teachers import load_teacher
-    from .train.text_to_3d import GenerateConfig, generate
+    from .spec_flags import given_options, partial_from_args
+    from .train.presets import resolve_spec
+    from .train.text_to_3d import check_resume, checkpoint_record, generate
 
-    out = Path(args.output)
-    if out.suffix.lower() not in FORMATS:
-        raise ValueError(f"-o {out}: write the mesh as one of {', '.join(FORMATS)}")
-    config = GenerateConfig(prompt=args.prompt, negative_prompt=args.negative_prompt, method=args.method,
-                            cfg=args.cfg, seed=args.seed, preset=args.preset, steps=args.steps,
-                            mesh_every=args.mesh_every, mc_resolution=args.mc_resolution,
-                            texture_size=args.texture_size)
+    # Everything is checked before a model loads: the spec, the output path, the checkpoint to resume.
+    partial = partial_from_args(args, "generate")
+    out = artifacts.check_output_path(Path(args.output), FORMATS, "mesh")
     workdir = out.with_name(out.stem + "_run")
+    record = checkpoint_record(workdir) if args.resume else None
+    # A resumed run keeps the checkpoint's seed unless one is given.
+    spec = resolve_spec(partial, seed=record["spec"]["seed"] if record and "seed" not in given_options(args)
+                        else None)
+    start = 0
+    if args.resume:
+        start = check_resume(workdir, spec)
+        _say(f"resuming {workdir} from step {start} of {spec.steps}" if start else
+             f"nothing to resume in {workdir} (no checkpoint): starting from step 0")
     started = time.time()
-    teacher = load_teacher(args.teacher, args.device)
-    notice = artifacts.teacher_notice(teacher)
-    if notice:
-        print(f"note: {notice}", file=sys.stderr)
-    preset = config.resolved_preset()
-    bar = _progress(preset.steps, "generating")
+    teacher, notice = _load_teacher(spec, args.device)
+    bar = _progress(spec.steps, "generating", initial=start)
 
     def on_progress(step: int, total: int, metrics: dict[str, float]) -> None:
         bar.n = step
@@ -141,46 +174,59 @@ def _generate(args: argparse.Namespace) -> int:
             write_mesh(snapshot.mesh, workdir / f"snapshot_{snapshot.index:03d}_step{snapshot.step:06d}.glb")
         artifacts.write_png(workdir / f"preview_{snapshot.index:03d}.png", snapshot.preview)
 
-    result = generate(teacher, config, workdir=workdir, resume=args.resume, on_progress=on_progress,
-                      on_snapshot=on_snapshot)
+    def on_phase(phase: str, message: str) -> None:
+        bar.close()
+        _say(f"{phase}: {message}…")
+
+    with _StopOnInterrupt() as stop:
+        result = generate(teacher, spec, workdir=workdir, resume=args.resume, on_progress=on_progress,
+                          on_snapshot=on_snapshot, should_stop=stop, on_phase=on_phase)
     bar.close()
+    if result.stopped:
+        _say(f"interrupted at step {result.steps_done} of {spec.steps}; the checkpoint is in {workdir}/. Continue "
+             "with the same command and --resume")
+        return 130
     if result.mesh is None or not len(result.mesh.faces):
         raise ValueError("the optimisation produced no surface (an empty density field); try more steps or "
                          "another seed")
     write_mesh(result.mesh, out)
-    meta = {"prompt": args.prompt, "teacher": teacher.name, "teacher_trained": str(teacher.trained)}
+    meta = {"prompt": spec.prompt, "teacher": teacher.name, "teacher_trained": str(teacher.trained)}
     if notice:
         meta["notice"] = notice
     frames = out.with_name(out.stem + "_frames")
-    azimuths = [i * 360.0 / args.turntable - 180.0 for i in range(args.turntable)]
-    for i, image in enumerate(result.model.turntable(args.turntable_size, azimuths) if args.turntable else []):
-        artifacts.write_png(frames / f"turntable_{i:02d}.png", image, meta)
+    count = spec.output.turntable
+    if count:
+        from tqdm import tqdm
+
+        azimuths = [i * 360.0 / count - 180.0 for i in range(count)]
+        for i, azimuth in enumerate(tqdm(azimuths, desc="turntable", unit="frame", file=sys.stderr)):
+            image = result.model.turntable(spec.output.turntable_size, [azimuth])[0]
+            artifacts.write_png(frames / f"turntable_{i:02d}.png", image, meta)
     artifacts.write_json(out.with_suffix(".json"), {
-        "kind": "generate", "prompt": args.prompt, "output": str(out),
-        "settings": dataclasses.asdict(config) | {"teacher": args.teacher, "device": str(teacher.device)},
-        "preset": dataclasses.asdict(preset),
+        "kind": "generate", "prompt": spec.prompt, "output": str(out), "spec": spec.to_json(),
+        "device": str(teacher.device),
         "teacher": {"name": teacher.name, "trained": teacher.trained, "description": teacher.description},
-        "notice": notice, "steps_done": result.steps_done, "optimisation_seconds": round(result.seconds, 2),
-        "seconds": round(time.time() - started, 2), "vertices": len(result.mesh.vertices),
-        "faces": len(result.mesh.faces), "versions": artifacts.versions()})
+        "notice": notice, "steps_done": result.steps_done, "resumed_from": result.resumed_from,
+        "optimisation_seconds": round(result.seconds, 2), "seconds": round(time.time() - started, 2),
+        "vertices": len(result.mesh.vertices), "faces": len(result.mesh.faces), "versions": artifacts.versions()})
     print(f"wrote {out} ({len(result.mesh.faces)} triangles), {out.with_suffix('.json').name}"
-          + (f" and {args.turntable} turntable frames in {frames}/" if args.turntable else ""))
+          + (f" and {count} turntable frames in {frames}/" if count else ""))
     return 0
 
 
 def _add_generate(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("generate", help="text to a coloured 3D mesh, on this machine")
+    from .spec_flags import add_spec_flags
+
+    p = sub.add_parser("generate", help="text to a coloured 3D mesh, on this machine",
+                       description="Text to a coloured 3D mesh (metres, Z up) on this machine. Writes OUTPUT, "
+                       "OUTPUT.json (the resolved spec and timings), OUTPUT_run/ (checkpoint, previews) and "
+                       "OUTPUT_frames/ (turntable).", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("prompt")
     p.add_argument("-o", "--output", default="model.glb", help="mesh file: .glb, .obj or .ply")
-    _add_generation_options(p)
-    p.add_argument("--teacher", default="sd", help="sd[:ID_OR_PATH] | tiny | random-sd21 (default: SD 2.1-base)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in OUTPUT_run/")
     p.add_argument("--save-snapshots", action="store_true", help="also write every preview mesh to OUTPUT_run/")
-    p.add_argument("--texture-size", type=int, default=0, metavar="N",
-                   help="bake the colours into an N×N texture on a UV atlas (xatlas) instead of vertex colours")
-    p.add_argument("--turntable", type=int, default=8, help="turntable frames to render at the end (0: none)")
-    p.add_argument("--turntable-size", type=int, default=256)
+    add_spec_flags(p, ("generate",))
     p.set_defaults(handler=_generate)
 
 
@@ -234,9 +280,14 @@ def _submit(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .remote_job import follow, wait_for_welcome
+    from .spec_flags import partial_from_args
 
     out = Path(args.output)
     kind = "image" if out.suffix.lower() == ".png" else "generate"
+    spec = None
+    if not args.attach:
+        spec = partial_from_args(args, kind)  # checked here and again, fully, by the server
+        spec.pop("prompt", None)
     with _client(args) as client:
         welcome = wait_for_welcome(client)
         print(f"connected to {welcome.server} at {args.server}", file=sys.stderr)
@@ -252,10 +303,7 @@ def _submit(args: argparse.Namespace) -> int:
                 bar.set_postfix(loss="-" if p.loss is None else f"{p.loss:.3g}", refresh=False)
                 bar.refresh()
 
-        submit = None if args.attach else {
-            "prompt": args.prompt, "kind": kind, "negative_prompt": args.negative_prompt, "method": args.method,
-            "preset": args.preset, "cfg": args.cfg, "seed": args.seed, "steps": args.steps,
-            "mesh_every": args.mesh_every, "mc_resolution": args.mc_resolution, "teacher": args.teacher}
+        submit = None if args.attach else {"prompt": args.prompt, "kind": kind, "spec": spec}
         result = follow(client, submit=submit, attach=args.attach, out_dir=out.parent if out.parent.name else Path("."),
                         final_name=out.name, keep_snapshots=args.save_snapshots, on_progress=on_progress)
         if bar is not None:
@@ -290,12 +338,15 @@ def _keys(args: argparse.Namespace) -> int:
 
 
 def _add_server_commands(sub: argparse._SubParsersAction) -> None:
+    from asd_protocol.job_spec import DEFAULT_TEACHER
+
     from .server.auth import DEFAULT_CURVE_DIR
+    from .spec_flags import add_spec_flags
 
     p = sub.add_parser("serve", help="run the backend: a ZeroMQ job server for Blender and `asd submit`")
     p.add_argument("--bind", default="tcp://127.0.0.1:5555", help="address to listen on (loopback by default)")
     p.add_argument("--results", default="asd-results", help="folder for jobs, meshes and checkpoints")
-    p.add_argument("--teacher", default="sd", help="default teacher: sd[:ID_OR_PATH] | tiny | random-sd21")
+    p.add_argument("--teacher", default=DEFAULT_TEACHER, help="default teacher: sd[:ID_OR_PATH] | tiny | random-sd21")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (one worker)")
     p.add_argument("--gpus", default=None, help="one worker per GPU, e.g. 0,1")
     p.add_argument("--curve-dir", default=None, help="CURVE keys (asd keys init); required off loopback")
@@ -308,12 +359,11 @@ def _add_server_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--server", default="tcp://127.0.0.1:5555")
     p.add_argument("-o", "--output", default="model.glb", help=".glb/.obj/.ply for 3D; .png for a 2D image job")
     p.add_argument("--attach", default=None, metavar="JOB", help="follow an existing job instead of submitting")
-    _add_generation_options(p)
-    p.add_argument("--teacher", default=None, help="one of the server's teachers (default: the server's)")
     p.add_argument("--save-snapshots", action="store_true", help="keep every streamed mesh beside the output")
     p.add_argument("--server-key", default=None, help="server public key (Z85 or file): turns CURVE on")
     p.add_argument("--client-key", default=None, help=f"client secret key file (default {DEFAULT_CURVE_DIR}/"
                    "client.key_secret)")
+    add_spec_flags(p, ("generate", "image"))
     p.set_defaults(handler=_submit)
 
     p = sub.add_parser("keys", help="CURVE keys for running the server off loopback")
@@ -486,6 +536,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except ProtocolError as exc:  # a setting out of range: name the flag
+        from .spec_flags import flag_error
+
+        print(f"asd {args.command}: error: {flag_error(exc)}", file=sys.stderr)
+        return 2
     except (ValueError, FileNotFoundError, ConnectionError, TimeoutError, AsdError) as exc:
         # Bad input and unreachable servers are the user's to fix: say what, not a traceback.
         print(f"asd {args.command}: error: {exc}", file=sys.stderr)

@@ -121,8 +121,8 @@ def _apply_mesh(props, update: MeshUpdate) -> None:
     target = _targets.get(job.request_id, {})
     scn = bpy.data.scenes.get(target.get("scene", "")) or bpy.context.scene
     location = target.get("location", tuple(scn.cursor.location))
-    settings = {"prompt": job.prompt, "seed": job.settings.get("seed"), "method": job.settings.get("method"),
-                "server": _session.address}
+    settings = {"prompt": job.prompt, "seed": job.spec.get("seed"),
+                "method": job.spec.get("guidance", {}).get("method"), "server": _session.address}
     obj = scene.ensure_object(job.job_id, job.prompt or job.job_id, scn, location, settings)
     scene.apply_mesh(obj, update.buffers, smooth=update.final)
     for item in props.jobs:

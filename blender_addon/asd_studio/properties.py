@@ -6,6 +6,10 @@ import bpy
 from bpy.props import CollectionProperty, EnumProperty, FloatProperty, IntProperty, StringProperty
 from bpy.types import PropertyGroup
 
+from .protocol import JobSpec
+
+DEFAULTS = JobSpec()  # the job spec's defaults, so the panel starts where a job without settings would
+
 METHODS = [("asd", "ASD", "Adversarial Score Distillation (recommended)"),
            ("vsd", "VSD", "Variational Score Distillation (ProlificDreamer)"),
            ("sds", "SDS", "Score Distillation Sampling (DreamFusion)")]
@@ -28,9 +32,9 @@ class ASD_JobItem(PropertyGroup):
 class ASD_SceneProperties(PropertyGroup):
     prompt: StringProperty(name="Prompt", default="", description="What to make, e.g. 'a ceramic teapot'")
     negative_prompt: StringProperty(name="Negative", default="", description="What to avoid")
-    method: EnumProperty(name="Method", items=METHODS, default="asd")
-    preset: EnumProperty(name="Quality", items=PRESETS, default="preview")
-    cfg: FloatProperty(name="Guidance", default=7.5, min=0.0, max=100.0,
+    method: EnumProperty(name="Method", items=METHODS, default=DEFAULTS.guidance.method)
+    preset: EnumProperty(name="Quality", items=PRESETS, default=DEFAULTS.preset)
+    cfg: FloatProperty(name="Guidance", default=DEFAULTS.guidance.cfg, min=0.0, max=100.0,
                        description="Classifier-free guidance scale")
     seed: IntProperty(name="Seed", default=0, min=0)
     teacher: StringProperty(name="Teacher", default="", description="Empty: the backend's default teacher")
@@ -39,10 +43,10 @@ class ASD_SceneProperties(PropertyGroup):
     source_prompt: StringProperty(name="Source", default="", description="What they are now (default: the "
                                   "object's name)")
     edit_method: EnumProperty(name="Method", items=[*METHODS, ("dds", "DDS", "Delta Denoising Score (fixed "
-                                                               "discriminator)")], default="asd")
-    strength: FloatProperty(name="Strength", default=0.6, min=0.05, max=1.0, subtype="FACTOR",
+                                                               "discriminator)")], default=DEFAULTS.guidance.method)
+    strength: FloatProperty(name="Strength", default=DEFAULTS.edit.strength, min=0.05, max=1.0, subtype="FACTOR",
                             description="How far the edit may go from the original")
-    edit_steps: IntProperty(name="Steps", default=400, min=1, max=20000)
+    edit_steps: IntProperty(name="Steps", default=DEFAULTS.edit.steps, min=1, max=20000)
     status: StringProperty(name="Status", default="")
     progress: FloatProperty(name="Progress", default=0.0, min=0.0, max=1.0, subtype="FACTOR")
     progress_text: StringProperty(default="")

@@ -7,6 +7,7 @@ try:  # the extension zip carries a copy of shared/asd_protocol next to this fil
         Error,
         Image,
         Jobs,
+        JobSpec,
         Log,
         MeshSnapshot,
         Progress,
@@ -15,11 +16,24 @@ try:  # the extension zip carries a copy of shared/asd_protocol next to this fil
         client,
     )
 except ImportError:  # developing from the repository: the package installed by `make`
-    from asd_protocol import Accepted, Done, Error, Image, Jobs, Log, MeshSnapshot, Progress, Texture, Welcome, client
+    from asd_protocol import (
+        Accepted,
+        Done,
+        Error,
+        Image,
+        Jobs,
+        JobSpec,
+        Log,
+        MeshSnapshot,
+        Progress,
+        Texture,
+        Welcome,
+        client,
+    )
 
 AsdClient = client.AsdClient
 is_loopback = client.is_loopback
 load_keypair = client.load_keypair
 
-__all__ = ["Accepted", "AsdClient", "Done", "Error", "Image", "Jobs", "Log", "MeshSnapshot", "Progress", "Texture",
-           "Welcome", "load_keypair"]
+__all__ = ["Accepted", "AsdClient", "Done", "Error", "Image", "JobSpec", "Jobs", "Log", "MeshSnapshot", "Progress",
+           "Texture", "Welcome", "load_keypair"]

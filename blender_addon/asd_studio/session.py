@@ -24,7 +24,7 @@ class JobView:
     step: int = 0
     total: int = 0
     eta_seconds: float | None = None
-    settings: dict[str, Any] = dataclasses.field(default_factory=dict)
+    spec: dict[str, Any] = dataclasses.field(default_factory=dict)  # the resolved job spec, from `accepted`
     error: str = ""
     snapshots: int = 0
     request_id: str = ""  # msg_id of the submit that made it (when submitted through this session)
@@ -112,7 +112,7 @@ class Session:
     def submit(self, prompt: str, **options: Any) -> str:
         kind = options.pop("kind", "generate")
         request = self.client.submit(prompt, kind=kind, **options)
-        self.requests[request] = JobView(job_id="", prompt=prompt, kind=kind, settings=dict(options))
+        self.requests[request] = JobView(job_id="", prompt=prompt, kind=kind)
         return request
 
     def cancel(self, job_id: str) -> None:
@@ -159,7 +159,7 @@ class Session:
         if isinstance(msg, protocol.Accepted):
             job = self.requests.pop(msg.parent_id or "", None) or JobView(job_id=msg.job_id)
             job.job_id, job.request_id = msg.job_id, msg.parent_id or ""
-            job.settings = dict(msg.settings)
+            job.spec = dict(msg.spec)
             job.status = "running" if msg.queue_position == 0 else "queued"
             self.jobs[msg.job_id] = job
             return [JobUpdate(job)]

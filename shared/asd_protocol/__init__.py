@@ -1,4 +1,4 @@
-"""ASD Studio wire protocol v1: the code the Blender add-on and the backend share.
+"""ASD Studio wire protocol v2: the code the Blender add-on and the backend share.
 
 No bpy, no torch: standard library, numpy and pyzmq only, so the add-on can bundle it.
 The specification is docs/protocol.md.
@@ -6,6 +6,7 @@ The specification is docs/protocol.md.
 
 from .errors import ProtocolError
 from .frames import FrameLimits, decode, encode
+from .job_spec import JobSpec
 from .messages import (
     MESSAGE_TYPES,
     PROTOCOL_VERSION,
@@ -34,6 +35,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "MESSAGE_TYPES", "PROTOCOL_VERSION", "Accepted", "Attach", "Cancel", "Done", "Error", "FrameLimits",
-    "Heartbeat", "Hello", "Image", "JobInfo", "Jobs", "ListJobs", "Log", "MeshSnapshot", "Message",
+    "Heartbeat", "Hello", "Image", "JobInfo", "JobSpec", "Jobs", "ListJobs", "Log", "MeshSnapshot", "Message",
     "Progress", "ProtocolError", "Submit", "TeacherInfo", "Texture", "Welcome", "decode", "encode",
 ]

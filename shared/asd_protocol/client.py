@@ -21,6 +21,7 @@ import zmq
 from . import errors
 from .errors import ProtocolError
 from .frames import DEFAULT_LIMITS, FrameLimits, decode, encode
+from .job_spec import merge, partial_from_options
 from .messages import (
     PROTOCOL_VERSION,
     SERVER,
@@ -42,6 +43,9 @@ CLOSED = "closed"
 
 DEFAULT_ADDRESS = "tcp://127.0.0.1:5555"
 MAX_OUTBOX = 256
+
+
+ARRAY_FIELDS = ("vertices", "faces", "uvs", "texture")
 
 
 class AsdClient:
@@ -141,9 +145,16 @@ class AsdClient:
         except zmq.Again:
             pass
 
-    def submit(self, prompt: str, kind: str = "generate", **options: Any) -> str:
-        """Send a job; the `accepted` (or `error`) reply has this call's return value as parent_id."""
-        return self.send(Submit(kind=kind, prompt=prompt, **options))
+    def submit(self, prompt: str, kind: str = "generate", *, spec: dict[str, Any] | None = None,
+               **options: Any) -> str:
+        """Send a job; the `accepted` (or `error`) reply has this call's return value as parent_id.
+
+        Settings come as flat options named as the CLI names them (cfg=…, steps=…, strength=…; None:
+        unset) and/or as a partial `spec`; arrays (vertices, faces, uvs, texture) go beside it.
+        """
+        arrays = {k: options.pop(k) for k in ARRAY_FIELDS if k in options}
+        partial = merge(spec or {}, partial_from_options(kind, prompt=prompt, **options))
+        return self.send(Submit(spec=partial, **arrays))
 
     def cancel(self, job_id: str) -> str:
         return self.send(Cancel(job_id=job_id))

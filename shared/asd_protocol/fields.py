@@ -223,6 +223,11 @@ def _field(spec: Spec, default: Any = _MISSING, factory: Callable[[], Any] | Non
     return dataclasses.field(default=default, metadata=meta)
 
 
+def spec_field(spec: Spec, default: Any = _MISSING, factory: Callable[[], Any] | None = None) -> Any:
+    """A dataclass field carrying `spec`, for rules the constructors below do not cover."""
+    return _field(spec, default, factory)
+
+
 def text(default: Any = _MISSING, **kw: Any) -> Any:
     return _field(Text(**kw), default)
 

@@ -29,26 +29,24 @@ from .fields import (
     list_of,
     mapping,
     number,
+    spec_field,
     spec_fields,
     struct_list,
     text,
 )
+from .job_spec import JOB_KINDS, MAX_PROMPT_CHARS, PartialJobSpec
 
-PROTOCOL_VERSION = "1.0"
-PROTOCOL_MAJOR = 1
+PROTOCOL_VERSION = "2.0"
+PROTOCOL_MAJOR = 2
 
 # Ids become folder names on the server: keep them to a safe alphabet.
 ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
 _ID_HINT = "use 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit"
-NAME_PATTERN = r"[a-z0-9][a-z0-9_-]{0,31}"
 
-MAX_PROMPT_CHARS = 2000
 MAX_MESH_VERTICES = 8_000_000
 MAX_MESH_FACES = 16_000_000
 MAX_IMAGE_SIDE = 4096
 
-JOB_KINDS = ("generate", "edit_texture", "image")
-METHODS = ("asd", "vsd", "sds", "dds")  # dds: texture editing only
 JOB_STATES = ("queued", "running", "completed", "cancelled", "failed", "interrupted")
 DONE_STATES = ("completed", "cancelled", "failed")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -217,26 +215,13 @@ class Heartbeat(Message):
 
 @dataclasses.dataclass(kw_only=True)
 class Submit(Message):
-    """Client → server: start a job. The server answers `accepted` or `error`."""
+    """Client → server: start a job. The server answers `accepted` (with the resolved spec) or `error`."""
 
     msg_type: ClassVar[str] = "submit"
     sender: ClassVar[str] = CLIENT
-    kind: str = choice(JOB_KINDS)
-    prompt: str = text(max_len=MAX_PROMPT_CHARS, min_len=1)
-    negative_prompt: str = text("", max_len=MAX_PROMPT_CHARS)
-    method: str = choice(METHODS, "asd")
-    preset: str = text("preview", max_len=32, pattern=NAME_PATTERN, pattern_hint="a preset name from `welcome`")
-    cfg: float | None = number(None, optional=True, lo=0.0, hi=200.0, doc="classifier-free guidance scale")
-    seed: int | None = integer(None, optional=True, lo=0, hi=2**32 - 1)
-    steps: int | None = integer(None, optional=True, lo=1, hi=1_000_000)
-    teacher: str | None = text(None, optional=True, max_len=512)
-    mesh_every: int | None = integer(None, optional=True, lo=1, hi=1_000_000)
-    mc_resolution: int | None = integer(None, optional=True, lo=32, hi=1024)
-    resolution: int | None = integer(None, optional=True, lo=8, hi=MAX_IMAGE_SIDE)
+    spec: dict = spec_field(PartialJobSpec(doc="the job: a partial job spec (job_spec.py); unset fields take "
+                                           "the preset's value or the default"), factory=dict)
     # edit_texture only: fixed geometry (world space, metres, Z up), corner UVs and the texture.
-    source_prompt: str = text("", max_len=MAX_PROMPT_CHARS)
-    strength: float = number(0.6, lo=0.0, hi=1.0)
-    object_name: str = text("", max_len=256)
     vertices: np.ndarray | None = array(None, optional=True, dtypes=("float32",), shape=("N", 3),
                                         max_elements=3 * MAX_MESH_VERTICES)
     faces: np.ndarray | None = array(None, optional=True, dtypes=("uint32",), shape=("M", 3),
@@ -246,7 +231,18 @@ class Submit(Message):
     texture: np.ndarray | None = array(None, optional=True, dtypes=("uint8",), shape=("H", "W", (3, 4)),
                                        max_elements=MAX_IMAGE_SIDE * MAX_IMAGE_SIDE * 4)
 
+    @property
+    def kind(self) -> str:
+        return self.spec.get("kind", "generate")
+
+    @property
+    def prompt(self) -> str:
+        return self.spec.get("prompt", "")
+
     def check(self) -> None:
+        if not str(self.spec.get("prompt", "")).strip():
+            raise ProtocolError(INVALID_FIELD, "is required and may not be empty", field="content.spec.prompt",
+                                hint="describe what to make, e.g. 'a ceramic teapot'")
         geometry = {"vertices": self.vertices, "faces": self.faces, "uvs": self.uvs, "texture": self.texture}
         if self.kind != "edit_texture":
             for name, value in geometry.items():
@@ -307,7 +303,7 @@ class Accepted(Message):
     needs_job: ClassVar[bool] = True
     kind: str = choice(JOB_KINDS)
     queue_position: int = integer(0, lo=0, doc="0: running now; n: n jobs ahead")
-    settings: dict = mapping(doc="the settings the server resolved (preset defaults filled in)")
+    spec: dict = spec_field(PartialJobSpec(doc="the resolved job spec: exactly what will run"), factory=dict)
 
 
 @dataclasses.dataclass(kw_only=True)

@@ -15,9 +15,10 @@ from asd_backend.mesh.extract import ExtractionConfig, Mesh, auto_threshold, ext
 from asd_backend.mesh.raycast import raycast
 from asd_backend.nerf.background import SolidBackground
 from asd_backend.nerf.cameras import CameraConfig, orbit_cameras, project, sample_cameras
-from asd_backend.nerf.hash_grid import HashGrid, HashGridConfig
+from asd_backend.nerf.hash_grid import HashGrid
 from asd_backend.nerf.occupancy import OccupancyGrid
 from asd_backend.nerf.renderer import VolumeRenderer
+from asd_protocol.job_spec import GridSpec
 
 CENTRE = torch.tensor([0.25, -0.1, 0.15])
 RADIUS = 0.12
@@ -76,7 +77,7 @@ def test_random_cameras_follow_the_official_ranges():
 
 
 def test_hash_grid_interpolates_trilinearly():
-    grid = HashGrid(HashGridConfig(n_levels=4, log2_hashmap_size=12, base_resolution=4, per_level_scale=2.0))
+    grid = HashGrid(GridSpec(n_levels=4, log2_hashmap_size=12, base_resolution=4, per_level_scale=2.0))
     x = torch.rand(500, 3, generator=torch.Generator().manual_seed(1))
     out = grid(x)
     assert out.shape == (500, 8)
@@ -191,7 +192,7 @@ def test_asd_generate_smoke_end_to_end(tmp_path, asd_home):
     assert len(mesh.vertices) > 100 and mesh.colors is not None and mesh.colors.shape == (len(mesh.vertices), 3)
     run = json.loads(out.with_suffix(".json").read_text())
     assert run["teacher"]["trained"] is False and "UNTRAINED" in run["notice"]
-    assert run["steps_done"] == 12 and run["settings"]["method"] == "asd" and "torch" in run["versions"]
+    assert run["steps_done"] == 12 and run["spec"]["guidance"]["method"] == "asd" and "torch" in run["versions"]
     assert len(list((tmp_path / "teapot_frames").glob("turntable_*.png"))) == 4
     assert (tmp_path / "teapot_run" / "checkpoint.pt").is_file()
     assert "UNTRAINED" in result.stderr
@@ -199,9 +200,11 @@ def test_asd_generate_smoke_end_to_end(tmp_path, asd_home):
 
 def test_resume_continues_exactly(tmp_path, asd_home):
     from asd_backend.teachers import load_teacher
-    from asd_backend.train.text_to_3d import GenerateConfig, generate
+    from asd_backend.train.presets import resolve_spec
+    from asd_backend.train.text_to_3d import generate
 
-    config = GenerateConfig(prompt="a teapot", preset="smoke", steps=8, mesh_every=0, mc_resolution=32)
+    config = resolve_spec({"prompt": "a teapot", "preset": "smoke", "seed": 0, "schedule": {"steps": 8},
+                           "output": {"mesh_every": 0, "mc_resolution": 32}})
     teacher = load_teacher("tiny", "cpu")
     straight = generate(teacher, config, workdir=tmp_path / "a")
     stop_after = iter([False, False, False, True])  # stop at step 4 (a checkpoint is written)

@@ -5,8 +5,10 @@ import pytest
 import torch
 
 from asd_backend.teachers.analytic import RenderedTextureTeacher
-from asd_backend.texture.edit import TextureEditConfig, edit_texture, to_tensor
+from asd_backend.texture.edit import edit_texture, to_tensor
 from asd_backend.texture.raster import NormalisedMesh, UVRasterizer
+from asd_backend.train.presets import resolve_spec
+from asd_protocol import ProtocolError
 
 
 def uv_sphere(n_lon: int = 48, n_lat: int = 24, radius: float = 1.0):
@@ -82,8 +84,9 @@ def test_editing_recovers_a_known_target_texture(sphere, method):
     seen = raster.visible_texels(64, 128).numpy()
     assert seen.mean() > 0.5
     before = psnr_visible(source, target, seen)
-    config = TextureEditConfig(prompt="target", source_prompt="source", method=method, cfg=1.0, strength=1.0,
-                               steps=400, lr=0.02, every=0, seed=1)
+    config = resolve_spec({"kind": "edit_texture", "prompt": "target", "seed": 1,
+                           "guidance": {"method": method, "cfg": 1.0},
+                           "edit": {"source_prompt": "source", "strength": 1.0, "steps": 400, "lr": 0.02, "every": 0}})
     frames = []
     final = edit_texture(teacher, vertices, faces, uvs, source, config, rasterizer=raster, on_frame=frames.append)
     after = psnr_visible(final.texture, target, seen)
@@ -96,7 +99,8 @@ def test_editing_recovers_a_known_target_texture(sphere, method):
 def test_asd_editing_runs_on_the_tiny_stable_diffusion_teacher(tiny_teacher, sphere):
     vertices, faces, uvs, _ = sphere
     source = pattern(32, 64, 0.2)
-    config = TextureEditConfig(prompt="weathered bronze", source_prompt="a ball", steps=3, views=4, every=1)
+    config = resolve_spec({"kind": "edit_texture", "prompt": "weathered bronze",
+                           "edit": {"source_prompt": "a ball", "steps": 3, "views": 4, "every": 1}})
     frames = []
     final = edit_texture(tiny_teacher, vertices, faces, uvs, source, config, on_frame=frames.append)
     assert [f.step for f in frames] == [1, 2, 3] and final.texture.shape == (32, 64, 4)
@@ -107,7 +111,7 @@ def test_asd_editing_runs_on_the_tiny_stable_diffusion_teacher(tiny_teacher, sph
 
 
 def test_bad_edit_settings_are_refused():
-    with pytest.raises(ValueError, match="strength"):
-        TextureEditConfig(prompt="bronze", source_prompt="statue", strength=2.0)
-    with pytest.raises(ValueError, match="method"):
-        TextureEditConfig(prompt="bronze", source_prompt="statue", method="magic")
+    with pytest.raises(ProtocolError, match="strength"):
+        resolve_spec({"kind": "edit_texture", "prompt": "bronze", "edit": {"strength": 2.0}})
+    with pytest.raises(ProtocolError, match="method"):
+        resolve_spec({"kind": "edit_texture", "prompt": "bronze", "guidance": {"method": "magic"}})

@@ -3,6 +3,7 @@
 import numpy as np
 
 from asd_protocol import messages as m
+from asd_protocol.job_spec import JobSpec
 
 
 def mesh_arrays(n_vertices: int = 5, n_faces: int = 4, seed: int = 0):
@@ -25,15 +26,18 @@ def all_examples() -> list[m.Message]:
                   default_teacher="tiny", methods=["asd", "vsd", "sds"], presets=["smoke", "preview"],
                   limits={"max_prompt_chars": 2000}, heartbeat_interval=1.5),
         m.Heartbeat(),
-        m.Submit(kind="generate", prompt="a teapot", negative_prompt="blurry", method="vsd", preset="smoke",
-                 cfg=7.5, seed=3, steps=10, teacher="tiny", mesh_every=5, mc_resolution=64),
-        m.Submit(kind="edit_texture", prompt="weathered bronze", source_prompt="a statue", strength=0.4,
-                 object_name="Statue", vertices=vertices, faces=faces, uvs=uvs, texture=texture),
-        m.Submit(kind="image", prompt="a fox", resolution=64),
+        m.Submit(spec={"kind": "generate", "prompt": "a teapot", "negative_prompt": "blurry", "preset": "smoke",
+                       "seed": 3, "model": {"teacher": "tiny"}, "guidance": {"method": "vsd", "cfg": 7.5},
+                       "schedule": {"steps": 10, "resolution_schedule": [[0, 32], [5, 64]]},
+                       "output": {"mesh_every": 5, "mc_resolution": 64}}),
+        m.Submit(spec={"kind": "edit_texture", "prompt": "weathered bronze",
+                       "edit": {"source_prompt": "a statue", "strength": 0.4, "object_name": "Statue"}},
+                 vertices=vertices, faces=faces, uvs=uvs, texture=texture),
+        m.Submit(spec={"kind": "image", "prompt": "a fox", "image": {"resolution": 64}}),
         m.Cancel(job_id=job),
         m.Attach(job_id=job),
         m.ListJobs(limit=5),
-        m.Accepted(job_id=job, kind="generate", queue_position=2, settings={"steps": 10, "method": "asd"}),
+        m.Accepted(job_id=job, kind="generate", queue_position=2, spec=JobSpec(prompt="a teapot", seed=1).to_json()),
         m.Jobs(jobs=[m.JobInfo(job_id=job, kind="generate", prompt="a teapot", status="running",
                                created="2026-01-01T00:00:00Z", updated="2026-01-01T00:00:01Z", step=3, total=10,
                                method="asd", snapshots=1)]),

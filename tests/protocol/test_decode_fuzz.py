@@ -42,7 +42,7 @@ def test_random_bytes(frames):
        st.dictionaries(st.sampled_from(["msg_id", "job_id", "parent_id", "timestamp", "version"]), json_values),
        st.lists(st.binary(max_size=48), max_size=3))
 def test_arbitrary_json_for_each_type(msg_type, content, header_overrides, buffers):
-    header = {"protocol": "asd", "version": "1.0", "msg_type": msg_type, "msg_id": "m1", "job_id": "j1",
+    header = {"protocol": "asd", "version": "2.0", "msg_type": msg_type, "msg_id": "m1", "job_id": "j1",
               "parent_id": None, "timestamp": "t"}
     header.update(header_overrides)
     check([json.dumps(header).encode(), json.dumps(content).encode(), *buffers])
@@ -77,17 +77,17 @@ def test_corrupted_json_bytes(frames, which, junk, at):
 
 def test_deeply_nested_json_is_a_protocol_error():
     deep = b"[" * 100_000 + b"]" * 100_000
-    header = b'{"protocol":"asd","version":"1.0","msg_type":"hello","msg_id":"a","timestamp":"t"}'
+    header = b'{"protocol":"asd","version":"2.0","msg_type":"hello","msg_id":"a","timestamp":"t"}'
     for frames in ([deep, b"{}"], [header, b'{"client":' + deep + b"}"]):
         with pytest.raises(ProtocolError):
             decode(frames)
 
 
-@pytest.mark.parametrize("content", [b'{"kind":"generate","prompt":"x","cfg":NaN}',
-                                     b'{"kind":"generate","prompt":"x","cfg":1e999}',
-                                     b'{"kind":"generate","prompt":"x","seed":' + b"9" * 5000 + b"}"])
+@pytest.mark.parametrize("content", [b'{"spec":{"prompt":"x","guidance":{"cfg":NaN}}}',
+                                     b'{"spec":{"prompt":"x","guidance":{"cfg":1e999}}}',
+                                     b'{"spec":{"prompt":"x","seed":' + b"9" * 5000 + b"}}"])
 def test_nan_and_huge_numbers_are_refused(content):
-    header = b'{"protocol":"asd","version":"1.0","msg_type":"submit","msg_id":"a","timestamp":"t"}'
+    header = b'{"protocol":"asd","version":"2.0","msg_type":"submit","msg_id":"a","timestamp":"t"}'
     with pytest.raises(ProtocolError) as info:
         decode([header, content])
     assert info.value.code in ("bad_frames", "invalid_field")

@@ -55,7 +55,7 @@ def test_unknown_type_is_a_protocol_error_naming_the_field():
 
 def test_newer_major_version_is_refused_with_a_hint():
     frames = [bytes(f) for f in encode(m.Hello(client="x"))]
-    frames[0] = frames[0].replace(b'"version":"1.0"', b'"version":"2.0"')
+    frames[0] = frames[0].replace(b'"version":"2.0"', b'"version":"3.0"')
     with pytest.raises(ProtocolError) as info:
         decode(frames)
     assert info.value.code == "version_mismatch" and "update" in info.value.hint
@@ -63,20 +63,36 @@ def test_newer_major_version_is_refused_with_a_hint():
 
 def test_newer_minor_version_is_accepted():
     frames = [bytes(f) for f in encode(m.Hello(client="x"))]
-    frames[0] = frames[0].replace(b'"version":"1.0"', b'"version":"1.7"')
+    frames[0] = frames[0].replace(b'"version":"2.0"', b'"version":"2.7"')
     assert decode(frames).client == "x"
 
 
 @pytest.mark.parametrize(
     ("make", "field"),
     [
-        (lambda: m.Submit(kind="generate", prompt=""), "content.prompt"),
-        (lambda: m.Submit(kind="generate", prompt="x" * 5000), "content.prompt"),
-        (lambda: m.Submit(kind="sculpt", prompt="x"), "content.kind"),
-        (lambda: m.Submit(kind="generate", prompt="x", cfg=float("nan")), "content.cfg"),
-        (lambda: m.Submit(kind="generate", prompt="x", seed=-1), "content.seed"),
-        (lambda: m.Submit(kind="generate", prompt="x", seed=True), "content.seed"),
-        (lambda: m.Submit(kind="edit_texture", prompt="x"), "content.vertices"),
+        (lambda: m.Submit(spec={"kind": "generate", "prompt": ""}), "content.spec.prompt"),
+        (lambda: m.Submit(spec={"prompt": "x" * 5000}), "content.spec.prompt"),
+        (lambda: m.Submit(spec={"kind": "sculpt", "prompt": "x"}), "content.spec.kind"),
+        (lambda: m.Submit(spec={"prompt": "x", "guidance": {"cfg": float("nan")}}), "content.spec.guidance.cfg"),
+        (lambda: m.Submit(spec={"prompt": "x", "guidance": {"cfg": float("inf")}}), "content.spec.guidance.cfg"),
+        (lambda: m.Submit(spec={"prompt": "x", "guidance": {"cfgg": 3}}), "content.spec.guidance.cfgg"),
+        (lambda: m.Submit(spec={"prompt": "x", "colour": "red"}), "content.spec.colour"),
+        (lambda: m.Submit(spec={"prompt": "x", "guidance": 3}), "content.spec.guidance"),
+        (lambda: m.Submit(spec={"prompt": "x", "output": {"mesh_every": -1}}), "content.spec.output.mesh_every"),
+        (lambda: m.Submit(spec={"prompt": "x", "output": {"mc_resolution": 100000}}),
+         "content.spec.output.mc_resolution"),
+        (lambda: m.Submit(spec={"prompt": "x", "output": {"turntable": -1}}), "content.spec.output.turntable"),
+        (lambda: m.Submit(spec={"prompt": "x", "output": {"texture_size": 100000}}),
+         "content.spec.output.texture_size"),
+        (lambda: m.Submit(spec={"prompt": "x", "output": {"turntable_size": 100000}}),
+         "content.spec.output.turntable_size"),
+        (lambda: m.Submit(spec={"kind": "image", "prompt": "x", "image": {"resolution": 0}}),
+         "content.spec.image.resolution"),
+        (lambda: m.Submit(spec={"kind": "image", "prompt": "x", "image": {"resolution": 100000}}),
+         "content.spec.image.resolution"),
+        (lambda: m.Submit(spec={"prompt": "x", "seed": -1}), "content.spec.seed"),
+        (lambda: m.Submit(spec={"prompt": "x", "seed": True}), "content.spec.seed"),
+        (lambda: m.Submit(spec={"kind": "edit_texture", "prompt": "x"}), "content.vertices"),
         (lambda: m.Cancel(), "header.job_id"),
         (lambda: m.Cancel(job_id="../../etc"), "header.job_id"),
         (lambda: m.Progress(job_id="j", phase="x", step=-1), "content.step"),

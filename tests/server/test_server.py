@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import os
 import signal
-import socket
 import time
 
 import pytest
@@ -13,23 +12,22 @@ import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from asd_backend.loopback import free_port
 from asd_protocol import Accepted, Done, Error, Image, Jobs, Log, MeshSnapshot, Progress, Submit, Welcome, encode
 from asd_protocol.client import LOST
 
 from .live_server import running_server, start_server, stop_server
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def submit(client, prompt="a teapot", **options) -> str:
+    return accepted(client, prompt, **options).job_id
+
+
+def accepted(client, prompt="a teapot", **options) -> Accepted:
     request = client.submit(prompt, preset="smoke", **options)
     reply = client.wait_for(lambda m: m.parent_id == request and isinstance(m, (Accepted, Error)), timeout=30)
     assert isinstance(reply, Accepted), reply
-    return reply.job_id
+    return reply
 
 
 def follow(client, job_id, timeout=180.0):
@@ -99,8 +97,8 @@ def test_cancel_a_running_job(server):
                         and m.step >= 2, timeout=120)
         client.cancel(job)
         done = client.wait_for(lambda m: m.job_id == job and isinstance(m, Done), timeout=60)
-    assert done.status == "cancelled"
-    assert (server.results / job / "checkpoint.pt").is_file()  # resumable
+    assert done.status == "cancelled" and "resumable" not in done.summary  # nothing can resume it
+    assert (server.results / job / "checkpoint.pt").is_file()
 
 
 def test_cancel_a_queued_job(server):
@@ -135,8 +133,13 @@ def test_attach_after_disconnect_gets_state_and_newest_mesh(server):
 def test_bad_requests_get_errors_that_name_the_field(server):
     with server.client() as client:
         checks = [
-            (Submit(kind="generate", prompt="x", preset="ultra"), "content.preset"),
-            (Submit(kind="generate", prompt="x", teacher="sd:/etc"), "content.teacher"),
+            (Submit(spec={"prompt": "x", "preset": "ultra"}), "content.spec.preset"),
+            (Submit(spec={"prompt": "x", "model": {"teacher": "sd:/etc"}}), "content.spec.model.teacher"),
+            (Submit(spec={"prompt": "x", "guidance": {"method": "dds"}}), "content.spec.guidance.method"),
+            (Submit(spec={"prompt": "x", "guidance": {"gamma": -1.0}}), "content.spec.guidance.gamma"),
+            (Submit(spec={"prompt": "x", "edit": {"strength": 0.5}}), "content.spec.edit"),
+            (Submit(spec={"kind": "image", "prompt": "x", "image": {"resolution": 100}}),
+             "content.spec.image.resolution"),
         ]
         for msg, field in checks:
             client.send(msg)
@@ -159,7 +162,7 @@ def test_arbitrary_frames_get_error_replies_and_the_server_stays_up(server, fram
         assert sock.poll(5000), "no reply to a malformed message"
         reply = sock.recv_multipart()
         assert b'"error"' in reply[0]
-        sock.send_multipart(encode(Submit(kind="generate", prompt="x", preset="nope")))
+        sock.send_multipart(encode(Submit(spec={"prompt": "x", "preset": "nope"})))
         assert sock.poll(5000), "the server stopped answering after a malformed message"
     finally:
         sock.close()
@@ -170,10 +173,12 @@ def test_server_restart_resumes_a_running_job(tmp_path, asd_home):
     results = tmp_path / "results"
     server = start_server(results, port)
     try:
+        before = []
         with server.client() as client:
             job = submit(client, steps=40)
             # smoke checkpoints every 6 steps: wait until one exists, then kill the server outright.
-            client.wait_for(lambda m: m.job_id == job and isinstance(m, Progress) and m.step >= 8, timeout=180)
+            client.wait_for(lambda m: m.job_id == job and isinstance(m, Progress) and m.step >= 8, timeout=180,
+                            on_message=before.append)
         stop_server(server, signal.SIGKILL)
         server = start_server(results, port)
         with server.client() as client:
@@ -181,7 +186,10 @@ def test_server_restart_resumes_a_running_job(tmp_path, asd_home):
             got = [m for _, m in follow(client, job)]
         steps = [m.step for m in got if isinstance(m, Progress) and m.phase == "optimizing"]
         assert steps and min(steps) >= 6, steps  # continued from the checkpoint, not from step 1
-        assert got[-1].status == "completed"
+        assert got[-1].status == "completed" and got[-1].summary["resumed_from"] >= 6
+        # Snapshot numbers only increase, across the restart too.
+        numbers = [m.snapshot for m in before + got if isinstance(m, MeshSnapshot)]
+        assert numbers == sorted(numbers) and len(set(numbers)) == len(numbers), numbers
         assert '"job_requeued"' in server.log_text()
     finally:
         stop_server(server)
@@ -265,3 +273,54 @@ def test_curve_allowed_key_works_unknown_key_and_plaintext_are_refused(tmp_path,
         assert "refused this client's CURVE key" in reason
         assert attempt() != "welcome"  # plaintext
         assert '"auth_refused"' in server.log_text()
+
+
+def test_submitted_settings_resolve_to_the_full_spec(server):
+    """What the CLI's `asd submit` sends: only the fields set; `accepted` echoes everything that will run."""
+    with server.client() as client:
+        first = accepted(client, mesh_every=0, texture_size=64, steps=4)
+        second = accepted(client, steps=4)
+        for job in (first.job_id, second.job_id):
+            got = [m for _, m in follow(client, job)]
+            assert got[-1].status == "completed", got[-1]
+    spec = first.spec
+    assert spec["output"]["mesh_every"] == 0 and spec["output"]["texture_size"] == 64
+    assert spec["schedule"]["steps"] == 4 and spec["nerf"]["samples_per_ray"] == 32  # the preset's value
+    assert spec["guidance"] == {"method": "asd", "cfg": 7.5, "gamma": -0.75, "lora_rank": 4, "discriminator_lr": 1e-4,
+                                "view_prompts": True, "perp_neg": True}
+    assert "image" not in spec and "edit" not in spec  # only the sections a generate job uses
+    # No seed given: each job gets its own random one, recorded.
+    assert isinstance(spec["seed"], int) and spec["seed"] != second.spec["seed"]
+    # mesh_every 0: only the final mesh streamed (job.json holds the same resolved spec).
+    import json
+
+    stored = json.loads((server.results / first.job_id / "job.json").read_text())
+    assert stored["spec"] == spec and stored["snapshots"] == 1
+
+
+def test_an_edit_the_loop_would_refuse_is_refused_at_submit(server):
+    import numpy as np
+
+    vertices = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0]], np.float32)
+    arrays = {"vertices": vertices, "faces": np.array([[0, 1, 2]], np.uint32),
+              "uvs": np.zeros((1, 3, 2), np.float32), "texture": np.zeros((8, 8, 3), np.uint8)}
+    with server.client() as client:
+        for bad, field in (({"strength": 0.01}, "content.spec.edit.strength"),
+                           ({"steps": 0}, "content.spec.edit.steps")):
+            msg = Submit(spec={"kind": "edit_texture", "prompt": "bronze", "edit": bad}, **arrays)
+            with pytest.raises(Exception) as info:  # the client refuses to send it…
+                client.send(msg)
+            assert getattr(info.value, "field", None) == field
+        # …and the server refuses it too, before anything is queued.
+        raw = zmq.Context.instance().socket(zmq.DEALER)
+        raw.setsockopt(zmq.LINGER, 0)
+        raw.connect(server.address)
+        try:
+            frames = [bytes(f) for f in encode(Submit(spec={"kind": "edit_texture", "prompt": "bronze"}, **arrays))]
+            frames[1] = frames[1].replace(b'"prompt":"bronze"', b'"prompt":"bronze","edit":{"strength":0.01}')
+            raw.send_multipart(frames)
+            assert raw.poll(10000)
+            reply = raw.recv_multipart()
+            assert b'"error"' in reply[0] and b"content.spec.edit.strength" in reply[1]
+        finally:
+            raw.close()

@@ -14,11 +14,13 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing
 import os
+import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
 from ..guidance.prompts import Conditioning, PromptBank, ViewPromptConfig
 from ..guidance.score_distillation import GuidanceConfig, ScoreDistillation, train_discriminator
@@ -130,10 +132,20 @@ def run(cfg: GmmBenchConfig, methods: list[str], scales: list[float], workers: i
         GuidanceConfig(method=m)  # validate names before starting any process
     jobs = [(cfg, m, float(s)) for s in scales for m in methods]
     workers = max(1, min(len(jobs), workers or os.cpu_count() or 1))
+    # Progress on stderr, one tick per finished run: stdout carries only the report.
+    bar = tqdm(total=len(jobs), desc="bench 2d", unit="run", file=sys.stderr)
     if workers == 1:
-        results = [_distill_single_threaded(job) for job in jobs]
+        results = []
+        for job in jobs:
+            results.append(_distill_single_threaded(job))
+            bar.update(1)
     else:
         with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            results = list(pool.map(_distill_single_threaded, jobs))
+            futures = [pool.submit(_distill_single_threaded, job) for job in jobs]
+            for future in as_completed(futures):
+                future.result()
+                bar.update(1)
+            results = [future.result() for future in futures]
+    bar.close()
     return {"benchmark": "2d", "settings": {**dataclasses.asdict(cfg), "methods": methods, "cfg": scales},
             "results": results}

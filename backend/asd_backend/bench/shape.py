@@ -21,13 +21,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..guidance.prompts import ViewPromptConfig
+from asd_protocol.job_spec import JobSpec
+
 from ..mesh.export import to_blender_frame
 from ..mesh.extract import Mesh
-from ..nerf.hash_grid import HashGridConfig
 from ..teachers.analytic import RenderedShapeTeacher
-from ..train.presets import NerfPreset
-from ..train.text_to_3d import GenerateConfig, generate
+from ..train.presets import resolve_spec
+from ..train.text_to_3d import generate
 
 BUILTIN_TARGETS = ("torus", "star", "mug")
 
@@ -144,14 +144,18 @@ def metrics(pred: Mesh, target, samples: int = 20_000, grid: int = 96, seed: int
     return {"chamfer_l1_rel": round(float(chamfer), 5), "iou": round(iou, 4), "fscore": round(float(fscore), 4)}
 
 
-def bench_preset(cfg: ShapeBenchConfig) -> NerfPreset:
-    return NerfPreset(
-        name="bench-3d", description="analytic 3D benchmark", steps=cfg.steps,
-        resolution_schedule=((0, cfg.resolution),), samples_per_ray=cfg.samples_per_ray,
-        grid=HashGridConfig(n_levels=12, n_features_per_level=2, log2_hashmap_size=16, base_resolution=16,
-                            per_level_scale=1.32),
-        occupancy_resolution=48, lambda_sparsity=1.0, mesh_every=0, mc_resolution=cfg.mc_resolution,
-        occupancy_update_every=16, occupancy_warmup_steps=128, lr_encoding=cfg.lr_encoding)
+def bench_spec(cfg: ShapeBenchConfig) -> JobSpec:
+    """The generate spec of the benchmark: a small grid and white background, sized for 2 CPU cores."""
+    return resolve_spec({
+        "prompt": "target", "seed": cfg.seed,
+        "guidance": {"method": cfg.method, "cfg": cfg.cfg, "view_prompts": False, "perp_neg": False},
+        "nerf": {"grid": {"n_levels": 12, "n_features_per_level": 2, "log2_hashmap_size": 16, "base_resolution": 16,
+                          "per_level_scale": 1.32},
+                 "samples_per_ray": cfg.samples_per_ray, "occupancy_resolution": 48, "occupancy_update_every": 16,
+                 "occupancy_warmup_steps": 128, "background": "white"},
+        "schedule": {"steps": cfg.steps, "resolution_schedule": [[0, cfg.resolution]], "lambda_sparsity": 1.0,
+                     "lr_encoding": cfg.lr_encoding},
+        "output": {"mesh_every": 0, "mc_resolution": cfg.mc_resolution, "turntable": 0}})
 
 
 def run(cfg: ShapeBenchConfig, device: str = "cpu", save: str | None = None) -> dict[str, Any]:
@@ -160,11 +164,16 @@ def run(cfg: ShapeBenchConfig, device: str = "cpu", save: str | None = None) -> 
     target = load_target(cfg.target)
     teacher = RenderedShapeTeacher(target, distractor_for(target), resolution=cfg.resolution, sigma=cfg.sigma,
                                    device=device)
-    config = GenerateConfig(prompt="target", method=cfg.method, cfg=cfg.cfg, seed=cfg.seed, preset=bench_preset(cfg),
-                            mc_threshold="auto", background="white",
-                            view_prompts=ViewPromptConfig(view_dependent=False, perp_neg=False))
+    import sys
+
+    from tqdm import tqdm
+
+    spec = bench_spec(cfg)
     start = time.perf_counter()
-    result = generate(teacher, config)
+    # Progress on stderr: stdout carries only the JSON report.
+    with tqdm(total=spec.steps, desc=f"bench 3d {cfg.target} {cfg.method}", unit="step", file=sys.stderr) as bar:
+        result = generate(teacher, spec, on_progress=lambda step, total, m: bar.update(1),
+                          on_phase=lambda phase, message: bar.set_description(f"{phase}: {message}"))
     seconds = time.perf_counter() - start
     # generate() returns Blender's frame; put the target there too.
     target_blender = target.copy()

@@ -8,26 +8,27 @@ side (`--resolution`) so the expensive phase is what gets measured.
 
 from __future__ import annotations
 
-import dataclasses
 import statistics
 import time
 from typing import Any
 
 import torch
 
+from asd_protocol.job_spec import MAX_STEPS, merge
+
 from ..teachers import load_teacher
-from ..train.presets import get_preset
-from ..train.text_to_3d import GenerateConfig, generate
+from ..train.presets import resolve_spec
+from ..train.text_to_3d import generate
 
 
 def run(preset: str = "standard", teacher: str = "random-sd21", device: str = "auto", method: str = "asd",
         steps: int = 20, warmup: int = 3, resolution: int | None = None) -> dict[str, Any]:
     loaded = load_teacher(teacher, device)
-    base = get_preset(preset)
-    side = resolution or max(side for _, side in base.resolution_schedule)
-    timed = dataclasses.replace(base, steps=warmup + steps, resolution_schedule=((0, side),), mesh_every=0,
-                                mc_resolution=64, checkpoint_every=10**9)
-    config = GenerateConfig(prompt="a ceramic teapot", method=method, preset=timed)
+    base = resolve_spec({"prompt": "a ceramic teapot", "preset": preset, "guidance": {"method": method}}, seed=0)
+    side = resolution or max(side for _, side in base.schedule.resolution_schedule)
+    spec = resolve_spec(merge(base.to_json(), {
+        "schedule": {"steps": warmup + steps, "resolution_schedule": [[0, side]], "checkpoint_every": MAX_STEPS},
+        "output": {"mesh_every": 0, "mc_resolution": 64}}))
     cuda = loaded.device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats(loaded.device)
@@ -38,12 +39,12 @@ def run(preset: str = "standard", teacher: str = "random-sd21", device: str = "a
             torch.cuda.synchronize(loaded.device)
         stamps.append(time.perf_counter())
 
-    generate(loaded, config, on_progress=on_progress)
+    generate(loaded, spec, on_progress=on_progress)
     per_step = [b - a for a, b in zip(stamps[warmup:], stamps[warmup + 1:], strict=False)]
     return {
         "benchmark": "speed", "preset": preset, "teacher": teacher, "method": method,
         "device": torch.cuda.get_device_name(loaded.device) if cuda else "cpu",
-        "render_resolution": side, "samples_per_ray": base.samples_per_ray, "steps_timed": len(per_step),
+        "render_resolution": side, "samples_per_ray": base.nerf.samples_per_ray, "steps_timed": len(per_step),
         "seconds_per_step": round(statistics.median(per_step), 4) if per_step else None,
         "peak_memory_gib": round(torch.cuda.max_memory_allocated(loaded.device) / 2**30, 2) if cuda else None,
         "preset_steps": base.steps,

@@ -29,10 +29,12 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from asd_protocol.job_spec import METHODS, GuidanceSpec
+
 from ..teachers.base import Teacher, expand_like
 from .prompts import Conditioning
 
-METHODS = ("sds", "vsd", "asd", "dds")
+_SPEC = GuidanceSpec()  # the defaults are the job spec's
 WEIGHTINGS = ("sds", "asd", "uniform")
 
 
@@ -40,12 +42,12 @@ WEIGHTINGS = ("sds", "asd", "uniform")
 class GuidanceConfig:
     """Score distillation settings. Defaults are the official ASD NeRF configuration."""
 
-    method: str = "asd"
+    method: str = _SPEC.method
     """sds, vsd, asd or dds (editing only): which reference the teacher's prediction is compared with."""
-    cfg: float = 7.5
+    cfg: float = _SPEC.cfg
     """Classifier-free guidance scale s: ε̃ = ε_uncond + s·(ε_cond − ε_uncond)."""
-    gamma: float = -0.75
-    """ASD's weight of ‖ε_φ − sg(ε_teacher)‖² in the discriminator loss, in [−1, 0); VSD uses 0."""
+    gamma: float = _SPEC.gamma
+    """ASD's weight of ‖ε_φ − sg(ε_teacher)‖² in the discriminator loss, in (−1, 0); VSD uses 0."""
     weighting: str = "sds"
     """w(t): sds = 1−ᾱ_t, asd = √((1−ᾱ_t)/ᾱ_t), uniform = 1."""
     min_step_percent: float = 0.02
@@ -75,8 +77,9 @@ class GuidanceConfig:
             raise ValueError(f"weighting must be one of {', '.join(WEIGHTINGS)}; got {self.weighting!r}")
         if self.cfg < 0:
             raise ValueError(f"cfg (guidance scale) must be >= 0; got {self.cfg}")
-        if self.method == "asd" and not -1.0 <= self.gamma < 0.0:
-            raise ValueError(f"ASD's gamma must be in [-1, 0) (the paper uses -0.75; 0 is VSD); got {self.gamma}")
+        if self.method == "asd" and not -1.0 < self.gamma < 0.0:
+            raise ValueError(f"ASD's gamma must be in (-1, 0) (the paper uses -0.75; 0 is VSD; at -1 ε_φ's loss is "
+                             f"linear and diverges); got {self.gamma}")
         for lo, hi, what in ((self.min_step_percent, self.max_step_percent, "step percent"),
                              (self.min_step_percent, self.max_step_percent_annealed, "annealed step percent"),
                              (self.discriminator_min_step_percent, self.discriminator_max_step_percent,
@@ -89,6 +92,11 @@ class GuidanceConfig:
             raise ValueError(f"grad_clip must be positive or None; got {self.grad_clip}")
         if self.discriminator_samples < 1:
             raise ValueError(f"discriminator_samples must be at least 1; got {self.discriminator_samples}")
+
+    @classmethod
+    def from_spec(cls, spec: GuidanceSpec, **overrides: Any) -> GuidanceConfig:
+        """The job spec's guidance section, plus loop-specific settings (timestep range, annealing)."""
+        return cls(method=spec.method, cfg=spec.cfg, gamma=spec.gamma, **overrides)
 
     @property
     def uses_discriminator(self) -> bool:

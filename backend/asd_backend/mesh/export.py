@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..artifacts import atomic_path
 from .extract import Mesh
 
 FORMATS = (".glb", ".obj", ".ply")
@@ -51,7 +52,6 @@ def write_mesh(mesh: Mesh, path: str | Path) -> Path:
         raise ValueError(f"cannot write {path.name}: use one of {', '.join(FORMATS)}")
     if len(mesh.faces) == 0:
         raise ValueError(f"cannot write {path.name}: the mesh is empty (nothing above the density threshold)")
-    path.parent.mkdir(parents=True, exist_ok=True)
     vertices = mesh.vertices if suffix == ".ply" else z_up_to_y_up(mesh.vertices)
     colors = mesh.colors
     if colors is not None and suffix == ".glb":
@@ -66,9 +66,8 @@ def write_mesh(mesh: Mesh, path: str | Path) -> Path:
     elif colors is not None:
         alpha = np.full((len(colors), 1), 255, np.uint8)
         tm.visual = trimesh.visual.ColorVisuals(tm, vertex_colors=np.concatenate([colors[:, :3], alpha], axis=1))
-    tmp = path.with_name(path.name + ".part" + suffix)
-    tm.export(tmp)
-    tmp.replace(path)  # never a half-written mesh under the final name
+    with atomic_path(path) as tmp:  # never a half-written mesh under the final name
+        tm.export(tmp)
     return path
 
 

@@ -14,14 +14,16 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from .hash_grid import HashGrid, HashGridConfig
+from asd_protocol.job_spec import GridSpec
+
+from .hash_grid import HashGrid
 
 
 @dataclasses.dataclass
 class FieldConfig:
     radius: float = 1.0
     """Half the side of the cube the field lives in (object units, metres in the export)."""
-    grid: HashGridConfig = dataclasses.field(default_factory=HashGridConfig)
+    grid: GridSpec = dataclasses.field(default_factory=GridSpec)
     hidden: int = 64
     """Width of the density and albedo MLPs (one hidden layer each, as the official config)."""
     density_blob_scale: float = 10.0

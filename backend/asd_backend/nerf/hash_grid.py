@@ -8,44 +8,22 @@ concatenated. Levels are processed one at a time so memory stays at [N, 8] indic
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from asd_protocol.job_spec import GridSpec
+
 # Instant-NGP's primes for the spatial hash (the first is 1: no multiply for x).
 PRIMES = (1, 2654435761, 805459861)
 
 
-@dataclasses.dataclass
-class HashGridConfig:
-    """Official GPU defaults: 16 levels × 2 features, 2^19 entries, base 16, scale 1.447 (finest 4096)."""
-
-    n_levels: int = 16
-    n_features_per_level: int = 2
-    log2_hashmap_size: int = 19
-    base_resolution: int = 16
-    per_level_scale: float = 1.447269237440378
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.n_levels <= 32:
-            raise ValueError(f"n_levels must be in 1..32; got {self.n_levels}")
-        if not 10 <= self.log2_hashmap_size <= 24:
-            raise ValueError(f"log2_hashmap_size must be in 10..24; got {self.log2_hashmap_size}")
-        if self.per_level_scale < 1 or self.base_resolution < 2:
-            raise ValueError("per_level_scale must be >= 1 and base_resolution >= 2")
-
-    @property
-    def output_dim(self) -> int:
-        return self.n_levels * self.n_features_per_level
-
-
 class HashGrid(nn.Module):
-    def __init__(self, config: HashGridConfig | None = None) -> None:
+    def __init__(self, config: GridSpec | None = None) -> None:
         super().__init__()
-        self.config = config = config or HashGridConfig()
+        self.config = config = config or GridSpec()
         table = 2**config.log2_hashmap_size
         resolutions, sizes, dense = [], [], []
         for level in range(config.n_levels):

@@ -15,7 +15,6 @@ import dataclasses
 import json
 import logging
 import multiprocessing
-import random
 import time
 import uuid
 from collections import deque
@@ -51,10 +50,11 @@ from asd_protocol import (
 )
 from asd_protocol import errors as codes
 from asd_protocol.client import is_loopback
+from asd_protocol.job_spec import DEFAULT_TEACHER, METHODS, merge
 from asd_protocol.messages import now_iso
 
 from .. import __version__
-from ..train.presets import PRESETS
+from ..train.presets import PRESETS, resolve_spec
 from . import auth
 from .jobs import FINISHED, Job, JobTable, new_job_id
 from .store import ResultStore
@@ -81,7 +81,7 @@ def event(name: str, **fields: Any) -> None:
 class ServerConfig:
     bind: str = "tcp://127.0.0.1:5555"
     results: Path = Path("asd-results")
-    teacher: str = "sd"
+    teacher: str = DEFAULT_TEACHER
     """Default teacher spec (see teachers/__init__.py); `tiny` is always offered as well."""
     device: str = "auto"
     gpus: list[int] | None = None
@@ -288,7 +288,7 @@ class Server:
         self._send(peer, msg.reply(
             Welcome, server=f"asd-backend/{__version__}", server_id=self.server_id, protocol_version=PROTOCOL_VERSION,
             capabilities=list(KINDS), teachers=teachers, default_teacher=self.config.teacher,
-            methods=["asd", "vsd", "sds"], presets=list(PRESETS), heartbeat_interval=self.config.heartbeat_interval,
+            methods=list(METHODS), presets=list(PRESETS), heartbeat_interval=self.config.heartbeat_interval,
             limits={"max_queued_per_client": self.config.max_queued_per_client,
                     "max_message_bytes": self.config.max_message_bytes}), reliable=True)
 
@@ -298,47 +298,32 @@ class Server:
     def _submit(self, peer: Peer, msg: Submit) -> None:
         if msg.kind not in KINDS:
             raise ProtocolError(codes.UNSUPPORTED, f"this server does not run {msg.kind!r} jobs yet",
-                                field="content.kind", hint=f"supported: {', '.join(KINDS)}")
-        if msg.preset not in PRESETS:
-            raise ProtocolError(codes.INVALID_FIELD, f"unknown preset {msg.preset!r}", field="content.preset",
-                                hint=f"use one of {', '.join(PRESETS)}")
-        teacher = msg.teacher or self.config.teacher
-        if teacher not in self.teachers:
-            raise ProtocolError(codes.INVALID_FIELD, f"teacher {teacher!r} is not offered by this server",
-                                field="content.teacher", hint=f"use one of {', '.join(self.teachers)}")
+                                field="content.spec.kind", hint=f"supported: {', '.join(KINDS)}")
         if self.table.queued_by(peer.user) >= self.config.max_queued_per_client:
             raise ProtocolError(codes.QUEUE_FULL, f"you already have {self.config.max_queued_per_client} queued jobs",
                                 hint="wait for one to start, or cancel one")
-        if msg.method == "dds" and msg.kind != "edit_texture":
-            raise ProtocolError(codes.INVALID_FIELD, "DDS is an editing method", field="content.method",
-                                hint="use asd, vsd or sds for generation")
+        # Everything is checked here, before the job is queued: a queued job runs with exactly this spec.
+        spec = resolve_spec(merge({"model": {"teacher": self.config.teacher}}, msg.spec), path="content.spec")
+        if spec.model.teacher not in self.teachers:
+            raise ProtocolError(codes.INVALID_FIELD, f"teacher {spec.model.teacher!r} is not offered by this server",
+                                field="content.spec.model.teacher", hint=f"use one of {', '.join(self.teachers)}")
         if msg.kind == "edit_texture" and max(msg.texture.shape[:2]) > MAX_TEXTURE_SIDE:
             raise ProtocolError(codes.TOO_LARGE, f"textures up to {MAX_TEXTURE_SIDE}² are edited; got "
                                 f"{msg.texture.shape[1]}×{msg.texture.shape[0]}", field="content.texture",
                                 hint="scale the image down in Blender first")
-        preset = PRESETS[msg.preset]
-        settings = {"teacher": teacher, "method": msg.method, "cfg": 7.5 if msg.cfg is None else msg.cfg,
-                    "seed": random.randrange(2**31) if msg.seed is None else msg.seed, "preset": msg.preset,
-                    "steps": msg.steps, "mesh_every": msg.mesh_every, "mc_resolution": msg.mc_resolution,
-                    "negative_prompt": msg.negative_prompt, "resolution": msg.resolution}
-        if msg.kind == "image":
-            settings["steps"] = msg.steps or 500
-        if msg.kind == "edit_texture":
-            settings.update(steps=msg.steps or 400, source_prompt=msg.source_prompt or msg.object_name or "an object",
-                            strength=msg.strength, object_name=msg.object_name)
-        total = settings["steps"] or preset.steps
-        job = Job(job_id=new_job_id(), kind=msg.kind, prompt=msg.prompt, settings=settings, client=peer.user,
-                  total=total)
+        resolved = spec.to_json()
+        job = Job(job_id=new_job_id(), kind=spec.kind, prompt=spec.prompt, spec=resolved, client=peer.user,
+                  total=spec.steps)
         if msg.kind == "edit_texture":  # the inputs outlive this message: the worker (and a resume) read them
             self.store.save_arrays(job.job_id, "inputs.npz", vertices=msg.vertices, faces=msg.faces, uvs=msg.uvs,
                                    texture=msg.texture)
         self.table.add(job)
         self.store.save(job)
         peer.subscriptions.add(job.job_id)
-        event("submit", job=job.job_id, client=peer.user, kind=job.kind, prompt=job.prompt[:200], **settings)
+        event("submit", job=job.job_id, client=peer.user, kind=job.kind, prompt=job.prompt[:200], spec=msg.spec)
         self._send(peer, msg.reply(Accepted, job_id=job.job_id, kind=job.kind,
-                                   queue_position=self.table.position(job.job_id) or 0,
-                                   settings={k: v for k, v in settings.items() if v is not None}), reliable=True)
+                                   queue_position=self.table.position(job.job_id) or 0, spec=resolved),
+                   reliable=True)
 
     def _job(self, msg: Message) -> Job:
         job = self.table.jobs.get(msg.job_id)
@@ -354,7 +339,7 @@ class Server:
             raise ProtocolError(codes.INVALID_FIELD, f"job {job.job_id} has already {job.status}",
                                 field="header.job_id")
         if job.status == "queued" and self.table.remove_from_queue(job.job_id):
-            self._finish(job, Done(job_id=job.job_id, status="cancelled", summary={"resumable": job.resume}))
+            self._finish(job, Done(job_id=job.job_id, status="cancelled"))
             return
         worker = next((w for w in self.workers.values() if w.job_id == job.job_id), None)
         if worker is not None:
@@ -366,29 +351,41 @@ class Server:
         peer.subscriptions.add(job.job_id)
         event("attach", job=job.job_id, client=peer.user, status=job.status)
         self._send(peer, msg.reply(Jobs, jobs=[job.info(self.table.position(job.job_id))]), reliable=True)
-        mesh = self.latest_mesh.get(job.job_id) or self._final_mesh_from_disk(job)
-        if mesh is not None:
-            self._send_frames(peer, mesh, reliable=True)
-        image = self.latest_image.get(job.job_id)
-        if image is not None:
-            self._send_frames(peer, image, reliable=True)
+        finals = self._finals_from_disk(job) if job.status == "completed" else []
+        for frames in finals or [self.latest_mesh.get(job.job_id), self.latest_image.get(job.job_id)]:
+            if frames is not None:
+                self._send_frames(peer, frames, reliable=True)
         if job.status in FINISHED:
             self._send(peer, Done(job_id=job.job_id, status=job.status, seconds=job.seconds, outputs=job.outputs),
                        reliable=True)
         elif job.job_id in self.last_progress:
             self._send(peer, self.last_progress[job.job_id][0])
 
-    def _final_mesh_from_disk(self, job: Job) -> list | None:
-        path = Path(job.outputs.get("mesh", "")) if job.outputs.get("mesh") else None
-        if path is None or not path.is_file():
-            return None
+    def _finals_from_disk(self, job: Job) -> list[list]:
+        """A finished job's results read back from its folder, encoded (nothing is kept in memory)."""
+        import numpy as np
+        from PIL import Image as PILImage
+
         from ..mesh.export import read_mesh
 
-        mesh = read_mesh(path)
-        frames = encode(MeshSnapshot(job_id=job.job_id, vertices=mesh.vertices, faces=mesh.faces, colors=mesh.colors,
-                                     snapshot=job.snapshots, step=job.step, final=True))
-        self.latest_mesh[job.job_id] = frames
-        return frames
+        out = []
+        for name, path in job.outputs.items():
+            path = Path(path)
+            if not path.is_file():
+                continue
+            if name == "mesh":
+                mesh = read_mesh(path)
+                out.append(encode(MeshSnapshot(job_id=job.job_id, vertices=mesh.vertices, faces=mesh.faces,
+                                               colors=mesh.colors, snapshot=job.snapshots, step=job.step, final=True)))
+            elif name in ("image", "texture", "preview"):
+                with PILImage.open(path) as picture:
+                    pixels = np.asarray(picture.convert("RGBA" if name == "texture" else "RGB"))
+                if name == "texture":
+                    out.append(encode(Texture(job_id=job.job_id, pixels=pixels, step=job.step, final=True)))
+                else:
+                    out.append(encode(Image(job_id=job.job_id, pixels=pixels, step=job.step, final=True,
+                                            role="result" if name == "image" else "preview")))
+        return out
 
     def _list(self, peer: Peer, msg: ListJobs) -> None:
         self._send(peer, msg.reply(Jobs, jobs=self.table.listing(msg.limit)), reliable=True)
@@ -438,8 +435,6 @@ class Server:
             worker.job_id = None
             job.outputs = dict(msg.outputs)
             job.seconds = msg.seconds
-            if msg.status == "cancelled" or msg.status == "failed":
-                job.resume = True
             self._finish(job, msg)
         job.touch()
 
@@ -448,6 +443,9 @@ class Server:
         job.touch()
         self.store.save(job)
         self.last_progress.pop(job.job_id, None)
+        # The final mesh and image are on disk now (attach reads them there): keep no copy in memory.
+        self.latest_mesh.pop(job.job_id, None)
+        self.latest_image.pop(job.job_id, None)
         event("job_" + done.status, job=job.job_id, seconds=round(done.seconds, 2), error=job.error[:300] or None)
         self._publish(job, encode(done))
 
@@ -464,7 +462,7 @@ class Server:
             self.store.save(job)
             event("job_started", job=job.job_id, worker=worker.index, resume=job.resume)
             self.internal.send_multipart([worker.identity, json.dumps({"cmd": "run", "job": {
-                "job_id": job.job_id, "kind": job.kind, "prompt": job.prompt, "settings": job.settings,
+                "job_id": job.job_id, "kind": job.kind, "prompt": job.prompt, "spec": job.spec,
                 "resume": job.resume}}).encode()])
             starting = Progress(job_id=job.job_id, phase="starting", step=job.step, total=job.total)
             self.last_progress[job.job_id] = (starting, time.monotonic())  # re-sent every second from now on
@@ -480,12 +478,11 @@ class Server:
             if job is not None and job.status == "running":
                 how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
                 job.error = f"the worker process died ({how}) while running this job"
-                job.resume = True
                 self._publish(job, encode(Error(
                     job_id=job.job_id, code=codes.WORKER_CRASHED, message=job.error,
-                    hint="the server restarted the worker; submit again (it resumes from the last checkpoint when "
-                         "you attach and resubmit), or use a lighter preset if it ran out of memory")))
-                self._finish(job, Done(job_id=job.job_id, status="failed", summary={"resumable": True}))
+                    hint="the server restarted the worker; submit the job again, or use a lighter preset if it "
+                         "ran out of memory")))
+                self._finish(job, Done(job_id=job.job_id, status="failed"))
             del self.workers[identity]
             self._spawn_worker(worker.index, worker.device, worker.env)
 

@@ -34,7 +34,7 @@ class Job:
     job_id: str
     kind: str
     prompt: str
-    settings: dict[str, Any]  # resolved settings the worker runs with (JSON-able)
+    spec: dict[str, Any]  # the resolved job spec (asd_protocol.job_spec) the worker runs, as JSON
     client: str  # who submitted (CURVE public key, or the routing id on loopback)
     status: str = "queued"
     created: str = dataclasses.field(default_factory=utc_now)
@@ -54,7 +54,7 @@ class Job:
     def info(self, queue_position: int | None = None) -> JobInfo:
         return JobInfo(job_id=self.job_id, kind=self.kind, prompt=self.prompt, status=self.status,
                        created=self.created, updated=self.updated, step=self.step, total=self.total,
-                       queue_position=queue_position, method=str(self.settings.get("method", "")),
+                       queue_position=queue_position, method=str(self.spec.get("guidance", {}).get("method", "")),
                        snapshots=self.snapshots, error=self.error[:2000])
 
     def to_json(self) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import json
 import logging
 from pathlib import Path
 
-from ..artifacts import write_json
+from ..artifacts import atomic_path, write_json
 from .jobs import ACTIVE, Job
 
 log = logging.getLogger("asd.server")
@@ -39,13 +39,10 @@ class ResultStore:
         """Arrays in a .npz (no pickle: read back with allow_pickle=False), written atomically."""
         import numpy as np
 
-        folder = self.job_dir(job_id)
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / (name + ".part")
-        with open(tmp, "wb") as handle:
+        path = self.job_dir(job_id) / name
+        with atomic_path(path) as tmp, open(tmp, "wb") as handle:
             np.savez(handle, **arrays)
-        tmp.replace(folder / name)
-        return folder / name
+        return path
 
     def load_all(self) -> list[Job]:
         """Every job on disk, oldest first; jobs that were active when the server stopped are marked

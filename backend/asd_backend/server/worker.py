@@ -21,6 +21,7 @@ import zmq
 
 from asd_protocol import Done, Error, Image, Log, MeshSnapshot, Message, Progress, Texture, encode
 from asd_protocol import errors as codes
+from asd_protocol.job_spec import JobSpec
 
 log = logging.getLogger("asd.worker")
 
@@ -99,8 +100,7 @@ class Worker:
             self.emit(Done(job_id=job_id, status="completed", seconds=time.time() - started, outputs=outputs,
                            summary=summary))
         except JobCancelled:
-            self.emit(Done(job_id=job_id, status="cancelled", seconds=time.time() - started,
-                           summary={"resumable": True}))
+            self.emit(Done(job_id=job_id, status="cancelled", seconds=time.time() - started))
         except Exception as exc:  # one job's failure must not take the worker down
             code, hint = classify_failure(exc)
             log.error("job %s failed: %s", job_id, traceback.format_exc())
@@ -135,29 +135,27 @@ class Worker:
                                losses=losses, eta_seconds=eta, elapsed_seconds=elapsed))
         return report
 
-    def _teacher_for(self, job_id: str, spec: str):
-        """Load (or reuse) the job's teacher, saying so, and warn when it is untrained."""
+    def _teacher_for(self, job_id: str, spec: JobSpec):
+        """Load (or reuse) the job's teacher, saying so, and warn when it is untrained or the prompt is
+        longer than its text encoder reads."""
         from ..artifacts import teacher_notice
 
-        self.emit(Progress(job_id=job_id, phase="loading", message=f"loading teacher {spec}"))
-        teacher = self.teacher(spec)
-        notice = teacher_notice(teacher)
-        if notice:
-            self.emit(Log(job_id=job_id, level="warning", text=notice))
+        name = spec.model.teacher
+        self.emit(Progress(job_id=job_id, phase="loading", message=f"loading teacher {name}"))
+        teacher = self.teacher(name)
+        for notice in (teacher_notice(teacher), teacher.truncation_warning(spec.prompt)):
+            if notice:
+                self.emit(Log(job_id=job_id, level="warning", text=notice))
         return teacher
 
     def generate(self, job: dict[str, Any]) -> tuple[dict[str, str], dict[str, Any]]:
         from ..artifacts import write_png
         from ..mesh.export import write_mesh
-        from ..train.text_to_3d import GenerateConfig, generate
+        from ..train.text_to_3d import generate
 
-        job_id, s = job["job_id"], job["settings"]
+        job_id, spec = job["job_id"], JobSpec.from_json(job["spec"])
         folder = self.results / job_id
-        teacher = self._teacher_for(job_id, s["teacher"])
-        config = GenerateConfig(prompt=job["prompt"], negative_prompt=s.get("negative_prompt", ""),
-                                method=s["method"], cfg=s["cfg"], seed=s["seed"], preset=s["preset"],
-                                steps=s.get("steps"), mesh_every=s.get("mesh_every"),
-                                mc_resolution=s.get("mc_resolution"))
+        teacher = self._teacher_for(job_id, spec)
 
         def on_snapshot(snap) -> None:
             name = "mesh" if snap.final else f"snapshots/snapshot_{snap.index:03d}"
@@ -168,11 +166,10 @@ class Worker:
                                    colors=snap.mesh.colors, snapshot=snap.index, step=snap.step, final=snap.final))
             self.emit(Image(job_id=job_id, pixels=snap.preview, role="preview", step=snap.step, final=snap.final))
 
-        def on_phase(phase: str) -> None:
-            self.emit(Progress(job_id=job_id, phase=phase, step=config.resolved_preset().steps,
-                               total=config.resolved_preset().steps, message="marching cubes on the final field"))
+        def on_phase(phase: str, message: str) -> None:
+            self.emit(Progress(job_id=job_id, phase=phase, step=spec.steps, total=spec.steps, message=message))
 
-        result = generate(teacher, config, workdir=folder, resume=bool(job.get("resume")),
+        result = generate(teacher, spec, workdir=folder, resume=bool(job.get("resume")),
                           on_progress=self._progress(job_id, "optimizing"), on_snapshot=on_snapshot,
                           should_stop=self._should_stop(job_id), on_phase=on_phase)
         if result.stopped:
@@ -181,18 +178,15 @@ class Worker:
             raise RuntimeError("the optimisation produced no surface; try more steps or another seed")
         outputs = {"mesh": str(folder / "mesh.glb"), "preview": str(folder / "preview.png")}
         return outputs, {"steps": result.steps_done, "faces": len(result.mesh.faces),
-                         "teacher_trained": bool(teacher.trained)}
+                         "resumed_from": result.resumed_from, "teacher_trained": bool(teacher.trained)}
 
     def image(self, job: dict[str, Any]) -> tuple[dict[str, str], dict[str, Any]]:
         from ..artifacts import write_png
-        from ..train.image_2d import ImageDistillConfig, distill_image
+        from ..train.image_2d import distill_image
 
-        job_id, s = job["job_id"], job["settings"]
+        job_id, spec = job["job_id"], JobSpec.from_json(job["spec"])
         folder = self.results / job_id
-        teacher = self._teacher_for(job_id, s["teacher"])
-        config = ImageDistillConfig(prompt=job["prompt"], negative_prompt=s.get("negative_prompt", ""),
-                                    method=s["method"], cfg=s["cfg"], steps=s["steps"], seed=s["seed"],
-                                    resolution=s.get("resolution"), every=s.get("mesh_every") or 0)
+        teacher = self._teacher_for(job_id, spec)
         stop = self._should_stop(job_id)
 
         def on_frame(frame) -> None:
@@ -200,39 +194,34 @@ class Worker:
                             step=frame.step, final=frame.final))
 
         progress = self._progress(job_id, "optimizing")
-        final = distill_image(teacher, config, on_frame=on_frame,
-                              on_step=lambda step, m: progress(step, config.steps, m), should_stop=stop)
+        final = distill_image(teacher, spec, on_frame=on_frame,
+                              on_step=lambda step, m: progress(step, spec.steps, m), should_stop=stop)
         if stop():
             raise JobCancelled
         path = write_png(folder / "image.png", final.image)
         return {"image": str(path)}, {"steps": final.step, "teacher_trained": bool(teacher.trained)}
 
-
     def edit_texture(self, job: dict[str, Any]) -> tuple[dict[str, str], dict[str, Any]]:
         import numpy as np
 
         from ..artifacts import write_png
-        from ..texture.edit import TextureEditConfig, edit_texture
+        from ..texture.edit import edit_texture
 
-        job_id, s = job["job_id"], job["settings"]
+        job_id, spec = job["job_id"], JobSpec.from_json(job["spec"])
         folder = self.results / job_id
         with np.load(folder / "inputs.npz", allow_pickle=False) as inputs:  # written by the front end
             arrays = {k: inputs[k] for k in ("vertices", "faces", "uvs", "texture")}
-        teacher = self._teacher_for(job_id, s["teacher"])
-        config = TextureEditConfig(prompt=job["prompt"], source_prompt=s.get("source_prompt") or "an object",
-                                   negative_prompt=s.get("negative_prompt", ""), method=s["method"], cfg=s["cfg"],
-                                   strength=s.get("strength", 0.6), steps=s["steps"], seed=s["seed"],
-                                   every=s.get("mesh_every") or 25)
+        teacher = self._teacher_for(job_id, spec)
         stop = self._should_stop(job_id)
 
         def on_frame(frame) -> None:
             self.emit(Texture(job_id=job_id, pixels=frame.texture, step=frame.step, final=frame.final))
 
         progress = self._progress(job_id, "optimizing")
-        self.emit(Progress(job_id=job_id, phase="rasterizing", total=config.steps,
-                           message=f"ray casting {config.views} views of the mesh"))
-        final = edit_texture(teacher, arrays["vertices"], arrays["faces"], arrays["uvs"], arrays["texture"], config,
-                             on_frame=on_frame, on_step=lambda step, m: progress(step, config.steps, m),
+        self.emit(Progress(job_id=job_id, phase="rasterizing", total=spec.steps,
+                           message=f"ray casting {spec.edit.views} views of the mesh"))
+        final = edit_texture(teacher, arrays["vertices"], arrays["faces"], arrays["uvs"], arrays["texture"], spec,
+                             on_frame=on_frame, on_step=lambda step, m: progress(step, spec.steps, m),
                              should_stop=stop)
         if stop():
             raise JobCancelled

@@ -67,6 +67,10 @@ class Teacher(ABC):
     def embed_prompts(self, prompts: Sequence[str]) -> Tensor:
         """Conditioning for each prompt, stacked on dim 0. The empty prompt is the unconditional."""
 
+    def truncation_warning(self, prompt: str) -> str | None:
+        """A warning when the text encoder would cut `prompt` short, or None (analytic teachers: never)."""
+        return None
+
     @abstractmethod
     def predict_raw(self, x_t: Tensor, t: Int[Tensor, " B"], cond: Tensor, camera: Tensor | None = None) -> Tensor:
         """The model's output in its own parameterization (`prediction_type`)."""

@@ -164,6 +164,15 @@ class StableDiffusionTeacher(Teacher):
                 self._embeddings[prompt] = h
         return torch.stack([self._embeddings[p] for p in prompts])
 
+    def truncation_warning(self, prompt: str) -> str | None:
+        # The view suffix (", overhead view") comes on top of the prompt in 3D jobs.
+        limit = self.tokenizer.model_max_length
+        used = len(self.tokenizer(prompt + ", overhead view").input_ids)
+        if used <= limit:
+            return None
+        return (f"the prompt is {used} tokens with its view suffix; the text encoder reads {limit}, so the end "
+                f"of the prompt is ignored: shorten it")
+
     # -- the UNet, as teacher or as discriminator --------------------------------------------
 
     def _set_adapter(self, enabled: bool) -> None:

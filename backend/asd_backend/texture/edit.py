@@ -27,57 +27,19 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from asd_protocol.job_spec import JobSpec
+
 from ..guidance.prompts import Conditioning
 from ..guidance.score_distillation import GuidanceConfig, ScoreDistillation, train_discriminator
 from ..teachers.base import Teacher
 from .raster import NormalisedMesh, UVRasterizer
 
-METHODS = ("asd", "vsd", "dds", "sds")
 
-
-@dataclasses.dataclass
-class TextureEditConfig:
-    prompt: str
-    """What the texture should become ('weathered bronze')."""
-    source_prompt: str
-    """What it is now (the object's name, or the artist's description)."""
-    negative_prompt: str = ""
-    method: str = "asd"
-    cfg: float = 7.5
-    strength: float = 0.6
-    """0..1: the largest timestep, as a fraction of T (0.98 at 1). Low values make subtle edits."""
-    steps: int = 400
-    seed: int = 0
-    views: int = 24
-    """Views around the object, ray-cast once at the start."""
-    resolution: int | None = None
-    """Render side; default the teacher's native resolution."""
-    lr: float = 0.01
-    """Adam learning rate of the texels (colours in [0, 1])."""
-    discriminator_lr: float = 1e-4
-    keep: float = 0.0
-    """Weight of the mean ‖T − T_source‖² over the texture."""
-    gamma: float = -0.75
-    every: int = 25
-    """Report a texture preview every N steps (0: only the final texture)."""
-
-    def __post_init__(self) -> None:
-        if not self.prompt.strip():
-            raise ValueError("the edit prompt is empty; say what the texture should become")
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {', '.join(METHODS)}; got {self.method!r}")
-        if not 0.05 <= self.strength <= 1.0:
-            raise ValueError(f"strength must be between 0.05 and 1; got {self.strength}")
-        for name in ("steps", "views"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1; got {getattr(self, name)}")
-        if self.keep < 0:
-            raise ValueError(f"keep must be >= 0; got {self.keep}")
-
-    def guidance(self) -> GuidanceConfig:
-        top = max(0.03, 0.98 * self.strength)
-        return GuidanceConfig(method=self.method, cfg=self.cfg, gamma=self.gamma, min_step_percent=0.02,
-                              max_step_percent=top, max_step_percent_annealed=top)
+def guidance_config(spec: JobSpec) -> GuidanceConfig:
+    """Guidance for an edit: `strength` caps the timestep (small t: small, local changes)."""
+    top = max(0.03, 0.98 * spec.edit.strength)
+    return GuidanceConfig.from_spec(spec.guidance, min_step_percent=0.02, max_step_percent=top,
+                                    max_step_percent_annealed=top)
 
 
 @dataclasses.dataclass
@@ -102,24 +64,28 @@ def to_uint8(texture: torch.Tensor, alpha: np.ndarray | None) -> np.ndarray:
 
 
 def edit_texture(teacher: Teacher, vertices: np.ndarray, faces: np.ndarray, uvs: np.ndarray, texture: np.ndarray,
-                 config: TextureEditConfig, *, rasterizer: UVRasterizer | None = None,
+                 spec: JobSpec, *, rasterizer: UVRasterizer | None = None,
                  on_frame: Callable[[TextureFrame], None] | None = None,
                  on_step: Callable[[int, dict[str, float]], None] | None = None,
                  should_stop: Callable[[], bool] | None = None) -> TextureFrame:
-    """Optimise `texture` (H×W×3|4 uint8) on the fixed mesh; returns the final frame (H×W×4 uint8)."""
+    """Optimise `texture` (H×W×3|4 uint8) on the fixed mesh for a resolved `edit_texture` spec; returns the
+    final frame (H×W×4 uint8)."""
+    if spec.kind != "edit_texture":
+        raise ValueError(f"edit_texture() runs edit_texture specs, not {spec.kind!r}")
+    config, method = spec.edit, spec.guidance.method
     device = teacher.device
-    torch.manual_seed(config.seed)
+    torch.manual_seed(spec.seed)
     side = config.resolution or teacher.native_resolution
     if rasterizer is None:
         mesh = NormalisedMesh.from_world(vertices, faces, uvs)
-        rasterizer = UVRasterizer.orbit(mesh, config.views, side, seed=config.seed, device=device)
+        rasterizer = UVRasterizer.orbit(mesh, config.views, side, seed=spec.seed, device=device)
     source, alpha = to_tensor(texture, device)
     texels = torch.nn.Parameter(source.clone())
-    guidance = ScoreDistillation(teacher, config.guidance(),
-                                 **({"rank": 4} if config.method in ("asd", "vsd") and hasattr(teacher, "unet")
-                                    else {}))
+    guidance = ScoreDistillation(teacher, guidance_config(spec),
+                                 **({"rank": spec.guidance.lora_rank} if method in ("asd", "vsd")
+                                    and hasattr(teacher, "unet") else {}))
     try:
-        emb = teacher.embed_prompts([config.prompt, config.negative_prompt, config.source_prompt])
+        emb = teacher.embed_prompts([spec.prompt, spec.negative_prompt, config.source()])
         # ε_φ is conditioned on the source prompt; its γ term (as in text-to-3D) pulls towards the teacher
         # on the generator's own prompt, the edit: the fixed point is then the edited texture, while a
         # source-prompt target would keep pulling the texture back by γ·(ε(y_edit) − ε(y_source)).
@@ -128,9 +94,9 @@ def edit_texture(teacher: Teacher, vertices: np.ndarray, faces: np.ndarray, uvs:
         disc_optimizer = None
         if guidance.discriminator is not None:
             disc_optimizer = torch.optim.AdamW(guidance.discriminator.trainable_parameters(),
-                                               lr=config.discriminator_lr)
-        generator = torch.Generator(device=device).manual_seed(config.seed)
-        cpu = torch.Generator().manual_seed(config.seed)
+                                               lr=spec.guidance.discriminator_lr)
+        generator = torch.Generator(device=device).manual_seed(spec.seed)
+        cpu = torch.Generator().manual_seed(spec.seed)
         source_latents: dict[int, torch.Tensor] = {}  # DDS: each view's source render, encoded once
         started = time.perf_counter()
         frame = None
@@ -139,7 +105,7 @@ def edit_texture(teacher: Teacher, vertices: np.ndarray, faces: np.ndarray, uvs:
             views = rasterizer.views(index)
             z = teacher.encode_at_native(rasterizer.render(texels, index))
             source_z = None
-            if config.method == "dds":
+            if method == "dds":
                 key = int(index)
                 if key not in source_latents:
                     with torch.no_grad():

@@ -14,38 +14,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from asd_protocol.job_spec import JobSpec
+
 from ..guidance.prompts import PromptBank, ViewPromptConfig
 from ..guidance.score_distillation import GuidanceConfig, ScoreDistillation, train_discriminator
 from ..teachers.base import Teacher
-
-
-@dataclasses.dataclass
-class ImageDistillConfig:
-    prompt: str
-    negative_prompt: str = ""
-    method: str = "asd"
-    cfg: float = 7.5
-    steps: int = 500
-    seed: int = 0
-    resolution: int | None = None
-    """Image side in pixels; default the teacher's native resolution."""
-    lr: float = 0.03
-    """Adam learning rate of the image latent."""
-    discriminator_lr: float = 1e-4
-    """AdamW learning rate of ε_φ (LoRA and camera embedding), the official value."""
-    lora_rank: int = 4
-    gamma: float = -0.75
-    every: int = 0
-    """Decode and report an intermediate frame every N steps (0: only the last)."""
-
-    def __post_init__(self) -> None:
-        if not self.prompt.strip():
-            raise ValueError("the prompt is empty; describe the image to make")
-        if self.steps < 1:
-            raise ValueError(f"steps must be at least 1; got {self.steps}")
-        if self.every < 0:
-            raise ValueError(f"every must be >= 0; got {self.every}")
-        GuidanceConfig(method=self.method, cfg=self.cfg, gamma=self.gamma)  # validates method, cfg, gamma
 
 
 @dataclasses.dataclass
@@ -61,30 +34,33 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     return (images[0].permute(1, 2, 0).clamp(0, 1) * 255).round().byte().cpu().numpy()
 
 
-def distill_image(teacher: Teacher, config: ImageDistillConfig,
+def distill_image(teacher: Teacher, spec: JobSpec,
                   on_frame: Callable[[ImageFrame], None] | None = None,
                   on_step: Callable[[int, dict[str, float]], None] | None = None,
                   should_stop: Callable[[], bool] | None = None) -> ImageFrame:
-    """Optimise an image latent with SDS/VSD/ASD; returns the final frame."""
+    """Optimise an image latent with SDS/VSD/ASD for a resolved `image` spec; returns the final frame."""
+    if spec.kind != "image":
+        raise ValueError(f"distill_image() runs image specs, not {spec.kind!r}")
     device = teacher.device
-    side = config.resolution or teacher.native_resolution
+    side = spec.image.resolution or teacher.native_resolution
     if side % teacher.vae_scale_factor:
         raise ValueError(f"resolution {side} must be a multiple of the teacher's VAE factor {teacher.vae_scale_factor}")
-    torch.manual_seed(config.seed)
-    generator = torch.Generator(device=device).manual_seed(config.seed)
-    guidance = ScoreDistillation(teacher, GuidanceConfig(method=config.method, cfg=config.cfg, gamma=config.gamma),
-                                 **({"rank": config.lora_rank} if config.method != "sds" else {}))
-    bank = PromptBank(teacher, config.prompt, config.negative_prompt, ViewPromptConfig(view_dependent=False,
-                                                                                       perp_neg=False))
+    torch.manual_seed(spec.seed)
+    generator = torch.Generator(device=device).manual_seed(spec.seed)
+    guidance = ScoreDistillation(teacher, GuidanceConfig.from_spec(spec.guidance),
+                                 **({"rank": spec.guidance.lora_rank} if spec.guidance.method != "sds" else {}))
+    bank = PromptBank(teacher, spec.prompt, spec.negative_prompt, ViewPromptConfig(view_dependent=False,
+                                                                                   perp_neg=False))
     cond = bank.conditioning(batch_size=1)
     try:
-        return _optimise(teacher, config, guidance, cond, side, generator, on_frame, on_step, should_stop)
+        return _optimise(teacher, spec, guidance, cond, side, generator, on_frame, on_step, should_stop)
     finally:
         guidance.close()
 
 
-def _optimise(teacher: Teacher, config: ImageDistillConfig, guidance: ScoreDistillation, cond, side: int,
+def _optimise(teacher: Teacher, spec: JobSpec, guidance: ScoreDistillation, cond, side: int,
               generator: torch.Generator, on_frame, on_step, should_stop) -> ImageFrame:
+    config = spec.image
     device = teacher.device
     latent_side = side // teacher.vae_scale_factor
     shape = (1, teacher.sample_channels, latent_side, latent_side)
@@ -92,7 +68,8 @@ def _optimise(teacher: Teacher, config: ImageDistillConfig, guidance: ScoreDisti
     optimizer = torch.optim.Adam([latent], lr=config.lr)
     disc_optimizer = None
     if guidance.discriminator is not None:
-        disc_optimizer = torch.optim.AdamW(guidance.discriminator.trainable_parameters(), lr=config.discriminator_lr)
+        disc_optimizer = torch.optim.AdamW(guidance.discriminator.trainable_parameters(),
+                                           lr=spec.guidance.discriminator_lr)
     start = time.perf_counter()
     frame: ImageFrame | None = None
     for step in range(1, config.steps + 1):

@@ -18,6 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from asd_protocol.job_spec import RESUMABLE_CHANGES, JobSpec, NerfSpec, differences
+
+from ..errors import AsdError
 from ..guidance.prompts import PromptBank, ViewPromptConfig
 from ..guidance.score_distillation import GuidanceConfig, ScoreDistillation
 from ..mesh.export import to_blender_frame
@@ -28,60 +31,9 @@ from ..nerf.field import FieldConfig, NerfField
 from ..nerf.occupancy import OccupancyGrid
 from ..nerf.renderer import VolumeRenderer
 from ..teachers.base import Teacher
-from .presets import NerfPreset, get_preset
 
 CHECKPOINT_NAME = "checkpoint.pt"
-
-
-@dataclasses.dataclass
-class GenerateConfig:
-    prompt: str
-    negative_prompt: str = ""
-    method: str = "asd"
-    cfg: float = 7.5
-    seed: int = 0
-    preset: str | NerfPreset = "preview"
-    """A preset name (train/presets.py) or a NerfPreset of one's own (benchmarks)."""
-    steps: int | None = None
-    """Override the preset's number of steps."""
-    mesh_every: int | None = None
-    """Override how often a preview mesh is made (0: only the final mesh)."""
-    mc_resolution: int | None = None
-    """Override the final marching-cubes resolution."""
-    texture_size: int = 0
-    """Also bake the albedo into a texture of this size on an xatlas atlas for the final mesh (0: off)."""
-    mc_threshold: float | str = "auto"
-    """Density of the surface, or 'auto' (half the typical interior density; see mesh/extract.py)."""
-    gamma: float = -0.75
-    lora_rank: int = 4
-    view_prompts: ViewPromptConfig = dataclasses.field(default_factory=ViewPromptConfig)
-    camera: CameraConfig = dataclasses.field(default_factory=CameraConfig)
-    background: str = "environment"
-    """environment (learned, with random solid-colour augmentation) or white (fixed)."""
-    radius: float = 1.0
-
-    def __post_init__(self) -> None:
-        if not self.prompt.strip():
-            raise ValueError("the prompt is empty; describe the object to make")
-        if self.steps is not None and self.steps < 1:
-            raise ValueError(f"steps must be at least 1; got {self.steps}")
-        if self.mesh_every is not None and self.mesh_every < 0:
-            raise ValueError(f"mesh_every must be >= 0; got {self.mesh_every}")
-        if self.background not in ("environment", "white"):
-            raise ValueError(f"background must be 'environment' or 'white'; got {self.background!r}")
-        if isinstance(self.preset, str):
-            get_preset(self.preset)
-        GuidanceConfig(method=self.method, cfg=self.cfg, gamma=self.gamma)
-
-    def resolved_preset(self) -> NerfPreset:
-        preset = get_preset(self.preset) if isinstance(self.preset, str) else dataclasses.replace(self.preset)
-        if self.steps is not None:
-            preset.steps = self.steps
-        if self.mesh_every is not None:
-            preset.mesh_every = self.mesh_every
-        if self.mc_resolution is not None:
-            preset.mc_resolution = self.mc_resolution
-        return preset
+CHECKPOINT_RECORD = "checkpoint.json"  # the spec and step beside it, readable without torch.load
 
 
 @dataclasses.dataclass
@@ -100,21 +52,21 @@ class GenerationResult:
     steps_done: int
     seconds: float
     stopped: bool  # should_stop() ended it early (a checkpoint was written)
-    snapshots: int
+    snapshots: int  # the last snapshot index (it keeps counting across resumes)
     model: Generator3D | None = None  # for turntable renders and further use
+    resumed_from: int = 0  # the step the run continued from (0: a fresh start)
 
 
 class Generator3D(torch.nn.Module):
     """Everything that trains on the generator side: field, background, occupancy grid, renderer."""
 
-    def __init__(self, preset: NerfPreset, config: GenerateConfig) -> None:
+    def __init__(self, nerf: NerfSpec) -> None:
         super().__init__()
-        self.field = NerfField(FieldConfig(radius=config.radius, grid=preset.grid))
-        self.background = EnvironmentBackground() if config.background == "environment" else SolidBackground()
-        self.occupancy = OccupancyGrid(config.radius, preset.occupancy_resolution,
-                                       update_every=preset.occupancy_update_every,
-                                       warmup_steps=preset.occupancy_warmup_steps)
-        self.renderer = VolumeRenderer(self.field, self.background, self.occupancy, preset.samples_per_ray)
+        self.field = NerfField(FieldConfig(radius=nerf.radius, grid=nerf.grid))
+        self.background = EnvironmentBackground() if nerf.background == "environment" else SolidBackground()
+        self.occupancy = OccupancyGrid(nerf.radius, nerf.occupancy_resolution, update_every=nerf.occupancy_update_every,
+                                       warmup_steps=nerf.occupancy_warmup_steps)
+        self.renderer = VolumeRenderer(self.field, self.background, self.occupancy, nerf.samples_per_ray)
 
     def mesh(self, config: ExtractionConfig, threshold_fallback: bool = True, texture_size: int = 0) -> Mesh:
         """Marching cubes of the density, coloured by albedo (and baked into a texture if asked);
@@ -144,27 +96,32 @@ class Generator3D(torch.nn.Module):
         return [(img.clamp(0, 1) * 255).round().byte().cpu().numpy() for img in out.rgb]
 
 
-def _optimizer(model: Generator3D, preset: NerfPreset, guidance: ScoreDistillation) -> torch.optim.Optimizer:
+def _optimizer(model: Generator3D, spec: JobSpec, guidance: ScoreDistillation) -> torch.optim.Optimizer:
+    schedule = spec.schedule
     groups = [
-        {"params": list(model.field.encoding.parameters()), "lr": preset.lr_encoding, "name": "encoding"},
+        {"params": list(model.field.encoding.parameters()), "lr": schedule.lr_encoding, "name": "encoding"},
         {"params": list(model.field.density_network.parameters()) + list(model.field.feature_network.parameters()),
-         "lr": preset.lr_networks, "name": "networks"},
+         "lr": schedule.lr_networks, "name": "networks"},
     ]
     background = list(model.background.parameters())
     if background:
-        groups.append({"params": background, "lr": preset.lr_background, "name": "background"})
+        groups.append({"params": background, "lr": schedule.lr_background, "name": "background"})
     if guidance.discriminator is not None:
-        groups.append({"params": guidance.discriminator.trainable_parameters(), "lr": preset.lr_discriminator,
+        groups.append({"params": guidance.discriminator.trainable_parameters(), "lr": spec.guidance.discriminator_lr,
                        "name": "discriminator"})
     return torch.optim.AdamW(groups, betas=(0.9, 0.99), eps=1e-15)
 
 
 def save_checkpoint(path: Path, step: int, model: Generator3D, optimizer: torch.optim.Optimizer,
-                    guidance: ScoreDistillation, generators: dict[str, torch.Generator],
-                    config: GenerateConfig) -> None:
-    """Everything needed to continue bit-for-bit; written atomically (a crash leaves the previous one)."""
+                    guidance: ScoreDistillation, generators: dict[str, torch.Generator], spec: JobSpec,
+                    snapshots: int) -> None:
+    """Everything needed to continue bit-for-bit; written atomically (an interrupt or a crash leaves the
+    previous checkpoint and no partial file), then its JSON record (spec, step) beside it."""
+    from ..artifacts import atomic_path, write_json
+
     state = {
         "step": step,
+        "snapshots": snapshots,
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "discriminator": None if guidance.discriminator is None else guidance.discriminator.trainable_state(),
@@ -172,16 +129,16 @@ def save_checkpoint(path: Path, step: int, model: Generator3D, optimizer: torch.
         # Global RNG too: some library code draws from it (the VAE's posterior sample, for one).
         "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-        "config": dataclasses.asdict(config),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+    write_json(path.with_name(CHECKPOINT_RECORD), {"step": step, "snapshots": snapshots,
+                                                   "spec": spec.to_json()})
 
 
 def load_checkpoint(path: Path, model: Generator3D, optimizer: torch.optim.Optimizer, guidance: ScoreDistillation,
-                    generators: dict[str, torch.Generator]) -> int:
+                    generators: dict[str, torch.Generator]) -> tuple[int, int]:
+    """Restore the training state; returns (step, snapshots)."""
     state = torch.load(path, map_location="cpu", weights_only=True)
     model.load_state_dict(state["model"])
     if guidance.discriminator is not None and state["discriminator"] is not None:
@@ -192,11 +149,40 @@ def load_checkpoint(path: Path, model: Generator3D, optimizer: torch.optim.Optim
     torch.set_rng_state(state["torch_rng"])
     if state.get("cuda_rng") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda_rng"])
-    return int(state["step"])
+    return int(state["step"]), int(state.get("snapshots", 0))
 
 
-def checkpoint_config(path: Path) -> dict[str, Any]:
-    return torch.load(path, map_location="cpu", weights_only=True)["config"]
+def checkpoint_record(workdir: Path) -> dict[str, Any] | None:
+    """The checkpoint's JSON record ({step, snapshots, spec}), or None when there is no checkpoint."""
+    import json
+
+    record = Path(workdir) / CHECKPOINT_RECORD
+    if not (Path(workdir) / CHECKPOINT_NAME).is_file() or not record.is_file():
+        return None
+    try:
+        return json.loads(record.read_text())
+    except (OSError, ValueError) as exc:
+        raise AsdError(f"the checkpoint record {record} cannot be read ({exc}); delete {workdir} to start "
+                       "over") from None
+
+
+def check_resume(workdir: Path, spec: JobSpec) -> int:
+    """The step a resumed run continues from (0: nothing to resume). Refuses a checkpoint made for
+    another prompt or other settings (only more steps and other outputs may change)."""
+    record = checkpoint_record(workdir)
+    if record is None:
+        return 0
+    saved = JobSpec.from_json(record["spec"])
+    changed = differences(saved, spec, ignore=RESUMABLE_CHANGES)
+    if changed:
+        listing = "; ".join(f"{path}: {old!r} in the checkpoint, {new!r} now" for path, old, new in changed[:6])
+        raise AsdError(f"cannot resume {workdir}: the checkpoint was made with other settings ({listing}). "
+                       "Resume with the same prompt and settings, or drop --resume to start over")
+    step = int(record["step"])
+    if step >= spec.schedule.steps:
+        raise AsdError(f"cannot resume {workdir}: the checkpoint is at step {step} of {spec.schedule.steps}; "
+                       f"ask for more steps (--steps N with N > {step}) or drop --resume to start over")
+    return step
 
 
 def opacity_losses(opacity: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -207,62 +193,68 @@ def opacity_losses(opacity: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return sparsity, opaque
 
 
-def generate(teacher: Teacher, config: GenerateConfig, *, workdir: Path | None = None, resume: bool = False,
+def view_prompts(spec: JobSpec) -> ViewPromptConfig:
+    return ViewPromptConfig(view_dependent=spec.guidance.view_prompts, perp_neg=spec.guidance.perp_neg)
+
+
+def generate(teacher: Teacher, spec: JobSpec, *, workdir: Path | None = None, resume: bool = False,
              on_progress: Callable[[int, int, dict[str, float]], None] | None = None,
              on_snapshot: Callable[[Snapshot], None] | None = None,
              should_stop: Callable[[], bool] | None = None,
-             on_phase: Callable[[str], None] | None = None) -> GenerationResult:
-    """Run (or continue) a text-to-3D optimisation. Returns the final mesh in Blender's frame.
+             on_phase: Callable[[str, str], None] | None = None) -> GenerationResult:
+    """Run (or continue) a text-to-3D optimisation of a resolved `generate` spec. Returns the final
+    mesh in Blender's frame.
 
     Callbacks: `on_progress(step, total, metrics)` every step, `on_snapshot` with preview and final
-    meshes, `should_stop()` polled every step (True: checkpoint and return), `on_phase(name)` when the
-    work changes phase after the optimisation ("extracting").
+    meshes, `should_stop()` polled every step (True: checkpoint and return), `on_phase(name, message)`
+    when the work changes phase after the optimisation ("extracting").
     """
-    preset = config.resolved_preset()
+    if spec.kind != "generate":
+        raise ValueError(f"generate() runs generate specs, not {spec.kind!r}")
     device = teacher.device
-    torch.manual_seed(config.seed)
-    model = Generator3D(preset, config).to(device)
+    torch.manual_seed(spec.seed)
+    model = Generator3D(spec.nerf).to(device)
     guidance = ScoreDistillation(
-        teacher,
-        GuidanceConfig(method=config.method, cfg=config.cfg, gamma=config.gamma,
-                       anneal_start_step=preset.anneal_start_step),
-        **({"rank": config.lora_rank} if config.method != "sds" and hasattr(teacher, "unet") else {}),
+        teacher, GuidanceConfig.from_spec(spec.guidance, anneal_start_step=spec.schedule.anneal_start_step),
+        **({"rank": spec.guidance.lora_rank} if spec.guidance.method != "sds" and hasattr(teacher, "unet") else {}),
     )
     try:
-        return _optimise(teacher, config, preset, model, guidance, workdir, resume, on_progress, on_snapshot,
-                         should_stop, on_phase)
+        return _optimise(teacher, spec, model, guidance, workdir, resume, on_progress, on_snapshot, should_stop,
+                         on_phase)
     finally:
         guidance.close()
 
 
-def _optimise(teacher: Teacher, config: GenerateConfig, preset: NerfPreset, model: Generator3D,
-              guidance: ScoreDistillation, workdir: Path | None, resume: bool,
+def _optimise(teacher: Teacher, spec: JobSpec, model: Generator3D, guidance: ScoreDistillation,
+              workdir: Path | None, resume: bool,
               on_progress: Callable[[int, int, dict[str, float]], None] | None,
               on_snapshot: Callable[[Snapshot], None] | None,
               should_stop: Callable[[], bool] | None,
-              on_phase: Callable[[str], None] | None) -> GenerationResult:
+              on_phase: Callable[[str, str], None] | None) -> GenerationResult:
     device = teacher.device
-    optimizer = _optimizer(model, preset, guidance)
-    generators = {"cpu": torch.Generator().manual_seed(config.seed)}
+    schedule, output = spec.schedule, spec.output
+    optimizer = _optimizer(model, spec, guidance)
+    generators = {"cpu": torch.Generator().manual_seed(spec.seed)}
     generators["device"] = (generators["cpu"] if device.type == "cpu"
-                            else torch.Generator(device=device).manual_seed(config.seed + 1))
+                            else torch.Generator(device=device).manual_seed(spec.seed + 1))
     checkpoint = None if workdir is None else Path(workdir) / CHECKPOINT_NAME
-    start = 0
-    if resume and checkpoint is not None and checkpoint.is_file():
-        start = load_checkpoint(checkpoint, model, optimizer, guidance, generators)
-    bank = PromptBank(teacher, config.prompt, config.negative_prompt, config.view_prompts)
-    preview_extraction = ExtractionConfig(resolution=preset.preview_mc_resolution, threshold=config.mc_threshold,
-                                          face_budget=preset.preview_face_budget)
+    start = snapshots = 0
+    if resume and checkpoint is not None and check_resume(Path(workdir), spec):
+        start, snapshots = load_checkpoint(checkpoint, model, optimizer, guidance, generators)
+    bank = PromptBank(teacher, spec.prompt, spec.negative_prompt, view_prompts(spec))
+    threshold = "auto" if output.mc_threshold is None else output.mc_threshold
+    preview_extraction = ExtractionConfig(resolution=output.preview_mc_resolution, threshold=threshold,
+                                          face_budget=output.preview_face_budget)
+    cameras_config = CameraConfig()
     cpu_gen, dev_gen = generators["cpu"], generators["device"]
-    snapshots = 0
     began = time.perf_counter()
     step = start
     stopped = False
     final_mesh: Mesh | None = None
-    for step in range(start + 1, preset.steps + 1):
+    for step in range(start + 1, schedule.steps + 1):
         # 1. Render a random view of the NeRF.
-        side = preset.resolution_at(step)
-        cameras = sample_cameras(1, config.camera, cpu_gen).to(device)
+        side = schedule.resolution_at(step)
+        cameras = sample_cameras(1, cameras_config, cpu_gen).to(device)
         out = model.renderer(cameras, side, side, training=True, generator=cpu_gen)
         images = out.rgb.permute(0, 3, 1, 2)
         # 2. Into the teacher's sample space (the VAE for latent teachers), at its native size.
@@ -271,9 +263,9 @@ def _optimise(teacher: Teacher, config: GenerateConfig, preset: NerfPreset, mode
         conditioning = bank.conditioning(cameras.elevation_deg, cameras.azimuth_deg)
         guided = guidance.generator_loss(z, conditioning, cameras, step=step, generator=dev_gen)
         sparsity, opaque = opacity_losses(out.opacity)
-        opaque_weight = preset.lambda_opaque if (preset.opaque_from_step is not None
-                                                 and step >= preset.opaque_from_step) else 0.0
-        loss = guided.loss + preset.lambda_sparsity * sparsity + opaque_weight * opaque
+        opaque_weight = schedule.lambda_opaque if (schedule.opaque_from_step is not None
+                                                   and step >= schedule.opaque_from_step) else 0.0
+        loss = guided.loss + schedule.lambda_sparsity * sparsity + opaque_weight * opaque
         metrics = {"loss": 0.0, "loss_guidance": float(guided.loss.detach()), "loss_sparsity": float(sparsity.detach()),
                    "grad_norm": float(guided.grad.norm())}
         if guidance.discriminator is not None:
@@ -291,25 +283,27 @@ def _optimise(teacher: Teacher, config: GenerateConfig, preset: NerfPreset, mode
         metrics["resolution"] = side
         metrics["seconds"] = time.perf_counter() - began
         if on_progress is not None:
-            on_progress(step, preset.steps, metrics)
+            on_progress(step, schedule.steps, metrics)
         stopping = should_stop is not None and should_stop()
-        last = step == preset.steps
-        if checkpoint is not None and (stopping or last or step % preset.checkpoint_every == 0):
-            save_checkpoint(checkpoint, step, model, optimizer, guidance, generators, config)
+        last = step == schedule.steps
+        if on_snapshot is not None and not (last or stopping) and output.mesh_every and step % output.mesh_every == 0:
+            mesh = model.mesh(preview_extraction)
+            snapshots += 1
+            on_snapshot(Snapshot(snapshots, step, mesh, model.preview(output.preview_render), metrics, final=False))
+        if checkpoint is not None and (stopping or last or step % schedule.checkpoint_every == 0):
+            save_checkpoint(checkpoint, step, model, optimizer, guidance, generators, spec, snapshots)
         if stopping:
             stopped = True
             break
-        if on_snapshot is not None and not last and preset.mesh_every and step % preset.mesh_every == 0:
-            mesh = model.mesh(preview_extraction)
-            snapshots += 1
-            on_snapshot(Snapshot(snapshots, step, mesh, model.preview(preset.preview_render), metrics, final=False))
     if not stopped:
         if on_phase is not None:
-            on_phase("extracting")
-        final = ExtractionConfig(resolution=preset.mc_resolution, threshold=config.mc_threshold)
-        final_mesh = model.mesh(final, texture_size=config.texture_size)
+            on_phase("extracting", f"marching cubes at {output.mc_resolution}³"
+                     + (f", then a {output.texture_size}² texture bake" if output.texture_size else ""))
+        final = ExtractionConfig(resolution=output.mc_resolution, threshold=threshold)
+        final_mesh = model.mesh(final, texture_size=output.texture_size)
         if on_snapshot is not None:
             snapshots += 1
-            on_snapshot(Snapshot(snapshots, step, final_mesh, model.preview(preset.preview_render),
+            on_snapshot(Snapshot(snapshots, step, final_mesh, model.preview(output.preview_render),
                                  {"seconds": time.perf_counter() - began}, final=True))
-    return GenerationResult(final_mesh, step, time.perf_counter() - began, stopped, snapshots, model)
+    return GenerationResult(final_mesh, step, time.perf_counter() - began, stopped, snapshots, model,
+                            resumed_from=start)
