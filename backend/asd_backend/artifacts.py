@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import platform
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -68,18 +69,22 @@ def write_json(path: Path, data: dict[str, Any]) -> Path:
 def check_output_path(path: Path, suffixes: tuple[str, ...], what: str) -> Path:
     """Refuse, before any work, an output path that cannot be written; one line that says what to do."""
     path = Path(path).expanduser()
-    if path.suffix.lower() not in suffixes:
-        raise ValueError(f"-o {path}: the {what} is written as {' or '.join(suffixes)}; give a path ending in "
-                         f"{' or '.join(suffixes)}")
     if path.is_dir():
         example = path / ("out" + suffixes[0])
         raise ValueError(f"-o {path}: that is a folder; give a file name inside it, e.g. {example}")
+    if path.suffix.lower() not in suffixes:
+        raise ValueError(f"-o {path}: the {what} is written as {' or '.join(suffixes)}; give a path ending in "
+                         f"{' or '.join(suffixes)}")
     folder = path.parent
     existing = folder
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
         raise ValueError(f"-o {path}: {existing} is a file, not a folder; choose another output folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ValueError(f"-o {path}: cannot write in {existing} (permission denied); choose a folder you can write")
+    try:  # a probe file, gone when closed: permissions, read-only disks and special folders all show here
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        raise ValueError(f"-o {path}: cannot write in {existing} ({exc.strerror or exc}); choose a folder you can "
+                         "write to") from None
     return path

@@ -207,36 +207,37 @@ class JobSpec:
     def sections(self) -> tuple[str, ...]:
         return KIND_SECTIONS[self.kind]
 
-    def validate(self) -> JobSpec:
-        """Rules across fields (each field's own range was checked when it was read). Returns self."""
+    def validate(self, path: str = "spec") -> JobSpec:
+        """Rules across fields (each field's own range was checked when it was read). Returns self.
+        Errors name the field as `path`.section.name."""
         if not self.prompt.strip():
-            raise _bad("spec.prompt", "is empty", "describe what to make, e.g. 'a ceramic teapot'")
+            raise _bad(f"{path}.prompt", "is empty", "describe what to make, e.g. 'a ceramic teapot'")
         g = self.guidance
         if g.method == "dds" and self.kind != "edit_texture":
-            raise _bad("spec.guidance.method", "dds is a texture-editing method", "use asd, vsd or sds")
+            raise _bad(f"{path}.guidance.method", "dds is a texture-editing method", "use asd, vsd or sds")
         if g.method == "asd" and not -1.0 < g.gamma < 0.0:
-            raise _bad("spec.guidance.gamma", f"ASD needs -1 < gamma < 0 (the paper uses -0.75); got {g.gamma:g}",
+            raise _bad(f"{path}.guidance.gamma", f"ASD needs -1 < gamma < 0 (the paper uses -0.75); got {g.gamma:g}",
                        "at -1 the discriminator loss is linear and diverges; gamma 0 is VSD (--method vsd)")
         if self.kind == "generate":
             if g.perp_neg and not g.view_prompts:
-                raise _bad("spec.guidance.perp_neg", "needs view_prompts", "turn perp_neg off too")
+                raise _bad(f"{path}.guidance.perp_neg", "needs view_prompts", "turn perp_neg off too")
             schedule = self.schedule.resolution_schedule
             if not schedule or any(len(pair) != 2 for pair in schedule):
-                raise _bad("spec.schedule.resolution_schedule", "must be a list of [from_step, side] pairs",
+                raise _bad(f"{path}.schedule.resolution_schedule", "must be a list of [from_step, side] pairs",
                            "for example 0:64,5000:256")
             starts = [s for s, _ in schedule]
             if starts[0] != 0 or starts != sorted(set(starts)):
-                raise _bad("spec.schedule.resolution_schedule", "must start at step 0, steps increasing",
+                raise _bad(f"{path}.schedule.resolution_schedule", "must start at step 0, steps increasing",
                            "for example 0:64,5000:256")
             for _, side in schedule:
                 if not 8 <= side <= MAX_RENDER_SIDE:
-                    raise _bad("spec.schedule.resolution_schedule",
+                    raise _bad(f"{path}.schedule.resolution_schedule",
                                f"render side {side} is outside 8..{MAX_RENDER_SIDE}")
             size = self.output.texture_size
             if size and size < 64:
-                raise _bad("spec.output.texture_size", f"must be 0 (vertex colours) or at least 64; got {size}")
+                raise _bad(f"{path}.output.texture_size", f"must be 0 (vertex colours) or at least 64; got {size}")
         if self.kind == "image" and self.image.resolution is not None and self.image.resolution % 8:
-            raise _bad("spec.image.resolution", f"must be a multiple of 8; got {self.image.resolution}")
+            raise _bad(f"{path}.image.resolution", f"must be a multiple of 8; got {self.image.resolution}")
         return self
 
     def to_json(self, all_sections: bool = False) -> dict[str, Any]:
@@ -327,7 +328,7 @@ def resolve(partial: Mapping[str, Any], presets: Mapping[str, Preset], *, seed: 
     spec = _build(JobSpec, merge(check_partial(presets[name].overrides, f"preset {name}"), given))
     if spec.seed is None:
         spec.seed = random.randrange(2**31) if seed is None else seed
-    return spec.validate()
+    return spec.validate(path)
 
 
 def leaves(cls: type = JobSpec, prefix: str = "") -> Iterator[tuple[str, dataclasses.Field, Spec]]:
