@@ -50,6 +50,8 @@ MAX_IMAGE_SIDE = 4096
 JOB_STATES = ("queued", "running", "completed", "cancelled", "failed", "interrupted")
 DONE_STATES = ("completed", "cancelled", "failed")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+# A job's phases, in order (`progress.phase`): edit jobs rasterize, generate jobs extract at the end.
+PHASES = ("starting", "loading", "rasterizing", "optimizing", "extracting")
 
 CLIENT = "client"
 SERVER = "server"
@@ -318,7 +320,7 @@ class Progress(Message):
     msg_type: ClassVar[str] = "progress"
     sender: ClassVar[str] = SERVER
     needs_job: ClassVar[bool] = True
-    phase: str = text(max_len=64, doc="queued, loading, optimizing, extracting, saving ...")
+    phase: str = choice(PHASES, doc="what the job is doing: " + ", ".join(PHASES))
     step: int = integer(0, lo=0)
     total: int = integer(0, lo=0)
     loss: float | None = number(None, optional=True)

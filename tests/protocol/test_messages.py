@@ -34,7 +34,7 @@ def test_round_trip(msg):
 
 
 def test_header_fields_travel():
-    msg = m.Progress(job_id="j-7", parent_id="abc", phase="x")
+    msg = m.Progress(job_id="j-7", parent_id="abc", phase="loading")
     back = decode(encode(msg))
     assert (back.msg_id, back.job_id, back.parent_id, back.timestamp) == (msg.msg_id, "j-7", "abc", msg.timestamp)
 
@@ -95,7 +95,8 @@ def test_newer_minor_version_is_accepted():
         (lambda: m.Submit(spec={"kind": "edit_texture", "prompt": "x"}), "content.vertices"),
         (lambda: m.Cancel(), "header.job_id"),
         (lambda: m.Cancel(job_id="../../etc"), "header.job_id"),
-        (lambda: m.Progress(job_id="j", phase="x", step=-1), "content.step"),
+        (lambda: m.Progress(job_id="j", phase="loading", step=-1), "content.step"),
+        (lambda: m.Progress(job_id="j", phase="dreaming"), "content.phase"),
     ],
 )
 def test_bad_values_name_the_field(make, field):
@@ -162,11 +163,23 @@ def test_decoded_arrays_are_views_of_the_frames():
 def test_the_specification_documents_every_type_and_field():
     from pathlib import Path
 
+    from asd_protocol import errors
+    from asd_protocol.job_spec import JOB_KINDS, SPEC_VERSION, leaves
+
     spec = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text()
+    assert spec.startswith(f"# ASD Studio wire protocol, version {m.PROTOCOL_VERSION}\n")
+    # Every message type and field, and every list the code keeps (phases, states, codes, kinds).
     for name, cls in MESSAGE_TYPES.items():
         assert f"`{name}`" in spec, name
         for f, _ in spec_fields(cls):
             assert f"`{f.name}`" in spec, f"{name}.{f.name}"
+    codes = [v for k, v in vars(errors).items() if k.isupper() and isinstance(v, str)]
+    for value in (*m.PHASES, *m.JOB_STATES, *m.LOG_LEVELS, *JOB_KINDS, *codes):
+        assert f"`{value}`" in spec, value
+    # …and every setting of the job spec, by its dotted path.
+    assert f"`spec_version` is {SPEC_VERSION}" in spec
+    for path, _, _ in leaves():
+        assert f"| `{path}` |" in spec, path
 
 
 @pytest.mark.parametrize(("address", "loopback"), [
