@@ -17,7 +17,9 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
+from ..teachers.analytic import GaussianMixtureTeacher, RenderedGaussianTeacher
 from ..teachers.base import V_PREDICTION, Teacher, epsilon_from_v
+from ..teachers.stable_diffusion import StableDiffusionTeacher
 
 CAMERA_DIM = 16  # a flattened 4×4 camera-to-world matrix
 
@@ -57,37 +59,19 @@ class LoraCameraDiscriminator(nn.Module):
     checkpoint for ε_φ instead, as the official code does with SD 2.1 (768-v).
     """
 
-    def __init__(self, teacher: Teacher, *, rank: int = 4, separate_model: str | None = None,
+    def __init__(self, teacher: StableDiffusionTeacher, *, rank: int = 4, separate_model: str | None = None,
                  local_files_only: bool | None = None) -> None:
         super().__init__()
-        from diffusers.training_utils import cast_training_params
-        from peft import LoraConfig
-
-        from ..teachers.stable_diffusion import StableDiffusionTeacher
-
-        if not isinstance(teacher, StableDiffusionTeacher):
-            raise TypeError("LoraCameraDiscriminator needs a StableDiffusionTeacher")
-        if rank < 1:
-            raise ValueError(f"LoRA rank must be at least 1; got {rank}")
         if separate_model is not None:
             host = StableDiffusionTeacher.from_pretrained(separate_model, device=teacher.device, dtype=teacher.dtype,
                                                           local_files_only=local_files_only)
-            # The host's text encoder and VAE are not needed: ε_φ reads the teacher's text embeddings.
-            host.text_encoder = host.vae = None
+            host.release_encoders()  # ε_φ reads the teacher's text embeddings and latents
         else:
             host = teacher
-        if getattr(host.unet, "_hf_peft_config_loaded", False):
-            raise ValueError(f"the UNet of {host.name!r} already carries a LoRA adapter; build one discriminator "
-                             "per teacher (or load a fresh teacher)")
+        host.add_lora(rank)
         self._host = [host]  # a list, so nn.Module does not register the frozen UNet as a child
         self.rank = rank
-        host.unet.requires_grad_(False)
-        host.unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
-                                         target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
-        cast_training_params(host.unet, dtype=torch.float32)
-        host.unet.disable_adapters()
-        time_embed_dim = host.unet.time_embedding.linear_2.out_features
-        self.camera_embedding = CameraEmbedding(time_embed_dim).to(host.device)
+        self.camera_embedding = CameraEmbedding(host.time_embedding_dim).to(host.device)
 
     @property
     def host(self):
@@ -95,13 +79,10 @@ class LoraCameraDiscriminator(nn.Module):
 
     def close(self) -> None:
         """Remove the adapter from the host UNet, leaving the teacher as it was loaded (reusable)."""
-        unet = self.host.unet
-        if getattr(unet, "_hf_peft_config_loaded", False):
-            unet.delete_adapters("default")
-        self.host._lora_params = None
+        self.host.remove_lora()
 
     def lora_parameters(self) -> list[tuple[str, nn.Parameter]]:
-        return [(n, p) for n, p in self.host.unet.named_parameters() if "lora_" in n]
+        return self.host.lora_parameters()
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for _, p in self.lora_parameters()] + list(self.camera_embedding.parameters())
@@ -202,3 +183,13 @@ class ResidualDiscriminator(nn.Module):
 
     def load_trainable_state(self, state: dict[str, Tensor]) -> None:
         self.load_state_dict(state)
+
+
+def build_discriminator(teacher: Teacher, **options) -> nn.Module:
+    """The ε_φ that fits the teacher: a LoRA + camera embedding on a diffusers UNet, a residual
+    network of the teacher's own family for the analytic teachers."""
+    if isinstance(teacher, StableDiffusionTeacher):
+        return LoraCameraDiscriminator(teacher, **options)
+    if isinstance(teacher, (GaussianMixtureTeacher, RenderedGaussianTeacher)):
+        return ResidualDiscriminator(teacher, **{"n_prompts": teacher.prompt_count, **options})
+    raise NotImplementedError(f"teacher {teacher.name!r} has no discriminator for VSD/ASD")

@@ -32,6 +32,7 @@ from torch import Tensor
 from asd_protocol.job_spec import METHODS, GuidanceSpec
 
 from ..teachers.base import Teacher, expand_like
+from .discriminator import build_discriminator
 from .prompts import Conditioning
 
 _SPEC = GuidanceSpec()  # the defaults are the job spec's
@@ -164,7 +165,7 @@ class ScoreDistillation:
         self.teacher = teacher
         self.config = config or GuidanceConfig()
         if self.config.uses_discriminator and discriminator is None:
-            discriminator = teacher.discriminator(**discriminator_options)
+            discriminator = build_discriminator(teacher, **discriminator_options)
         self.discriminator = discriminator if self.config.uses_discriminator else None
 
     def close(self) -> None:

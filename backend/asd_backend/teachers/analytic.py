@@ -93,10 +93,9 @@ class GaussianMixtureTeacher(Teacher):
         pick = torch.randint(0, means.shape[0], (n,), generator=generator)
         return means[pick] + self.sigma * torch.randn(n, means.shape[1], generator=generator)
 
-    def discriminator(self, **options: object) -> torch.nn.Module:
-        from ..guidance.discriminator import ResidualDiscriminator
-
-        return ResidualDiscriminator(self, **{"n_prompts": int(self.means.shape[0]), **options})
+    @property
+    def prompt_count(self) -> int:
+        return int(self.means.shape[0])
 
 
 def positional_albedo(points: Tensor) -> Tensor:
@@ -159,10 +158,9 @@ class RenderedGaussianTeacher(Teacher):
         resp = torch.softmax(logits, dim=1)
         return (1 - a).sqrt() * (resp[:, :, None, None, None] * diffs).sum(1) / s2
 
-    def discriminator(self, **options: object) -> torch.nn.Module:
-        from ..guidance.discriminator import ResidualDiscriminator
-
-        return ResidualDiscriminator(self, **{"n_prompts": len(self.prompts), **options})
+    @property
+    def prompt_count(self) -> int:
+        return len(self.prompts)
 
 
 class RenderedShapeTeacher(RenderedGaussianTeacher):

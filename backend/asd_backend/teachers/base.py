@@ -104,6 +104,3 @@ class Teacher(ABC):
         """Samples back to images in [0, 1]."""
         return ((samples + 1) / 2).clamp(0, 1)
 
-    def discriminator(self, **options: object) -> torch.nn.Module:
-        """The trainable ε_φ for VSD/ASD over this teacher (see guidance/discriminator.py)."""
-        raise NotImplementedError(f"teacher {self.name!r} has no discriminator for VSD/ASD")

@@ -225,7 +225,43 @@ class StableDiffusionTeacher(Teacher):
         images = self.vae.decode((samples / self.vae.config.scaling_factor).to(self.dtype)).sample
         return (images.to(samples.dtype) / 2 + 0.5).clamp(0, 1)
 
-    def discriminator(self, **options: object) -> torch.nn.Module:
-        from ..guidance.discriminator import LoraCameraDiscriminator
+    # -- the LoRA adapter ε_φ trains (guidance/discriminator.py builds ε_φ around it) ------------
 
-        return LoraCameraDiscriminator(self, **options)
+    @property
+    def has_lora(self) -> bool:
+        return bool(getattr(self.unet, "_hf_peft_config_loaded", False))
+
+    def add_lora(self, rank: int) -> None:
+        """A LoRA on the UNet's attention as diffusers' LoRA training script adds it: the UNet frozen,
+        `add_adapter`, trainable weights in fp32. It stays off until `unet_forward(adapter=True)`."""
+        from diffusers.training_utils import cast_training_params
+        from peft import LoraConfig
+
+        if rank < 1:
+            raise ValueError(f"LoRA rank must be at least 1; got {rank}")
+        if self.has_lora:
+            raise ValueError(f"the UNet of {self.name!r} already carries a LoRA adapter; build one discriminator "
+                             "per teacher (or load a fresh teacher)")
+        self.unet.requires_grad_(False)
+        self.unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
+                                         target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
+        cast_training_params(self.unet, dtype=torch.float32)
+        self.unet.disable_adapters()
+        self._lora_params = None
+
+    def remove_lora(self) -> None:
+        """Delete the adapter: the teacher is again exactly as it was loaded (reusable)."""
+        if self.has_lora:
+            self.unet.delete_adapters("default")
+        self._lora_params = None
+
+    def lora_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
+        return [(n, p) for n, p in self.unet.named_parameters() if "lora_" in n]
+
+    def release_encoders(self) -> None:
+        """Drop the text encoder and the VAE (a model that only serves as ε_φ's UNet needs neither)."""
+        self.text_encoder = self.vae = None
+
+    @property
+    def time_embedding_dim(self) -> int:
+        return int(self.unet.time_embedding.linear_2.out_features)
