@@ -81,7 +81,8 @@ def follow(client: AsdClient, *, submit: dict[str, Any] | None = None, attach: s
             if isinstance(msg, Progress) and on_progress is not None:
                 on_progress(msg)
             elif isinstance(msg, MeshSnapshot) and len(msg.faces):
-                mesh = Mesh(msg.vertices, msg.faces, None if msg.colors is None else msg.colors[:, :3])
+                mesh = Mesh(msg.vertices, msg.faces, None if msg.colors is None else msg.colors[:, :3],
+                            frame="blender")
                 if msg.final:
                     mesh_path = write_mesh(mesh, out_dir / final_name)
                 elif keep_snapshots:

@@ -165,7 +165,8 @@ def test_mesh_files_round_trip_in_blenders_frame(tmp_path, suffix):
     blender = to_blender_frame(mesh)
     # The NeRF's front (+X) becomes Blender's front (-Y); Z stays up.
     assert blender.vertices[:, 1].mean() < -0.25 and abs(blender.vertices[:, 0].mean()) < 0.02
-    path = write_mesh(blender, tmp_path / f"ball{suffix}")
+    assert to_blender_frame(blender) is blender  # converting twice is a no-op, not a second rotation
+    path = write_mesh(mesh, tmp_path / f"ball{suffix}")  # files are always in Blender's frame
     back = read_mesh(path)
     assert back.faces.shape == blender.faces.shape
     np.testing.assert_allclose(np.sort(back.vertices, axis=0), np.sort(blender.vertices, axis=0), atol=1e-5)
@@ -175,7 +176,8 @@ def test_mesh_files_round_trip_in_blenders_frame(tmp_path, suffix):
 
 
 def test_glb_is_y_up_for_importers(tmp_path):
-    mesh = Mesh(np.array([[0, 0, 0], [1, 0, 0], [0, 0, 1]], np.float32), np.array([[0, 1, 2]], np.uint32))
+    mesh = Mesh(np.array([[0, 0, 0], [1, 0, 0], [0, 0, 1]], np.float32), np.array([[0, 1, 2]], np.uint32),
+                frame="blender")
     path = write_mesh(mesh, tmp_path / "tri.glb")
     raw = trimesh.load(path, force="mesh", process=False)
     # Z-up (0, 0, 1) is stored as glTF's Y-up (0, 1, 0); Blender's importer turns it back.

@@ -23,7 +23,6 @@ import torch
 
 from asd_protocol.job_spec import JobSpec
 
-from ..mesh.export import to_blender_frame
 from ..mesh.extract import Mesh
 from ..teachers.analytic import RenderedShapeTeacher
 from ..train.presets import resolve_spec
@@ -175,11 +174,7 @@ def run(cfg: ShapeBenchConfig, device: str = "cpu", save: str | None = None) -> 
         result = generate(teacher, spec, on_progress=lambda step, total, m: bar.update(1),
                           on_phase=lambda phase, message: bar.set_description(f"{phase}: {message}"))
     seconds = time.perf_counter() - start
-    # generate() returns Blender's frame; put the target there too.
-    target_blender = target.copy()
-    target_blender.vertices = to_blender_frame(Mesh(np.asarray(target.vertices, np.float32),
-                                                    np.asarray(target.faces, np.uint32))).vertices
-    scores = metrics(result.mesh, target_blender, cfg.samples, cfg.iou_grid, cfg.seed)
+    scores = metrics(result.mesh, target, cfg.samples, cfg.iou_grid, cfg.seed)  # both in the field's frame
     if save:
         from ..mesh.export import write_mesh
 

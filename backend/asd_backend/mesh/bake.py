@@ -57,4 +57,4 @@ def bake_texture(mesh: Mesh, color_fn: Callable[[torch.Tensor], torch.Tensor], s
     texture = np.round(image * 255).astype(np.uint8)
     vertex_colors = None if mesh.colors is None else mesh.colors[vmapping]
     return Mesh(vertices.astype(np.float32), faces.astype(np.uint32), vertex_colors, uvs=uvs.astype(np.float32),
-                texture=texture)
+                texture=texture, frame=mesh.frame)

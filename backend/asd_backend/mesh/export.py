@@ -20,10 +20,13 @@ FORMATS = (".glb", ".obj", ".ply")
 
 
 def to_blender_frame(mesh: Mesh) -> Mesh:
-    """Rotate −90° about Z: +X (the NeRF's front) → −Y (Blender's front)."""
+    """Rotate −90° about Z: +X (the NeRF's front) → −Y (Blender's front). A mesh already in Blender's
+    frame comes back as it is: this is the one place meshes change frame (the wire and files)."""
+    if mesh.frame == "blender":
+        return mesh
     v = mesh.vertices
     rotated = np.stack([v[:, 1], -v[:, 0], v[:, 2]], axis=1).astype(np.float32)
-    return dataclasses.replace(mesh, vertices=rotated)
+    return dataclasses.replace(mesh, vertices=rotated, frame="blender")
 
 
 def srgb_to_linear(c: np.ndarray) -> np.ndarray:
@@ -43,7 +46,7 @@ def z_up_to_y_up(vertices: np.ndarray) -> np.ndarray:
 
 
 def write_mesh(mesh: Mesh, path: str | Path) -> Path:
-    """Write a Blender-frame mesh (Z up) as .glb, .obj or .ply, chosen by the suffix."""
+    """Write a mesh as .glb, .obj or .ply (chosen by the suffix), in Blender's frame (Z up)."""
     import trimesh
 
     path = Path(path)
@@ -52,6 +55,7 @@ def write_mesh(mesh: Mesh, path: str | Path) -> Path:
         raise ValueError(f"cannot write {path.name}: use one of {', '.join(FORMATS)}")
     if len(mesh.faces) == 0:
         raise ValueError(f"cannot write {path.name}: the mesh is empty (nothing above the density threshold)")
+    mesh = to_blender_frame(mesh)
     vertices = mesh.vertices if suffix == ".ply" else z_up_to_y_up(mesh.vertices)
     colors = mesh.colors
     if colors is not None and suffix == ".glb":
@@ -89,4 +93,5 @@ def read_mesh(path: str | Path) -> Mesh:
         colors = np.asarray(tm.visual.vertex_colors)[:, :3].astype(np.uint8)
         if path.suffix.lower() == ".glb":
             colors = linear_to_srgb(colors / 255.0)
-    return Mesh(vertices.astype(np.float32), np.asarray(tm.faces, np.uint32), colors, uvs=uvs, texture=texture)
+    return Mesh(vertices.astype(np.float32), np.asarray(tm.faces, np.uint32), colors, uvs=uvs, texture=texture,
+                frame="blender")

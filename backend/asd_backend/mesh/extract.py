@@ -21,13 +21,18 @@ ColorFn = Callable[[torch.Tensor], torch.Tensor]  # [N, 3] -> [N, 3] in [0, 1] (
 
 @dataclasses.dataclass
 class Mesh:
-    """Triangles with optional per-vertex sRGB colours, in the frame of the field that made them."""
+    """Triangles with optional per-vertex sRGB colours.
+
+    `frame` says whose axes: "field" (the NeRF's: front towards +X) while the backend works on it,
+    "blender" (metres, Z up, front towards −Y) once it leaves (mesh/export.py converts, at one place).
+    """
 
     vertices: np.ndarray  # float32 N×3
     faces: np.ndarray  # uint32 M×3, counter-clockwise seen from outside
     colors: np.ndarray | None = None  # uint8 N×3 (sRGB)
     uvs: np.ndarray | None = None  # float32 N×2, u right, v up (with `texture`, from mesh/bake.py)
     texture: np.ndarray | None = None  # uint8 H×W×3 (sRGB), rows top-down
+    frame: str = "field"
 
     @property
     def n_faces(self) -> int:

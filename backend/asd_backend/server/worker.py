@@ -150,7 +150,7 @@ class Worker:
 
     def generate(self, job: dict[str, Any]) -> tuple[dict[str, str], dict[str, Any]]:
         from ..artifacts import write_png
-        from ..mesh.export import write_mesh
+        from ..mesh.export import to_blender_frame, write_mesh
         from ..train.text_to_3d import generate
 
         job_id, spec = job["job_id"], JobSpec.from_json(job["spec"])
@@ -162,8 +162,9 @@ class Worker:
             if len(snap.mesh.faces):
                 write_mesh(snap.mesh, folder / f"{name}.glb")
             write_png(folder / f"{'preview' if snap.final else name}.png", snap.preview)
-            self.emit(MeshSnapshot(job_id=job_id, vertices=snap.mesh.vertices, faces=snap.mesh.faces,
-                                   colors=snap.mesh.colors, snapshot=snap.index, step=snap.step, final=snap.final))
+            wire = to_blender_frame(snap.mesh)  # the protocol's frame: metres, Z up, front towards −Y
+            self.emit(MeshSnapshot(job_id=job_id, vertices=wire.vertices, faces=wire.faces, colors=wire.colors,
+                                   snapshot=snap.index, step=snap.step, final=snap.final))
             self.emit(Image(job_id=job_id, pixels=snap.preview, role="preview", step=snap.step, final=snap.final))
 
         def on_phase(phase: str, message: str) -> None:

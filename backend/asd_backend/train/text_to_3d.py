@@ -23,7 +23,6 @@ from asd_protocol.job_spec import RESUMABLE_CHANGES, JobSpec, NerfSpec, differen
 from ..errors import AsdError
 from ..guidance.prompts import PromptBank, ViewPromptConfig
 from ..guidance.score_distillation import GuidanceConfig, ScoreDistillation
-from ..mesh.export import to_blender_frame
 from ..mesh.extract import ExtractionConfig, Mesh, extract_mesh
 from ..nerf.background import EnvironmentBackground, SolidBackground
 from ..nerf.cameras import CameraConfig, orbit_cameras, sample_cameras
@@ -70,7 +69,7 @@ class Generator3D(torch.nn.Module):
 
     def mesh(self, config: ExtractionConfig, threshold_fallback: bool = True, texture_size: int = 0) -> Mesh:
         """Marching cubes of the density, coloured by albedo (and baked into a texture if asked);
-        the 'auto' threshold if a fixed one finds nothing. Returned in Blender's frame."""
+        the 'auto' threshold if a fixed one finds nothing. In the field's frame (the wire and files convert)."""
         device = self.field.device
         mesh = extract_mesh(self.field.density, self.field.radius, config, color_fn=self.field.albedo, device=device)
         if not len(mesh.faces) and threshold_fallback and config.threshold != "auto":
@@ -80,7 +79,7 @@ class Generator3D(torch.nn.Module):
             from ..mesh.bake import bake_texture
 
             mesh = bake_texture(mesh, self.field.albedo, texture_size, device=device)
-        return to_blender_frame(mesh)
+        return mesh
 
     @torch.no_grad()
     def preview(self, side: int, azimuth_deg: float = 30.0) -> np.ndarray:
@@ -203,7 +202,7 @@ def generate(teacher: Teacher, spec: JobSpec, *, workdir: Path | None = None, re
              should_stop: Callable[[], bool] | None = None,
              on_phase: Callable[[str, str], None] | None = None) -> GenerationResult:
     """Run (or continue) a text-to-3D optimisation of a resolved `generate` spec. Returns the final
-    mesh in Blender's frame.
+    mesh (in the field's frame, as every mesh here: mesh/export.py converts where meshes leave).
 
     Callbacks: `on_progress(step, total, metrics)` every step, `on_snapshot` with preview and final
     meshes, `should_stop()` polled every step (True: checkpoint and return), `on_phase(name, message)`
