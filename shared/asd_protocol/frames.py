@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -63,11 +63,13 @@ def encode(msg: Message) -> list[Any]:
     return frames
 
 
-def decode(frames: Sequence[Any], *, limits: FrameLimits = DEFAULT_LIMITS, expect_sender: str | None = None) -> Message:
+def decode(frames: Sequence[Any], *, limits: FrameLimits = DEFAULT_LIMITS, expect_sender: str | None = None,
+           types: Mapping[str, type[Message]] = MESSAGE_TYPES) -> Message:
     """Parse and validate frames into a message, or raise ProtocolError naming what is wrong.
 
     `frames` are bytes or buffer-protocol objects (zmq.Frame). `expect_sender` ("client" or
-    "server") refuses message types that only the other side may send.
+    "server") refuses message types that only the other side may send. `types` are the message
+    types understood (the backend adds its internal front-end ⇄ worker commands).
     """
     if len(frames) < 2:
         raise ProtocolError(BAD_FRAMES, f"a message has at least 2 frames (header, content); got {len(frames)}",
@@ -81,7 +83,7 @@ def decode(frames: Sequence[Any], *, limits: FrameLimits = DEFAULT_LIMITS, expec
         raise ProtocolError(BAD_FRAMES, f"{len(views) - 2} buffers; at most {limits.max_buffers} are accepted")
 
     header = _load(views[0], limits.max_header_bytes, "header")
-    cls = _message_class(header)
+    cls = _message_class(header, types)
     if expect_sender is not None and cls.sender not in (expect_sender, BOTH):
         raise ProtocolError(WRONG_DIRECTION, f"a {cls.msg_type!r} message is sent by the {cls.sender}, not the "
                             f"{expect_sender}", field="header.msg_type")
@@ -91,7 +93,7 @@ def decode(frames: Sequence[Any], *, limits: FrameLimits = DEFAULT_LIMITS, expec
     return cls.from_content(header_values, content)
 
 
-def _message_class(header: dict) -> type[Message]:
+def _message_class(header: dict, types: Mapping[str, type[Message]]) -> type[Message]:
     if header.get("protocol", PROTOCOL_NAME) != PROTOCOL_NAME:
         raise ProtocolError(BAD_HEADER, f"not an {PROTOCOL_NAME} protocol message", field="header.protocol")
     version = header.get("version")
@@ -105,10 +107,10 @@ def _message_class(header: dict) -> type[Message]:
     msg_type = header.get("msg_type")
     if not isinstance(msg_type, str):
         raise ProtocolError(BAD_HEADER, "must be a string", field="header.msg_type")
-    cls = MESSAGE_TYPES.get(msg_type)
+    cls = types.get(msg_type)
     if cls is None:
         raise ProtocolError(UNKNOWN_MSG_TYPE, f"unknown message type {msg_type!r:.64}", field="header.msg_type",
-                            hint=f"known types: {', '.join(sorted(MESSAGE_TYPES))}")
+                            hint=f"known types: {', '.join(sorted(types))}")
     return cls
 
 

@@ -1,12 +1,10 @@
-"""The front end of `asd serve`: a ROUTER socket for clients, a queue, and worker processes.
+"""The front end of `asd serve`: the loop that answers clients and follows the workers.
 
-It never touches a GPU and never blocks on one: workers run the jobs and report over a loopback
-socket; this loop validates every inbound message, keeps the job table and the results folder, and
-streams each job's events to every client following it. Delivery rules:
-
-- requests' answers, `done`, errors, final meshes and images: reliable, in order, per client;
-- preview meshes and preview images: latest wins (a slow client gets the newest, never a backlog);
-- progress: at least once a second per running job, dropped rather than queued for a slow client.
+It never touches a GPU and never blocks on one. Each turn it reads client requests (validated by
+the protocol, answered here), reads worker events, starts queued jobs on idle workers, and flushes
+what is due to each client. Its parts: the job table and queue (jobs.py), the results folder
+(store.py), the worker pool (workers.py) and delivery to peers (delivery.py). Progress goes out at
+least once a second per running job.
 """
 
 from __future__ import annotations
@@ -14,10 +12,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import multiprocessing
 import time
 import uuid
-from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -56,9 +52,11 @@ from asd_protocol.messages import now_iso
 from .. import __version__
 from ..train.presets import PRESETS, resolve_spec
 from . import auth
-from .jobs import FINISHED, Job, JobTable, new_job_id
+from .commands import WORKER_TYPES, WorkerReady
+from .delivery import Delivery, Peer
+from .jobs import ACTIVE, FINISHED, Job, JobTable, new_job_id
 from .store import ResultStore
-from .worker import EVENT, READY, worker_main
+from .workers import WorkerPool
 
 log = logging.getLogger("asd.server")
 
@@ -68,7 +66,6 @@ TEACHER_INFO = {
     "tiny": "built-in tiny random SD-shaped pipeline: UNTRAINED, outputs are noise (tests and demos)",
     "random-sd21": "SD 2.1-base architecture with random weights: UNTRAINED (speed and memory figures)",
 }
-PEER_TIMEOUT = 600.0  # forget a silent client once none of the jobs it follows is active
 PROGRESS_EVERY = 1.0
 
 
@@ -102,35 +99,14 @@ class ServerConfig:
                              "or pass --insecure on a trusted network")
 
 
-@dataclasses.dataclass
-class Peer:
-    identity: bytes
-    user: str
-    last_seen: float
-    subscriptions: set[str] = dataclasses.field(default_factory=set)
-    reliable: deque = dataclasses.field(default_factory=deque)  # frames lists, in order
-    latest: dict[tuple[str, str], list] = dataclasses.field(default_factory=dict)  # (job, type) -> frames
-
-
-@dataclasses.dataclass
-class WorkerHandle:
-    index: int
-    identity: bytes
-    process: Any
-    env: dict[str, str]
-    device: str
-    ready: bool = False
-    job_id: str | None = None
-
-
 class Server:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.server_id = uuid.uuid4().hex
         self.store = ResultStore(config.results)
         self.table = JobTable(config.max_queued_per_client)
-        self.peers: dict[bytes, Peer] = {}
-        self.workers: dict[bytes, WorkerHandle] = {}
+        self.delivery: Delivery | None = None
+        self.pool: WorkerPool | None = None
         self.latest_mesh: dict[str, list] = {}
         self.latest_image: dict[str, list] = {}
         self.last_progress: dict[str, tuple[Progress, float]] = {}
@@ -138,11 +114,9 @@ class Server:
         self.ctx = zmq.Context()
         self.authenticator = None
         self.clients: zmq.Socket | None = None
-        self.internal: zmq.Socket | None = None
         self.address = config.bind
         self._last_heartbeat = 0.0
         self._last_supervise = 0.0
-        self._mp = multiprocessing.get_context("spawn")
 
     # -- life cycle ------------------------------------------------------------------------------
 
@@ -163,34 +137,20 @@ class Server:
                         "can reach this port can run jobs and read results", self.config.bind)
         s.bind(self.config.bind)
         self.address = s.getsockopt_string(zmq.LAST_ENDPOINT)
-        self.internal = self.ctx.socket(zmq.ROUTER)
-        self.internal.setsockopt(zmq.LINGER, 0)
-        self.internal.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted worker reuses its identity
-        self.internal.bind("tcp://127.0.0.1:*")
+        self.delivery = Delivery(s)
+        self.pool = WorkerPool(self.ctx, self.store.root, self.config.teacher)
         for job in self.store.load_all():
             if job.status == "interrupted":
                 job.status, job.resume = "queued", True
                 self.store.save(job)
                 event("job_requeued", job=job.job_id, reason="server restart", resume=True)
             self.table.add(job)
-        gpus = self.config.gpus
-        if gpus:
-            for i, gpu in enumerate(gpus):
-                self._spawn_worker(i, "cuda", {"CUDA_VISIBLE_DEVICES": str(gpu)})
-        else:
-            self._spawn_worker(0, self.config.device, {})
+        self.pool.start(self.config.gpus, self.config.device)
+        for w in self.pool.workers.values():
+            event("worker_started", worker=w.index, pid=w.process.pid, device=w.device)
         event("server_started", address=self.address, results=str(self.store.root), teacher=self.config.teacher,
-              workers=len(self.workers), curve=self.config.curve_dir is not None, jobs=len(self.table.jobs))
+              workers=len(self.pool.workers), curve=self.config.curve_dir is not None, jobs=len(self.table.jobs))
         return self.address
-
-    def _spawn_worker(self, index: int, device: str, env: dict[str, str]) -> None:
-        identity = f"w{index}".encode()
-        address = self.internal.getsockopt_string(zmq.LAST_ENDPOINT)
-        process = self._mp.Process(target=worker_main, name=f"asd-worker-{index}", daemon=True,
-                                   args=(index, device, address, str(self.store.root), self.config.teacher, env))
-        process.start()
-        self.workers[identity] = WorkerHandle(index, identity, process, env, device)
-        event("worker_started", worker=index, pid=process.pid, device=device)
 
     def serve_forever(self) -> None:
         try:
@@ -202,15 +162,8 @@ class Server:
             self.stop()
 
     def stop(self) -> None:
-        for w in self.workers.values():
-            try:
-                self.internal.send_multipart([w.identity, json.dumps({"cmd": "stop"}).encode()], zmq.NOBLOCK)
-            except zmq.ZMQError:
-                pass
-        for w in self.workers.values():
-            w.process.join(timeout=3)
-            if w.process.is_alive():
-                w.process.kill()
+        if self.pool is not None:
+            self.pool.stop()
         for job in self.table.jobs.values():
             if job.status == "running":  # its checkpoint is on disk; a restart resumes it
                 job.status = "interrupted"
@@ -224,7 +177,7 @@ class Server:
     def run_once(self, timeout: float = 0.1) -> None:
         poller = zmq.Poller()
         poller.register(self.clients, zmq.POLLIN)
-        poller.register(self.internal, zmq.POLLIN)
+        poller.register(self.pool.socket, zmq.POLLIN)
         ready = dict(poller.poll(int(timeout * 1000)))
         if self.clients in ready:
             for _ in range(100):
@@ -233,10 +186,10 @@ class Server:
                 except zmq.Again:
                     break
                 self._on_client(frames)
-        if self.internal in ready:
+        if self.pool.socket in ready:
             for _ in range(100):
                 try:
-                    frames = self.internal.recv_multipart(zmq.NOBLOCK, copy=False)
+                    frames = self.pool.socket.recv_multipart(zmq.NOBLOCK, copy=False)
                 except zmq.Again:
                     break
                 self._on_worker(frames)
@@ -247,36 +200,33 @@ class Server:
             self._resend_progress(now)
         if now - self._last_heartbeat > self.config.heartbeat_interval:
             self._last_heartbeat = now
-            self._heartbeat(now)
+            self.delivery.heartbeat(now, lambda job_id: self.table.jobs.get(job_id) is not None
+                                    and self.table.jobs[job_id].status in ACTIVE)
         self._dispatch()
-        self._flush()
+        self.delivery.flush()
 
     # -- clients -----------------------------------------------------------------------------------
 
     def _on_client(self, frames: list) -> None:
         identity = bytes(frames[0].buffer)
-        user = frames[0].get("User-Id") if self.config.curve_dir is not None else None
-        peer = self.peers.get(identity)
-        if peer is None:
-            peer = self.peers[identity] = Peer(identity, user or identity.hex()[:32], time.monotonic())
-        peer.last_seen = time.monotonic()
+        peer = self.delivery.peer(identity, frames[0].get("User-Id") if self.config.curve_dir is not None else None)
         try:
             msg = decode(frames[1:], limits=FrameLimits(max_message_bytes=self.config.max_message_bytes),
                          expect_sender="client")
         except ProtocolError as exc:
             event("bad_message", client=peer.user, code=exc.code, field=exc.field, error=exc.message)
-            self._send(peer, Error.from_exception(exc), reliable=True)
+            self.delivery.send(peer, Error.from_exception(exc), reliable=True)
             return
         try:
             handler = {Hello: self._hello, Submit: self._submit, Cancel: self._cancel, Attach: self._attach,
                        ListJobs: self._list, Heartbeat: self._heartbeat_in}[type(msg)]
             handler(peer, msg)
         except ProtocolError as exc:
-            self._send(peer, Error.from_exception(exc, parent_id=msg.msg_id, job_id=msg.job_id), reliable=True)
+            self.delivery.send(peer, Error.from_exception(exc, parent_id=msg.msg_id, job_id=msg.job_id), reliable=True)
         except Exception as exc:  # a server never dies of one request
             log.exception("request failed")
             event("request_failed", client=peer.user, msg_type=msg.msg_type, job=msg.job_id, error=str(exc))
-            self._send(peer, Error(code=codes.SERVER_ERROR, message=f"the server could not handle this "
+            self.delivery.send(peer, Error(code=codes.SERVER_ERROR, message=f"the server could not handle this "
                                    f"{msg.msg_type}: {type(exc).__name__}: {exc}"[:4000],
                                    hint="see the server log; the server is still running", parent_id=msg.msg_id,
                                    job_id=msg.job_id), reliable=True)
@@ -285,7 +235,7 @@ class Server:
         event("hello", client=peer.user, client_name=msg.client, protocol=msg.protocol_version)
         teachers = [TeacherInfo(name=t, description=TEACHER_INFO.get(t, f"diffusers model {t}"),
                                 trained=t not in TEACHER_INFO) for t in self.teachers]
-        self._send(peer, msg.reply(
+        self.delivery.send(peer, msg.reply(
             Welcome, server=f"asd-backend/{__version__}", server_id=self.server_id, protocol_version=PROTOCOL_VERSION,
             capabilities=list(KINDS), teachers=teachers, default_teacher=self.config.teacher,
             methods=list(METHODS), presets=list(PRESETS), heartbeat_interval=self.config.heartbeat_interval,
@@ -321,7 +271,7 @@ class Server:
         self.store.save(job)
         peer.subscriptions.add(job.job_id)
         event("submit", job=job.job_id, client=peer.user, kind=job.kind, prompt=job.prompt[:200], spec=msg.spec)
-        self._send(peer, msg.reply(Accepted, job_id=job.job_id, kind=job.kind,
+        self.delivery.send(peer, msg.reply(Accepted, job_id=job.job_id, kind=job.kind,
                                    queue_position=self.table.position(job.job_id) or 0, spec=resolved),
                    reliable=True)
 
@@ -341,25 +291,22 @@ class Server:
         if job.status == "queued" and self.table.remove_from_queue(job.job_id):
             self._finish(job, Done(job_id=job.job_id, status="cancelled"))
             return
-        worker = next((w for w in self.workers.values() if w.job_id == job.job_id), None)
-        if worker is not None:
-            self.internal.send_multipart([worker.identity, json.dumps({"cmd": "cancel",
-                                                                       "job_id": job.job_id}).encode()])
+        self.pool.cancel(job.job_id)
 
     def _attach(self, peer: Peer, msg: Attach) -> None:
         job = self._job(msg)
         peer.subscriptions.add(job.job_id)
         event("attach", job=job.job_id, client=peer.user, status=job.status)
-        self._send(peer, msg.reply(Jobs, jobs=[job.info(self.table.position(job.job_id))]), reliable=True)
+        self.delivery.send(peer, msg.reply(Jobs, jobs=[job.info(self.table.position(job.job_id))]), reliable=True)
         finals = self._finals_from_disk(job) if job.status == "completed" else []
         for frames in finals or [self.latest_mesh.get(job.job_id), self.latest_image.get(job.job_id)]:
             if frames is not None:
-                self._send_frames(peer, frames, reliable=True)
+                self.delivery.send_frames(peer, frames, reliable=True)
         if job.status in FINISHED:
-            self._send(peer, Done(job_id=job.job_id, status=job.status, seconds=job.seconds, outputs=job.outputs),
-                       reliable=True)
+            self.delivery.send(peer, Done(job_id=job.job_id, status=job.status, seconds=job.seconds,
+                                          outputs=job.outputs), reliable=True)
         elif job.job_id in self.last_progress:
-            self._send(peer, self.last_progress[job.job_id][0])
+            self.delivery.send(peer, self.last_progress[job.job_id][0])
 
     def _finals_from_disk(self, job: Job) -> list[list]:
         """A finished job's results read back from its folder, encoded (nothing is kept in memory)."""
@@ -388,25 +335,22 @@ class Server:
         return out
 
     def _list(self, peer: Peer, msg: ListJobs) -> None:
-        self._send(peer, msg.reply(Jobs, jobs=self.table.listing(msg.limit)), reliable=True)
+        self.delivery.send(peer, msg.reply(Jobs, jobs=self.table.listing(msg.limit)), reliable=True)
 
     # -- workers -----------------------------------------------------------------------------------
 
     def _on_worker(self, frames: list) -> None:
         identity = bytes(frames[0].buffer)
-        worker = self.workers.get(identity)
+        worker = self.pool.get(identity)
         if worker is None:
             return
-        kind = bytes(frames[1].buffer)
-        if kind == READY:
-            worker.ready, worker.job_id = True, None
-            return
-        if kind != EVENT:
-            return
         try:
-            msg = decode(frames[2:], expect_sender="server")
+            msg = decode(frames[1:], types=WORKER_TYPES)
         except ProtocolError as exc:
             log.error("worker %s sent a bad event: %s", worker.index, exc)
+            return
+        if isinstance(msg, WorkerReady):
+            worker.ready, worker.job_id = True, None
             return
         job = self.table.jobs.get(msg.job_id or "")
         if job is None:
@@ -420,7 +364,7 @@ class Server:
             job.snapshots = max(job.snapshots, msg.snapshot)
             self.latest_mesh[job.job_id] = encoded
             if msg.final:
-                self._drop_latest(job.job_id, "mesh")
+                self.delivery.drop_latest(job.job_id, "mesh")
             self._publish(job, encoded, latest=None if msg.final else "mesh")
             event("snapshot", job=job.job_id, index=msg.snapshot, step=msg.step, faces=len(msg.faces), final=msg.final)
         elif isinstance(msg, (Image, Texture)):
@@ -450,90 +394,35 @@ class Server:
         self._publish(job, encode(done))
 
     def _dispatch(self) -> None:
-        for worker in self.workers.values():
-            if not (worker.ready and worker.job_id is None and worker.process.is_alive()):
-                continue
+        while (worker := self.pool.idle()) is not None:
             job = self.table.next_queued()
             if job is None:
                 return
-            worker.ready, worker.job_id = False, job.job_id
             job.status, job.started_at, job.error = "running", time.time(), ""
             job.touch()
             self.store.save(job)
             event("job_started", job=job.job_id, worker=worker.index, resume=job.resume)
-            self.internal.send_multipart([worker.identity, json.dumps({"cmd": "run", "job": {
-                "job_id": job.job_id, "kind": job.kind, "prompt": job.prompt, "spec": job.spec,
-                "resume": job.resume}}).encode()])
+            self.pool.run(worker, job.job_id, job.spec, job.resume)
             starting = Progress(job_id=job.job_id, phase="starting", step=job.step, total=job.total)
             self.last_progress[job.job_id] = (starting, time.monotonic())  # re-sent every second from now on
             self._publish(job, encode(starting), latest="progress")
 
     def _supervise_workers(self) -> None:
-        for identity, worker in list(self.workers.items()):
-            if worker.process.is_alive():
-                continue
-            code = worker.process.exitcode
-            event("worker_died", worker=worker.index, exitcode=code, job=worker.job_id)
+        for worker in self.pool.reap():
+            event("worker_died", worker=worker.index, exitcode=worker.process.exitcode, job=worker.job_id)
             job = self.table.jobs.get(worker.job_id or "")
             if job is not None and job.status == "running":
-                how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
-                job.error = f"the worker process died ({how}) while running this job"
+                job.error = f"the worker process died ({worker.death()}) while running this job"
                 self._publish(job, encode(Error(
                     job_id=job.job_id, code=codes.WORKER_CRASHED, message=job.error,
                     hint="the server restarted the worker; submit the job again, or use a lighter preset if it "
                          "ran out of memory")))
                 self._finish(job, Done(job_id=job.job_id, status="failed"))
-            del self.workers[identity]
-            self._spawn_worker(worker.index, worker.device, worker.env)
-
-    # -- delivery ----------------------------------------------------------------------------------
+            replacement = self.pool.workers[worker.identity]
+            event("worker_started", worker=replacement.index, pid=replacement.process.pid, device=replacement.device)
 
     def _publish(self, job: Job, frames: list, latest: str | None = None) -> None:
-        for peer in self.peers.values():
-            if job.job_id in peer.subscriptions:
-                self._send_frames(peer, frames, reliable=latest is None, latest=latest, job_id=job.job_id)
-
-    def _drop_latest(self, job_id: str, kind: str) -> None:
-        for peer in self.peers.values():
-            peer.latest.pop((job_id, kind), None)
-
-    def _send(self, peer: Peer, msg: Message, reliable: bool = False) -> None:
-        self._send_frames(peer, encode(msg), reliable=reliable, latest=None if reliable else "progress",
-                          job_id=msg.job_id or "")
-
-    def _send_frames(self, peer: Peer, frames: list, reliable: bool, latest: str | None = None,
-                     job_id: str = "") -> None:
-        if reliable:
-            peer.reliable.append(frames)
-        else:
-            peer.latest[(job_id, latest or "progress")] = frames
-
-    def _flush(self) -> None:
-        for identity, peer in list(self.peers.items()):
-            try:
-                while peer.reliable:
-                    self.clients.send_multipart([identity, *peer.reliable[0]], zmq.NOBLOCK, copy=False)
-                    peer.reliable.popleft()
-                for key in list(peer.latest):
-                    self.clients.send_multipart([identity, *peer.latest[key]], zmq.NOBLOCK, copy=False)
-                    del peer.latest[key]
-            except zmq.Again:
-                continue  # this client is slow: what is left waits (latest-wins slots get overwritten)
-            except zmq.ZMQError as exc:
-                if exc.errno == zmq.EHOSTUNREACH:  # gone; it may come back (same identity) and re-attach
-                    peer.reliable.clear()
-                    peer.latest.clear()
-                else:
-                    raise
-
-    def _heartbeat(self, now: float) -> None:
-        for identity, peer in list(self.peers.items()):
-            if now - peer.last_seen > PEER_TIMEOUT and not any(
-                    self.table.jobs[j].status in ("queued", "running") for j in peer.subscriptions
-                    if j in self.table.jobs):
-                del self.peers[identity]  # it can attach again to anything it followed
-                continue
-            self._send_frames(peer, encode(Heartbeat()), reliable=False, latest="heartbeat")
+        self.delivery.publish(job.job_id, frames, latest)
 
     def _resend_progress(self, now: float) -> None:
         for job_id, (msg, sent) in list(self.last_progress.items()):

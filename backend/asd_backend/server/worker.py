@@ -1,14 +1,13 @@
 """A worker process: one per GPU (or one on the CPU), one job at a time.
 
-It talks to the front end over a DEALER socket on loopback. Commands arrive as one JSON frame
-({"cmd": "run" | "cancel" | "stop", ...}); events go back as [b"event", *protocol frames], the
-same typed messages clients receive, so arrays cross without copies or pickles. A job that raises
+It talks to the front end over a DEALER socket on loopback, in the protocol's codec both ways:
+commands (commands.py: run_job, cancel_job, stop_worker) come in, `worker_ready` and the job's
+events (the same typed messages clients receive) go out, so arrays cross without copies or pickles. A job that raises
 is reported and the worker carries on; a worker that dies is noticed and replaced by the front end.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import multiprocessing
 import os
@@ -19,14 +18,26 @@ from typing import Any
 
 import zmq
 
-from asd_protocol import Done, Error, Image, Log, MeshSnapshot, Message, Progress, Texture, encode
+from asd_protocol import (
+    Done,
+    Error,
+    Image,
+    Log,
+    MeshSnapshot,
+    Message,
+    Progress,
+    ProtocolError,
+    Texture,
+    decode,
+    encode,
+)
 from asd_protocol import errors as codes
 from asd_protocol.job_spec import JobSpec
 
+from .commands import WORKER_TYPES, CancelJob, RunJob, StopWorker, WorkerReady
+
 log = logging.getLogger("asd.worker")
 
-READY = b"ready"
-EVENT = b"event"
 PROGRESS_INTERVAL = 0.5  # seconds between progress events (the front end re-sends every second anyway)
 
 
@@ -52,30 +63,37 @@ class Worker:
     # -- messaging ----------------------------------------------------------------------------
 
     def emit(self, msg: Message) -> None:
-        self.sock.send_multipart([EVENT, *encode(msg)], copy=False)
+        self.sock.send_multipart(encode(msg), copy=False)
+
+    def _receive(self) -> Message | None:
+        try:
+            return decode(self.sock.recv_multipart(copy=False), types=WORKER_TYPES)
+        except ProtocolError as exc:  # only the front end talks here; say so and carry on
+            log.error("worker %s: a bad command from the front end: %s", self.index, exc)
+            return None
 
     def _drain_commands(self) -> None:
         """Read cancel/stop commands that arrived while a job runs (never blocks)."""
         while self.sock.poll(0, zmq.POLLIN):
-            cmd = json.loads(self.sock.recv())
-            if cmd.get("cmd") == "cancel":
-                self.cancelled.add(cmd.get("job_id", ""))
-            elif cmd.get("cmd") == "stop":
+            cmd = self._receive()
+            if isinstance(cmd, CancelJob):
+                self.cancelled.add(cmd.job_id)
+            elif isinstance(cmd, StopWorker):
                 self.stopping = True
 
     def serve(self) -> None:
-        self.sock.send(READY)
+        self.emit(WorkerReady())
         while not self.stopping:
             if not self.sock.poll(1000, zmq.POLLIN):
                 if _server_gone():
                     break  # the front end died (kill -9): do not linger as an orphan
                 continue
-            cmd = json.loads(self.sock.recv())
-            if cmd.get("cmd") == "stop":
+            cmd = self._receive()
+            if isinstance(cmd, StopWorker):
                 break
-            if cmd.get("cmd") == "run":
-                self.run(cmd["job"])
-                self.sock.send(READY)
+            if isinstance(cmd, RunJob):
+                self.run(cmd)
+                self.emit(WorkerReady())
         self.sock.close()
         self.ctx.term()
 
@@ -89,14 +107,15 @@ class Worker:
             self.teachers[spec] = load_teacher(spec, self.device)
         return self.teachers[spec]
 
-    def run(self, job: dict[str, Any]) -> None:
-        job_id = job["job_id"]
+    def run(self, job: RunJob) -> None:
+        job_id = job.job_id
         started = time.time()
         try:
             if job_id in self.cancelled:
                 raise JobCancelled
-            run = {"generate": self.generate, "image": self.image, "edit_texture": self.edit_texture}[job["kind"]]
-            outputs, summary = run(job)
+            spec = JobSpec.from_json(job.spec)
+            run = {"generate": self.generate, "image": self.image, "edit_texture": self.edit_texture}[spec.kind]
+            outputs, summary = run(job_id, spec, job.resume)
             self.emit(Done(job_id=job_id, status="completed", seconds=time.time() - started, outputs=outputs,
                            summary=summary))
         except JobCancelled:
@@ -148,12 +167,11 @@ class Worker:
                 self.emit(Log(job_id=job_id, level="warning", text=notice))
         return teacher
 
-    def generate(self, job: dict[str, Any]) -> tuple[dict[str, str], dict[str, Any]]:
+    def generate(self, job_id: str, spec: JobSpec, resume: bool) -> tuple[dict[str, str], dict[str, Any]]:
         from ..artifacts import write_png
         from ..mesh.export import to_blender_frame, write_mesh
         from ..train.text_to_3d import generate
 
-        job_id, spec = job["job_id"], JobSpec.from_json(job["spec"])
         folder = self.results / job_id
         teacher = self._teacher_for(job_id, spec)
 
@@ -170,7 +188,7 @@ class Worker:
         def on_phase(phase: str, message: str) -> None:
             self.emit(Progress(job_id=job_id, phase=phase, step=spec.steps, total=spec.steps, message=message))
 
-        result = generate(teacher, spec, workdir=folder, resume=bool(job.get("resume")),
+        result = generate(teacher, spec, workdir=folder, resume=resume,
                           on_progress=self._progress(job_id, "optimizing"), on_snapshot=on_snapshot,
                           should_stop=self._should_stop(job_id), on_phase=on_phase)
         if result.stopped:
@@ -181,11 +199,10 @@ class Worker:
         return outputs, {"steps": result.steps_done, "faces": len(result.mesh.faces),
                          "resumed_from": result.resumed_from, "teacher_trained": bool(teacher.trained)}
 
-    def image(self, job: dict[str, Any]) -> tuple[dict[str, str], dict[str, Any]]:
+    def image(self, job_id: str, spec: JobSpec, resume: bool) -> tuple[dict[str, str], dict[str, Any]]:
         from ..artifacts import write_png
         from ..train.image_2d import distill_image
 
-        job_id, spec = job["job_id"], JobSpec.from_json(job["spec"])
         folder = self.results / job_id
         teacher = self._teacher_for(job_id, spec)
         stop = self._should_stop(job_id)
@@ -202,13 +219,12 @@ class Worker:
         path = write_png(folder / "image.png", final.image)
         return {"image": str(path)}, {"steps": final.step, "teacher_trained": bool(teacher.trained)}
 
-    def edit_texture(self, job: dict[str, Any]) -> tuple[dict[str, str], dict[str, Any]]:
+    def edit_texture(self, job_id: str, spec: JobSpec, resume: bool) -> tuple[dict[str, str], dict[str, Any]]:
         import numpy as np
 
         from ..artifacts import write_png
         from ..texture.edit import edit_texture
 
-        job_id, spec = job["job_id"], JobSpec.from_json(job["spec"])
         folder = self.results / job_id
         with np.load(folder / "inputs.npz", allow_pickle=False) as inputs:  # written by the front end
             arrays = {k: inputs[k] for k in ("vertices", "faces", "uvs", "texture")}
