@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from ..guidance.prompts import Conditioning, PromptBank, ViewPromptConfig
-from ..guidance.score_distillation import GuidanceConfig, ScoreDistillation, train_discriminator
+from ..guidance.score_distillation import GuidanceConfig, ScoreDistillation
 from ..teachers.analytic import GaussianMixtureTeacher
 
 
@@ -102,19 +102,11 @@ def distill(cfg: GmmBenchConfig, method: str, guidance_scale: float) -> dict[str
                      base=torch.cat([x.base for x in conditioning]))
     generator = torch.Generator().manual_seed(cfg.seed + 1)
     particles = torch.nn.Parameter(torch.randn(cfg.prompts * cfg.particles, cfg.dim, generator=generator))
-    optimizer = torch.optim.Adam([particles], lr=cfg.lr, foreach=True)
-    disc_optimizer = None
-    if guidance.discriminator is not None:
-        disc_optimizer = torch.optim.AdamW(guidance.discriminator.trainable_parameters(), lr=cfg.discriminator_lr,
-                                           foreach=True)
+    optimizer = torch.optim.AdamW([{"params": [particles], "lr": cfg.lr, "weight_decay": 0.0},
+                                   *guidance.discriminator_group(cfg.discriminator_lr)], foreach=True)
     start = time.perf_counter()
     for step in range(cfg.steps):
-        out = guidance.generator_loss(particles, c, step=step, generator=generator)
-        optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
-        optimizer.step()
-        if disc_optimizer is not None:
-            train_discriminator(guidance, disc_optimizer, particles, c, generator=generator)
+        guidance.step(optimizer, particles, c, step=step, generator=generator)
     seconds = time.perf_counter() - start
     return {"method": method, "cfg": guidance_scale, **metrics(particles[: cfg.particles], teacher, cfg),
             "seconds": round(seconds, 2)}

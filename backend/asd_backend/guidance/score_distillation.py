@@ -108,16 +108,6 @@ class GuidanceConfig:
         return self.gamma if self.method == "asd" else 0.0
 
 
-def train_discriminator(guidance: ScoreDistillation, optimizer: torch.optim.Optimizer, z: Tensor, c: Conditioning,
-                        camera: Any = None, generator: torch.Generator | None = None) -> float:
-    """One optimiser step of ε_φ on the (detached) render z; returns its loss."""
-    loss = guidance.discriminator_loss(z, c, camera, generator=generator)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return float(loss.detach())
-
-
 def perpendicular_component(x: Tensor, y: Tensor) -> Tensor:
     """The part of each x orthogonal to the matching y (per sample)."""
     dims = tuple(range(1, x.ndim))
@@ -257,6 +247,35 @@ class ScoreDistillation:
         loss = 0.5 * F.mse_loss(z, target, reduction="sum") / z.shape[0]
         return GuidanceOutput(loss=loss, grad=grad, t=t, noise=noise, x_t=x_t, eps_teacher=eps_teacher,
                               eps_reference=reference)
+
+    def discriminator_group(self, lr: float) -> list[dict[str, Any]]:
+        """ε_φ's parameters as an optimizer parameter group (none for SDS and DDS)."""
+        if self.discriminator is None:
+            return []
+        return [{"params": self.discriminator.trainable_parameters(), "lr": lr, "name": "discriminator"}]
+
+    def step(self, optimizer: torch.optim.Optimizer, z: Tensor, c: Conditioning, camera: Any = None, *,
+             step: int = 0, generator: torch.Generator | None = None, source: Tensor | None = None,
+             extra: dict[str, Tensor] | None = None) -> dict[str, float]:
+        """One training step, the same in every loop (3D, 2D, editing, benchmarks): the guidance loss on
+        the render z, the weighted `extra` losses (regularisers, already multiplied by their weights),
+        ε_φ's loss on the same render (detached, fresh t and ε), then one backward and one optimizer
+        step over the generator's and ε_φ's parameters, which are disjoint. Returns the metrics."""
+        out = self.generator_loss(z, c, camera, step=step, generator=generator, source=source)
+        loss = out.loss
+        metrics = out.metrics()
+        for name, value in (extra or {}).items():
+            loss = loss + value
+            metrics[f"loss_{name}"] = float(value.detach())
+        if self.discriminator is not None:
+            loss_d = self.discriminator_loss(z, c, camera, generator=generator)
+            loss = loss + loss_d
+            metrics["loss_discriminator"] = float(loss_d.detach())
+        metrics["loss"] = float(loss.detach())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return metrics
 
     def discriminator_loss(self, z: Tensor, c: Conditioning, camera: Any = None,
                            generator: torch.Generator | None = None) -> Tensor:

@@ -30,7 +30,7 @@ import torch
 from asd_protocol.job_spec import JobSpec
 
 from ..guidance.prompts import Conditioning
-from ..guidance.score_distillation import GuidanceConfig, ScoreDistillation, train_discriminator
+from ..guidance.score_distillation import GuidanceConfig, ScoreDistillation
 from ..teachers.base import Teacher
 from .raster import NormalisedMesh, UVRasterizer
 
@@ -90,11 +90,9 @@ def edit_texture(teacher: Teacher, vertices: np.ndarray, faces: np.ndarray, uvs:
         # on the generator's own prompt, the edit: the fixed point is then the edited texture, while a
         # source-prompt target would keep pulling the texture back by γ·(ε(y_edit) − ε(y_source)).
         conditioning = Conditioning(cond=emb[0:1], uncond=emb[1:2], base=emb[2:3])
-        optimizer = torch.optim.Adam([texels], lr=config.lr)
-        disc_optimizer = None
-        if guidance.discriminator is not None:
-            disc_optimizer = torch.optim.AdamW(guidance.discriminator.trainable_parameters(),
-                                               lr=spec.guidance.discriminator_lr)
+        # Adam for the texels (AdamW without weight decay), AdamW for ε_φ: one optimizer, two groups.
+        optimizer = torch.optim.AdamW([{"params": [texels], "lr": config.lr, "weight_decay": 0.0},
+                                       *guidance.discriminator_group(spec.guidance.discriminator_lr)])
         generator = torch.Generator(device=device).manual_seed(spec.seed)
         cpu = torch.Generator().manual_seed(spec.seed)
         source_latents: dict[int, torch.Tensor] = {}  # DDS: each view's source render, encoded once
@@ -111,21 +109,11 @@ def edit_texture(teacher: Teacher, vertices: np.ndarray, faces: np.ndarray, uvs:
                     with torch.no_grad():
                         source_latents[key] = teacher.encode_at_native(rasterizer.render(source, index))
                 source_z = source_latents[key]
-            out = guidance.generator_loss(z, conditioning, views, step=step, generator=generator, source=source_z)
-            loss = out.loss
-            metrics = out.metrics()
-            if config.keep:
-                keep = ((texels - source) ** 2).mean()
-                loss = loss + config.keep * keep
-                metrics["loss_keep"] = float(keep.detach())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            extra = {"keep": config.keep * ((texels - source) ** 2).mean()} if config.keep else None
+            metrics = guidance.step(optimizer, z, conditioning, views, step=step, generator=generator, source=source_z,
+                                    extra=extra)
             with torch.no_grad():
                 texels.clamp_(0, 1)
-            if disc_optimizer is not None:
-                metrics["loss_discriminator"] = train_discriminator(guidance, disc_optimizer, z, conditioning, views,
-                                                                    generator)
             metrics["seconds"] = time.perf_counter() - started
             if on_step is not None:
                 on_step(step, metrics)

@@ -17,7 +17,7 @@ import torch
 from asd_protocol.job_spec import JobSpec
 
 from ..guidance.prompts import PromptBank, ViewPromptConfig
-from ..guidance.score_distillation import GuidanceConfig, ScoreDistillation, train_discriminator
+from ..guidance.score_distillation import GuidanceConfig, ScoreDistillation
 from ..teachers.base import Teacher
 
 
@@ -65,22 +65,13 @@ def _optimise(teacher: Teacher, spec: JobSpec, guidance: ScoreDistillation, cond
     latent_side = side // teacher.vae_scale_factor
     shape = (1, teacher.sample_channels, latent_side, latent_side)
     latent = torch.nn.Parameter(torch.randn(shape, device=device, generator=generator))
-    optimizer = torch.optim.Adam([latent], lr=config.lr)
-    disc_optimizer = None
-    if guidance.discriminator is not None:
-        disc_optimizer = torch.optim.AdamW(guidance.discriminator.trainable_parameters(),
-                                           lr=spec.guidance.discriminator_lr)
+    # Adam for the latent (AdamW without weight decay), AdamW for ε_φ, as before: one optimizer, two groups.
+    optimizer = torch.optim.AdamW([{"params": [latent], "lr": config.lr, "weight_decay": 0.0},
+                                   *guidance.discriminator_group(spec.guidance.discriminator_lr)])
     start = time.perf_counter()
     frame: ImageFrame | None = None
     for step in range(1, config.steps + 1):
-        out = guidance.generator_loss(latent, cond, step=step, generator=generator)
-        optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
-        optimizer.step()
-        metrics: dict[str, Any] = out.metrics()
-        if disc_optimizer is not None:
-            metrics["loss_discriminator"] = train_discriminator(guidance, disc_optimizer, latent, cond,
-                                                                generator=generator)
+        metrics: dict[str, Any] = guidance.step(optimizer, latent, cond, step=step, generator=generator)
         metrics["seconds"] = time.perf_counter() - start
         if on_step is not None:
             on_step(step, metrics)

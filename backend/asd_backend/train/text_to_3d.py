@@ -105,9 +105,7 @@ def _optimizer(model: Generator3D, spec: JobSpec, guidance: ScoreDistillation) -
     background = list(model.background.parameters())
     if background:
         groups.append({"params": background, "lr": schedule.lr_background, "name": "background"})
-    if guidance.discriminator is not None:
-        groups.append({"params": guidance.discriminator.trainable_parameters(), "lr": spec.guidance.discriminator_lr,
-                       "name": "discriminator"})
+    groups += guidance.discriminator_group(spec.guidance.discriminator_lr)
     return torch.optim.AdamW(groups, betas=(0.9, 0.99), eps=1e-15)
 
 
@@ -258,25 +256,15 @@ def _optimise(teacher: Teacher, spec: JobSpec, model: Generator3D, guidance: Sco
         images = out.rgb.permute(0, 3, 1, 2)
         # 2. Into the teacher's sample space (the VAE for latent teachers), at its native size.
         z = teacher.encode_at_native(images)
-        # 3. The distillation gradient, and ε_φ's own loss on the same (detached) render.
+        # 3. The distillation gradient and the official regularisers; ε_φ's loss on the same render;
+        #    one step for the NeRF and ε_φ together.
         conditioning = bank.conditioning(cameras.elevation_deg, cameras.azimuth_deg)
-        guided = guidance.generator_loss(z, conditioning, cameras, step=step, generator=dev_gen)
         sparsity, opaque = opacity_losses(out.opacity)
-        opaque_weight = schedule.lambda_opaque if (schedule.opaque_from_step is not None
-                                                   and step >= schedule.opaque_from_step) else 0.0
-        loss = guided.loss + schedule.lambda_sparsity * sparsity + opaque_weight * opaque
-        metrics = {"loss": 0.0, "loss_guidance": float(guided.loss.detach()), "loss_sparsity": float(sparsity.detach()),
-                   "grad_norm": float(guided.grad.norm())}
-        if guidance.discriminator is not None:
-            loss_d = guidance.discriminator_loss(z, conditioning, cameras, generator=dev_gen)
-            loss = loss + loss_d
-            metrics["loss_discriminator"] = float(loss_d.detach())
-        metrics["loss"] = float(loss.detach())
-        # 4. One step for the NeRF and ε_φ together.
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        # 5. Skip empty space from now on.
+        regularisers = {"sparsity": schedule.lambda_sparsity * sparsity}
+        if schedule.opaque_from_step is not None and step >= schedule.opaque_from_step:
+            regularisers["opaque"] = schedule.lambda_opaque * opaque
+        metrics = guidance.step(optimizer, z, conditioning, cameras, step=step, generator=dev_gen, extra=regularisers)
+        # 4. Skip empty space from now on.
         model.occupancy.update(step, model.field.density, model.renderer.step_size, cpu_gen)
         metrics["occupied"] = model.occupancy.occupied_fraction
         metrics["resolution"] = side
