@@ -94,6 +94,7 @@ def test_help_shows_defaults_grouped_by_section():
     (["-o", "OUT/thing.stl"], "give a path ending in .glb or .obj or .ply"),
     (["-o", "OUT"], "that is a folder"),
     (["-o", "FILE/model.glb"], "is a file, not a folder"),
+    (["-o", "/proc/asd/model.glb"], "cannot write in /proc"),
 ])
 def test_bad_generate_settings_are_refused_at_once_with_one_line_and_nothing_written(tmp_path, flags, said):
     (tmp_path / "OUT").mkdir()

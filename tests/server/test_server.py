@@ -204,7 +204,7 @@ def test_killing_a_worker_fails_only_its_job(tmp_path, asd_home):
             error = client.wait_for(lambda m: m.job_id == job and isinstance(m, Error), timeout=30)
             done = client.wait_for(lambda m: m.job_id == job and isinstance(m, Done), timeout=30)
             assert error.code == "worker_crashed" and "signal 9" in error.message and error.hint
-            assert done.status == "failed"
+            assert done.status == "failed" and "resumable" not in done.summary  # nothing resumes it
             # The server is up, a new worker runs the next job.
             nxt = submit(client, "after the crash")
             assert follow(client, nxt)[-1][1].status == "completed"
@@ -324,3 +324,43 @@ def test_an_edit_the_loop_would_refuse_is_refused_at_submit(server):
             assert b'"error"' in reply[0] and b"content.spec.edit.strength" in reply[1]
         finally:
             raw.close()
+
+
+def test_a_finished_jobs_mesh_and_image_leave_memory_and_come_back_from_disk(tmp_path, asd_home):
+    """The front end in this process (its workers are real spawned processes): after `done`, no mesh or
+    image of the job stays in its memory; attaching later reads the final mesh and preview from disk."""
+    import threading
+
+    from asd_backend.server.frontend import Server, ServerConfig
+
+    server = Server(ServerConfig(bind=f"tcp://127.0.0.1:{free_port()}", results=tmp_path / "results",
+                                 teacher="tiny", device="cpu"))
+    address = server.start()
+    running = threading.Event()
+    running.set()
+
+    def loop() -> None:
+        while running.is_set():
+            server.run_once(0.05)
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        from asd_protocol.client import AsdClient
+
+        with AsdClient(address, client_name="tests") as client:
+            job = submit(client, steps=8)
+            assert follow(client, job)[-1][1].status == "completed"
+            deadline = time.monotonic() + 10
+            while (server.latest_mesh or server.latest_image) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert server.latest_mesh == {} and server.latest_image == {}
+            client.attach(job)
+            got = [m for _, m in follow(client, job)]
+        assert any(isinstance(m, MeshSnapshot) and m.final and len(m.faces) for m in got)
+        assert any(isinstance(m, Image) and m.final for m in got)
+        assert server.latest_mesh == {} and server.latest_image == {}  # read from disk, not cached again
+    finally:
+        running.clear()
+        thread.join(timeout=10)
+        server.stop()
