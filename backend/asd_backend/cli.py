@@ -141,6 +141,8 @@ def _generate(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
+    from asd_protocol.job_spec import DEFAULT_TEACHER
+
     from . import artifacts
     from .mesh.export import FORMATS, write_mesh
     from .spec_flags import given_options, partial_from_args
@@ -155,11 +157,16 @@ def _generate(args: argparse.Namespace) -> int:
     # A resumed run keeps the checkpoint's seed unless one is given.
     spec = resolve_spec(partial, seed=record["spec"]["seed"] if record and "seed" not in given_options(args)
                         else None)
+    spec.model.teacher = spec.model.teacher or DEFAULT_TEACHER
     start = 0
     if args.resume:
         start = check_resume(workdir, spec)
-        _say(f"resuming {workdir} from step {start} of {spec.steps}" if start else
-             f"nothing to resume in {workdir} (no checkpoint): starting from step 0")
+        if not start:
+            _say(f"nothing to resume in {workdir} (no checkpoint): starting from step 0")
+        elif start == spec.steps:
+            _say(f"the checkpoint in {workdir} is at the last step ({start}): making the mesh again")
+        else:
+            _say(f"resuming {workdir} from step {start} of {spec.steps}")
     started = time.time()
     teacher, notice = _load_teacher(spec, args.device)
     bar = _progress(spec.steps, "generating", initial=start)
@@ -281,13 +288,15 @@ def _submit(args: argparse.Namespace) -> int:
 
     from .remote_job import follow, wait_for_welcome
     from .spec_flags import partial_from_args
+    from .train.presets import resolve_spec
 
     out = Path(args.output)
     kind = "image" if out.suffix.lower() == ".png" else "generate"
     spec = None
     if not args.attach:
-        spec = partial_from_args(args, kind)  # checked here and again, fully, by the server
-        spec.pop("prompt", None)
+        spec = partial_from_args(args, kind)
+        resolve_spec(spec)  # refused here, before connecting, as the server would; it checks again
+        spec.pop("prompt")
     with _client(args) as client:
         welcome = wait_for_welcome(client)
         print(f"connected to {welcome.server} at {args.server}", file=sys.stderr)

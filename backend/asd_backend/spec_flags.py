@@ -103,8 +103,8 @@ def partial_from_args(args: argparse.Namespace, kind: str) -> dict[str, Any]:
 def flag_error(exc: ProtocolError) -> str:
     """A spec error in the CLI's words: 'spec.guidance.cfg: must be…' → '--cfg: must be…'."""
     field = exc.field or ""
-    if field.startswith("spec."):
+    if field.startswith(("spec.", "content.spec.")):
         name = field.split(".")[-1]
-        where = "the prompt" if name == "prompt" else f"--{name.replace('_', '-')}"
-        return f"{where}: {exc.message}" + (f" ({exc.hint})" if exc.hint else "")
+        where = "the prompt " if name == "prompt" else f"--{name.replace('_', '-')}: "
+        return f"{where}{exc.message}" + (f" ({exc.hint})" if exc.hint else "")
     return str(exc) + (f" ({exc.hint})" if exc.hint else "")

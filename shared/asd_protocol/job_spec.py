@@ -262,7 +262,7 @@ KIND_SECTIONS: dict[str, tuple[str, ...]] = {
     "edit_texture": ("model", "guidance", "edit"),
 }
 # Settings that may change when a run resumes from its checkpoint: more steps, other outputs.
-RESUMABLE_CHANGES = ("schedule.steps", "schedule.checkpoint_every", "output.", "model.teacher")
+RESUMABLE_CHANGES = ("schedule.steps", "schedule.checkpoint_every", "output.")
 
 
 def _bad(path: str, message: str, hint: str = "") -> ProtocolError:

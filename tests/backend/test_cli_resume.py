@@ -63,6 +63,12 @@ def test_ctrl_c_checkpoints_says_how_to_resume_and_resume_finishes(tmp_path, asd
     assert record["resumed_from"] == stopped_at and record["steps_done"] == stopped_at + 6
     # The resumed run kept the checkpoint's seed (none was given either time).
     assert record["spec"]["seed"] == json.loads((run / "checkpoint.json").read_text())["spec"]["seed"]
+    # Resumed at its last step: nothing more to optimise, the mesh is made again with today's output settings.
+    again = generate("a red fox", "--steps", str(stopped_at + 6), "--mc-resolution", "48", "-o", str(out), "--resume")
+    assert again.returncode == 0 and "making the mesh again" in again.stderr, again.stderr
+    assert json.loads(out.with_suffix(".json").read_text())["spec"]["output"]["mc_resolution"] == 48
+    fewer = generate("a red fox", "--steps", "2", "-o", str(out), "--resume")
+    assert fewer.returncode == 2 and "past the 2 steps asked for" in fewer.stderr
 
 
 def test_resume_without_a_checkpoint_says_so(tmp_path, asd_home):

@@ -164,8 +164,9 @@ def checkpoint_record(workdir: Path) -> dict[str, Any] | None:
 
 
 def check_resume(workdir: Path, spec: JobSpec) -> int:
-    """The step a resumed run continues from (0: nothing to resume). Refuses a checkpoint made for
-    another prompt or other settings (only more steps and other outputs may change)."""
+    """The step a resumed run continues from (0: nothing to resume; the last step: only the mesh is made
+    again, with the output settings asked for now). Refuses a checkpoint made for another prompt or
+    other settings (only more steps and other outputs may change), or past the steps asked for."""
     record = checkpoint_record(workdir)
     if record is None:
         return 0
@@ -176,9 +177,9 @@ def check_resume(workdir: Path, spec: JobSpec) -> int:
         raise AsdError(f"cannot resume {workdir}: the checkpoint was made with other settings ({listing}). "
                        "Resume with the same prompt and settings, or drop --resume to start over")
     step = int(record["step"])
-    if step >= spec.schedule.steps:
-        raise AsdError(f"cannot resume {workdir}: the checkpoint is at step {step} of {spec.schedule.steps}; "
-                       f"ask for more steps (--steps N with N > {step}) or drop --resume to start over")
+    if step > spec.schedule.steps:
+        raise AsdError(f"cannot resume {workdir}: the checkpoint is at step {step}, past the {spec.schedule.steps} "
+                       f"steps asked for; ask for at least {step} (--steps) or drop --resume to start over")
     return step
 
 
