@@ -60,6 +60,10 @@ class ModelSpec:
 
     teacher: str | None = text(None, optional=True, max_len=512,
                                doc="sd[:ID_OR_PATH] | tiny | random-sd21; unset: the server's default (SD 2.1-base)")
+    discriminator_model: str | None = text(
+        None, optional=True, max_len=512,
+        doc="hub id or folder of a separate diffusers model for ε_φ's UNet, v-prediction models included (the "
+            "official setup: SD 2.1, 768-v); unset: ε_φ is a LoRA on the teacher's own UNet")
 
 
 @dataclasses.dataclass
@@ -71,6 +75,9 @@ class GuidanceSpec:
     gamma: float = number(-0.75, lo=-1.0, hi=0.0, doc="ASD's γ, in (-1, 0); VSD is γ = 0")
     lora_rank: int = integer(4, lo=1, hi=256, doc="rank of ε_φ's LoRA on the teacher UNet")
     discriminator_lr: float = number(1e-4, lo=0.0, hi=1.0, doc="AdamW learning rate of ε_φ")
+    discriminator_steps: int = integer(1, lo=1, hi=100,
+                                       doc="ε_φ updates per generator step (the official code: 1), each with "
+                                           "fresh t and ε on the same render")
     view_prompts: bool = flag(True, doc="append ', front view' etc. by camera direction (3D)")
     perp_neg: bool = flag(True, doc="Perp-Neg over the view prompts (3D; needs view_prompts)")
 

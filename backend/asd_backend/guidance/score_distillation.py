@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from asd_protocol.job_spec import METHODS, GuidanceSpec
+from asd_protocol.job_spec import METHODS, GuidanceSpec, ModelSpec
 
 from ..teachers.base import Teacher, expand_like
 from .discriminator import build_discriminator
@@ -70,6 +70,8 @@ class GuidanceConfig:
     discriminator_max_step_percent: float = 1.0
     discriminator_samples: int = 1
     """Timestep/noise draws per render in each discriminator step."""
+    discriminator_steps: int = _SPEC.discriminator_steps
+    """ε_φ updates per generator step: ε_φ must keep up with the generator (docs/method.md)."""
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -93,11 +95,14 @@ class GuidanceConfig:
             raise ValueError(f"grad_clip must be positive or None; got {self.grad_clip}")
         if self.discriminator_samples < 1:
             raise ValueError(f"discriminator_samples must be at least 1; got {self.discriminator_samples}")
+        if self.discriminator_steps < 1:
+            raise ValueError(f"discriminator_steps must be at least 1; got {self.discriminator_steps}")
 
     @classmethod
     def from_spec(cls, spec: GuidanceSpec, **overrides: Any) -> GuidanceConfig:
         """The job spec's guidance section, plus loop-specific settings (timestep range, annealing)."""
-        return cls(method=spec.method, cfg=spec.cfg, gamma=spec.gamma, **overrides)
+        return cls(method=spec.method, cfg=spec.cfg, gamma=spec.gamma, discriminator_steps=spec.discriminator_steps,
+                   **overrides)
 
     @property
     def uses_discriminator(self) -> bool:
@@ -157,6 +162,28 @@ class ScoreDistillation:
         if self.config.uses_discriminator and discriminator is None:
             discriminator = build_discriminator(teacher, **discriminator_options)
         self.discriminator = discriminator if self.config.uses_discriminator else None
+        # Half-precision teachers: ε_φ's weights stay fp32 (master weights) and its forward passes run
+        # under autocast; fp16 also needs loss scaling, or small gradients underflow to zero and ε_φ
+        # silently stays the teacher. bf16 has fp32's range and needs none.
+        self.low_precision = teacher.dtype in (torch.float16, torch.bfloat16)
+        self.scaler = (torch.amp.GradScaler(teacher.device.type)
+                       if teacher.dtype == torch.float16 and teacher.device.type == "cuda" else None)
+
+    @classmethod
+    def from_spec(cls, teacher: Teacher, guidance: GuidanceSpec, model: ModelSpec | None = None,
+                  **overrides: Any) -> ScoreDistillation:
+        """The distillation a job spec asks for: its guidance section (plus the loop's own settings in
+        `overrides`) and, for diffusers teachers, ε_φ's LoRA rank and separate model."""
+        from ..teachers.stable_diffusion import StableDiffusionTeacher
+
+        config = GuidanceConfig.from_spec(guidance, **overrides)
+        separate = model.discriminator_model if model is not None else None
+        options: dict[str, Any] = {}
+        if config.uses_discriminator and isinstance(teacher, StableDiffusionTeacher):
+            options = {"rank": guidance.lora_rank, "separate_model": separate}
+        elif separate and config.uses_discriminator:
+            raise ValueError(f"a separate discriminator model needs a Stable Diffusion teacher, not {teacher.name!r}")
+        return cls(teacher, config, **options)
 
     def close(self) -> None:
         """Release the discriminator's hold on the teacher (its LoRA adapter), so the teacher can be reused."""
@@ -272,10 +299,22 @@ class ScoreDistillation:
             loss = loss + loss_d
             metrics["loss_discriminator"] = float(loss_d.detach())
         metrics["loss"] = float(loss.detach())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        self._optimizer_step(optimizer, loss)
+        # More ε_φ updates on the same render: the generator's parameters have no gradient now, so the
+        # optimizer leaves them alone.
+        for _ in range(self.config.discriminator_steps - 1 if self.discriminator is not None else 0):
+            self._optimizer_step(optimizer, self.discriminator_loss(z, c, camera, generator=generator))
         return metrics
+
+    def _optimizer_step(self, optimizer: torch.optim.Optimizer, loss: Tensor) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        if self.scaler is None:
+            loss.backward()
+            optimizer.step()
+            return
+        self.scaler.scale(loss).backward()
+        self.scaler.step(optimizer)  # skipped (and the scale lowered) when a gradient overflowed
+        self.scaler.update()
 
     def discriminator_loss(self, z: Tensor, c: Conditioning, camera: Any = None,
                            generator: torch.Generator | None = None) -> Tensor:
@@ -296,7 +335,8 @@ class ScoreDistillation:
         if camera is not None and cfg.camera_dropout > 0:
             drop = torch.rand((), generator=generator, device="cpu" if generator is None else generator.device)
             use_camera = float(drop) >= cfg.camera_dropout
-        eps_phi = self.discriminator.predict_eps(x_t, t, c.base, camera, use_camera=use_camera).float()
+        with torch.autocast(z.device.type, dtype=self.teacher.dtype, enabled=self.low_precision):
+            eps_phi = self.discriminator.predict_eps(x_t, t, c.base, camera, use_camera=use_camera).float()
         loss = F.mse_loss(eps_phi, noise.float())
         if cfg.effective_gamma != 0.0:
             with torch.no_grad():

@@ -18,6 +18,7 @@ import torch
 
 TOKENIZER_DIR = Path(__file__).resolve().parent.parent / "assets" / "tiny_clip_tokenizer"
 BUILDER_VERSION = 1  # bump when a config below changes, so cached folders are rebuilt
+PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 # SD's training noise schedule (DDPM, scaled-linear betas), shared by both shapes.
 SCHEDULER = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
@@ -65,8 +66,10 @@ def tokenizer():
                          model_max_length=77)
 
 
-def build_pipeline(shape: str = "tiny", seed: int = 0, dtype: torch.dtype = torch.float32):
-    """A seeded random StableDiffusionPipeline of the given shape."""
+def build_pipeline(shape: str = "tiny", seed: int = 0, dtype: torch.dtype = torch.float32,
+                   prediction_type: str = "epsilon"):
+    """A seeded random StableDiffusionPipeline of the given shape (and parameterization: SD 2.1-base
+    predicts ε, SD 2.1 768 predicts v)."""
     from .stable_diffusion import quiet_libraries
 
     quiet_libraries()
@@ -75,6 +78,8 @@ def build_pipeline(shape: str = "tiny", seed: int = 0, dtype: torch.dtype = torc
 
     if shape not in SHAPES:
         raise ValueError(f"unknown pipeline shape {shape!r}; choose one of {', '.join(SHAPES)}")
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"unknown prediction type {prediction_type!r}; choose one of {', '.join(PREDICTION_TYPES)}")
     config = SHAPES[shape]
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(**config["unet"])
@@ -82,8 +87,9 @@ def build_pipeline(shape: str = "tiny", seed: int = 0, dtype: torch.dtype = torc
     vae = AutoencoderKL(**config["vae"])
     torch.manual_seed(seed + 2)
     text_encoder = CLIPTextModel(CLIPTextConfig(**config["text"]))
+    scheduler = DDPMScheduler(**(SCHEDULER | {"prediction_type": prediction_type}))
     pipe = StableDiffusionPipeline(
-        unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer(), scheduler=DDPMScheduler(**SCHEDULER),
+        unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer(), scheduler=scheduler,
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
     return pipe if dtype == torch.float32 else pipe.to(dtype=dtype)
@@ -93,15 +99,17 @@ def cache_root() -> Path:
     return Path(os.environ.get("ASD_HOME", Path.home() / ".cache" / "asd-studio")).expanduser()
 
 
-def saved_pipeline(shape: str = "tiny", root: Path | None = None, seed: int = 0) -> Path:
+def saved_pipeline(shape: str = "tiny", root: Path | None = None, seed: int = 0,
+                   prediction_type: str = "epsilon") -> Path:
     """The folder of a saved random pipeline, built and saved on first use (atomically)."""
-    folder = (root or cache_root() / "models") / f"random-{shape}-seed{seed}-v{BUILDER_VERSION}"
+    kind = "" if prediction_type == "epsilon" else f"-{prediction_type}"
+    folder = (root or cache_root() / "models") / f"random-{shape}{kind}-seed{seed}-v{BUILDER_VERSION}"
     if (folder / "model_index.json").is_file():
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
     try:
-        build_pipeline(shape, seed).save_pretrained(staging)
+        build_pipeline(shape, seed, prediction_type=prediction_type).save_pretrained(staging)
         try:
             staging.rename(folder)
         except OSError:

@@ -30,16 +30,16 @@ import torch
 from asd_protocol.job_spec import JobSpec
 
 from ..guidance.prompts import Conditioning
-from ..guidance.score_distillation import GuidanceConfig, ScoreDistillation
+from ..guidance.score_distillation import ScoreDistillation
 from ..teachers.base import Teacher
 from .raster import NormalisedMesh, UVRasterizer
 
 
-def guidance_config(spec: JobSpec) -> GuidanceConfig:
+def edit_guidance(teacher: Teacher, spec: JobSpec) -> ScoreDistillation:
     """Guidance for an edit: `strength` caps the timestep (small t: small, local changes)."""
     top = max(0.03, 0.98 * spec.edit.strength)
-    return GuidanceConfig.from_spec(spec.guidance, min_step_percent=0.02, max_step_percent=top,
-                                    max_step_percent_annealed=top)
+    return ScoreDistillation.from_spec(teacher, spec.guidance, spec.model, min_step_percent=0.02,
+                                       max_step_percent=top, max_step_percent_annealed=top)
 
 
 @dataclasses.dataclass
@@ -81,9 +81,7 @@ def edit_texture(teacher: Teacher, vertices: np.ndarray, faces: np.ndarray, uvs:
         rasterizer = UVRasterizer.orbit(mesh, config.views, side, seed=spec.seed, device=device)
     source, alpha = to_tensor(texture, device)
     texels = torch.nn.Parameter(source.clone())
-    guidance = ScoreDistillation(teacher, guidance_config(spec),
-                                 **({"rank": spec.guidance.lora_rank} if method in ("asd", "vsd")
-                                    and hasattr(teacher, "unet") else {}))
+    guidance = edit_guidance(teacher, spec)
     try:
         emb = teacher.embed_prompts([spec.prompt, spec.negative_prompt, config.source()])
         # ε_φ is conditioned on the source prompt; its γ term (as in text-to-3D) pulls towards the teacher

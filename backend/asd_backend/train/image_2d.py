@@ -17,7 +17,7 @@ import torch
 from asd_protocol.job_spec import JobSpec
 
 from ..guidance.prompts import PromptBank, ViewPromptConfig
-from ..guidance.score_distillation import GuidanceConfig, ScoreDistillation
+from ..guidance.score_distillation import ScoreDistillation
 from ..teachers.base import Teacher
 
 
@@ -47,8 +47,7 @@ def distill_image(teacher: Teacher, spec: JobSpec,
         raise ValueError(f"resolution {side} must be a multiple of the teacher's VAE factor {teacher.vae_scale_factor}")
     torch.manual_seed(spec.seed)
     generator = torch.Generator(device=device).manual_seed(spec.seed)
-    guidance = ScoreDistillation(teacher, GuidanceConfig.from_spec(spec.guidance),
-                                 **({"rank": spec.guidance.lora_rank} if spec.guidance.method != "sds" else {}))
+    guidance = ScoreDistillation.from_spec(teacher, spec.guidance, spec.model)
     bank = PromptBank(teacher, spec.prompt, spec.negative_prompt, ViewPromptConfig(view_dependent=False,
                                                                                    perp_neg=False))
     cond = bank.conditioning(batch_size=1)

@@ -22,7 +22,7 @@ from asd_protocol.job_spec import RESUMABLE_CHANGES, JobSpec, NerfSpec, differen
 
 from ..errors import AsdError
 from ..guidance.prompts import PromptBank, ViewPromptConfig
-from ..guidance.score_distillation import GuidanceConfig, ScoreDistillation
+from ..guidance.score_distillation import ScoreDistillation
 from ..mesh.extract import ExtractionConfig, Mesh, extract_mesh
 from ..nerf.background import EnvironmentBackground, SolidBackground
 from ..nerf.cameras import CameraConfig, orbit_cameras, sample_cameras
@@ -212,10 +212,8 @@ def generate(teacher: Teacher, spec: JobSpec, *, workdir: Path | None = None, re
     device = teacher.device
     torch.manual_seed(spec.seed)
     model = Generator3D(spec.nerf).to(device)
-    guidance = ScoreDistillation(
-        teacher, GuidanceConfig.from_spec(spec.guidance, anneal_start_step=spec.schedule.anneal_start_step),
-        **({"rank": spec.guidance.lora_rank} if spec.guidance.method != "sds" and hasattr(teacher, "unet") else {}),
-    )
+    guidance = ScoreDistillation.from_spec(teacher, spec.guidance, spec.model,
+                                           anneal_start_step=spec.schedule.anneal_start_step)
     try:
         return _optimise(teacher, spec, model, guidance, workdir, resume, on_progress, on_snapshot, should_stop,
                          on_phase)

@@ -1,0 +1,125 @@
+"""ε_φ on real diffusers modules: half precision, a separate (v-prediction) model, several updates per step."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from asd_backend.guidance.prompts import Conditioning
+from asd_backend.guidance.score_distillation import ScoreDistillation
+from asd_backend.teachers.builders import saved_pipeline
+from asd_backend.teachers.stable_diffusion import StableDiffusionTeacher
+from asd_protocol.job_spec import GuidanceSpec, ModelSpec
+
+
+def conditioning(teacher) -> Conditioning:
+    emb = teacher.embed_prompts(["a teapot", "", "a teapot"])
+    return Conditioning(cond=emb[0:1], uncond=emb[1:2], base=emb[2:3])
+
+
+def fixed_loss(guidance, z, c) -> float:
+    """ε_φ's loss on one fixed set of timesteps and noises: comparable before and after training."""
+    with torch.no_grad():
+        return float(guidance.discriminator_loss(z.repeat(8, 1, 1, 1), _repeat(c, 8),
+                                                 generator=torch.Generator().manual_seed(123)))
+
+
+def _repeat(c: Conditioning, n: int) -> Conditioning:
+    return Conditioning(cond=c.cond.repeat(n, 1, 1), uncond=c.uncond.repeat(n, 1, 1), base=c.base.repeat(n, 1, 1))
+
+
+def test_the_lora_discriminator_learns_in_bf16_with_fp32_weights(asd_home):
+    teacher = StableDiffusionTeacher.from_pretrained(str(saved_pipeline("tiny")), device="cpu", dtype=torch.bfloat16,
+                                                     trained=False, name="tiny-bf16")
+    guidance = ScoreDistillation.from_spec(teacher, GuidanceSpec())
+    try:
+        params = guidance.discriminator.trainable_parameters()
+        assert params and all(p.dtype == torch.float32 for p in params)  # master weights stay fp32
+        assert teacher.unet.conv_in.weight.dtype == torch.bfloat16
+        optimizer = torch.optim.AdamW(guidance.discriminator_group(3e-3))
+        z = torch.randn(1, 4, 32, 32, generator=torch.Generator().manual_seed(0))
+        c = conditioning(teacher)
+        before = fixed_loss(guidance, z, c)
+        generator = torch.Generator().manual_seed(1)
+        for _ in range(40):
+            loss = guidance.discriminator_loss(z, c, generator=generator)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grads = [p.grad for p in params if p.grad is not None]
+            assert grads and all(torch.isfinite(g).all() for g in grads)
+            assert sum(float(g.abs().sum()) for g in grads) > 0  # no underflow to zero
+            optimizer.step()
+        after = fixed_loss(guidance, z, c)
+        assert after < before - 0.05 * abs(before), (before, after)
+    finally:
+        guidance.close()
+    assert not teacher.has_lora
+
+
+def test_a_separate_v_prediction_model_hosts_the_discriminator(asd_home):
+    teacher = StableDiffusionTeacher.from_pretrained(str(saved_pipeline("tiny")), device="cpu", dtype=torch.float32,
+                                                     trained=False)
+    folder = saved_pipeline("tiny", prediction_type="v_prediction")
+    guidance = ScoreDistillation.from_spec(teacher, GuidanceSpec(), ModelSpec(discriminator_model=str(folder)))
+    try:
+        host = guidance.discriminator.host
+        assert host is not teacher and host.prediction_type == "v_prediction" and host.has_lora
+        assert not teacher.has_lora and host.vae is None and host.text_encoder is None
+        c = conditioning(teacher)
+        x_t = torch.randn(2, 4, 32, 32, generator=torch.Generator().manual_seed(0))
+        t = torch.tensor([100, 700])
+        # Zero-initialised: ε_φ is the host's own ε (converted from its v prediction), camera or not.
+        with torch.no_grad():
+            eps_phi = guidance.discriminator.predict_eps(x_t, t, c.base.repeat(2, 1, 1))
+            eps_host = host.predict_eps(x_t, t, c.base.repeat(2, 1, 1))
+            v = host.predict_raw(x_t, t, c.base.repeat(2, 1, 1))
+        torch.testing.assert_close(eps_phi, eps_host)
+        assert not torch.allclose(eps_host, v)  # the conversion from v happened
+        optimizer = torch.optim.AdamW(guidance.discriminator_group(1e-3))
+        z = torch.randn(1, 4, 32, 32)
+        guidance.step(optimizer, z.requires_grad_(), c, generator=torch.Generator().manual_seed(2))
+        assert any(float(p.detach().abs().sum()) > 0 for n, p in host.lora_parameters() if "lora_B" in n)
+    finally:
+        guidance.close()
+    assert not host.has_lora
+
+
+def test_discriminator_steps_update_only_the_discriminator(asd_home):
+    teacher = StableDiffusionTeacher.from_pretrained(str(saved_pipeline("tiny")), device="cpu", dtype=torch.float32,
+                                                     trained=False)
+    guidance = ScoreDistillation.from_spec(teacher, GuidanceSpec(discriminator_steps=3))
+    try:
+        latent = torch.nn.Parameter(torch.randn(1, 4, 32, 32))
+        optimizer = torch.optim.AdamW([{"params": [latent], "lr": 0.01, "weight_decay": 0.0},
+                                       *guidance.discriminator_group(1e-4)])
+        guidance.step(optimizer, latent, conditioning(teacher), generator=torch.Generator().manual_seed(0))
+        assert int(optimizer.state[latent]["step"]) == 1
+        lora = next(p for _, p in teacher.lora_parameters())
+        assert int(optimizer.state[lora]["step"]) == 3
+    finally:
+        guidance.close()
+
+
+def test_discriminator_model_flag_reaches_the_loop(tmp_path, asd_home):
+    folder = saved_pipeline("tiny", prediction_type="v_prediction")
+    out = tmp_path / "fox.png"
+    result = subprocess.run([sys.executable, "-m", "asd_backend.cli", "image", "a fox", "--teacher", "tiny",
+                             "--device", "cpu", "--steps", "2", "--discriminator-model", str(folder),
+                             "--discriminator-steps", "2", "-o", str(out)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert record["spec"]["model"]["discriminator_model"] == str(folder)
+    assert record["spec"]["guidance"]["discriminator_steps"] == 2
+    assert record["final_metrics"]["loss_discriminator"] != 0
+
+
+@pytest.mark.parametrize("gamma", [-1.0, 0.0, 0.5])
+def test_asd_refuses_a_gamma_outside_minus_one_to_zero(gamma):
+    from asd_backend.guidance.score_distillation import GuidanceConfig
+
+    with pytest.raises(ValueError, match=r"\(-1, 0\)"):
+        GuidanceConfig(method="asd", gamma=gamma)
