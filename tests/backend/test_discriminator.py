@@ -123,3 +123,78 @@ def test_asd_refuses_a_gamma_outside_minus_one_to_zero(gamma):
 
     with pytest.raises(ValueError, match=r"\(-1, 0\)"):
         GuidanceConfig(method="asd", gamma=gamma)
+
+
+def gap_to_the_optimum(guidance, z, c, camera=None, gamma=-0.75, n=16) -> float:
+    """‖ε_φ − ε*‖ / ‖ε_teacher − ε*‖ on fixed draws, ε* = (ε + γ·ε_teacher)/(1 + γ): the exact minimiser
+    of ASD's discriminator loss for a generator that always renders z (so ε is fixed by x_t)."""
+    gen = torch.Generator().manual_seed(99)
+    t = torch.randint(20, 980, (n,), generator=gen)
+    eps = torch.randn(n, *z.shape[1:], generator=gen)
+    zs = z.expand(n, *z.shape[1:])
+    x_t = guidance.teacher.add_noise(zs, eps, t)
+    cams = None if camera is None else type(camera)(camera.index.expand(n), camera.c2w.expand(n, 4, 4))
+    with torch.no_grad():
+        teacher = guidance.teacher.predict_eps(x_t, t, c.cond.expand(n, *c.cond.shape[1:]), cams)
+        phi = guidance.discriminator.predict_eps(x_t, t, c.base.expand(n, *c.base.shape[1:]), cams,
+                                                 teacher_cond=c.cond.expand(n, *c.cond.shape[1:]))
+    target = (eps + gamma * teacher) / (1 + gamma)
+    return float((phi - target).norm() / (teacher - target).norm())
+
+
+def test_the_texture_discriminator_converges_to_the_optimum_for_a_fixed_generator():
+    """The analytic ε_φ of the texture teacher's family reaches (ε + γ·ε_teacher)/(1+γ) within 15 %."""
+    from asd_backend.teachers.analytic import RenderedTextureTeacher
+    from asd_backend.texture.edit import to_tensor
+    from asd_backend.texture.raster import NormalisedMesh, UVRasterizer
+    from tests.backend.test_texture import pattern, uv_sphere
+
+    vertices, faces, uvs = uv_sphere()
+    raster = UVRasterizer.orbit(NormalisedMesh.from_world(vertices, faces, uvs), views=8, resolution=32, seed=0)
+    textures = {name: to_tensor(pattern(32, 64, phase), "cpu")[0]
+                for name, phase in (("target", 0.0), ("source", 0.35))}
+    teacher = RenderedTextureTeacher(raster, textures, sigma=0.05)
+    guidance = ScoreDistillation.from_spec(teacher, GuidanceSpec())
+    fixed = to_tensor(pattern(32, 64, 0.2), "cpu")[0]  # the generator: neither of the teacher's textures
+    c = Conditioning(cond=teacher.embed_prompts(["target"]), uncond=teacher.embed_prompts([""]),
+                     base=teacher.embed_prompts(["source"]))
+    optimizer = torch.optim.AdamW(guidance.discriminator_group(0.01))
+    generator = torch.Generator().manual_seed(0)
+    views = [raster.views(torch.tensor([v])) for v in range(len(raster))]
+    z0 = raster.render(fixed, views[0].index) * 2 - 1
+    guidance.discriminator.observe(z0, c.base, views[0])  # ε_φ starts at the source texture
+    before = gap_to_the_optimum(guidance, z0, c, views[0])
+    for step in range(600):
+        view = views[step % len(views)]
+        loss = guidance.discriminator_loss(raster.render(fixed, view.index) * 2 - 1, c, view, generator=generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    after = max(gap_to_the_optimum(guidance, raster.render(fixed, v.index) * 2 - 1, c, v) for v in views[:4])
+    print(f"texture ε_φ gap to the optimum: {before:.3f} → {after:.3f}")
+    assert before > 0.5 and after < 0.15, (before, after)
+
+
+def test_the_lora_discriminator_moves_towards_the_optimum_on_the_tiny_teacher(asd_home):
+    """The LoRA on the tiny random UNet: its gap to the optimum shrinks, slowly (a random UNet's LoRA can
+    hardly express a denoiser of one latent; on a trained UNet the residual it must learn is small)."""
+    teacher = StableDiffusionTeacher.from_pretrained(str(saved_pipeline("tiny")), device="cpu", dtype=torch.float32,
+                                                     trained=False)
+    guidance = ScoreDistillation.from_spec(teacher, GuidanceSpec())
+    try:
+        emb = teacher.embed_prompts(["a teapot", ""])
+        c = Conditioning(cond=emb[0:1], uncond=emb[1:2], base=emb[0:1])
+        z = torch.randn(1, 4, 32, 32, generator=torch.Generator().manual_seed(0))
+        before = gap_to_the_optimum(guidance, z, c)
+        optimizer = torch.optim.AdamW(guidance.discriminator_group(1e-2))
+        generator = torch.Generator().manual_seed(1)
+        for _ in range(60):
+            loss = guidance.discriminator_loss(z.repeat(4, 1, 1, 1), _repeat(c, 4), generator=generator)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        after = gap_to_the_optimum(guidance, z, c)
+        print(f"LoRA ε_φ gap to the optimum: {before:.3f} → {after:.3f}")
+        assert before == pytest.approx(1.0, abs=1e-4) and after < before - 0.01, (before, after)
+    finally:
+        guidance.close()

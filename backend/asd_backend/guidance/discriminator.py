@@ -17,7 +17,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from ..teachers.analytic import GaussianMixtureTeacher, RenderedGaussianTeacher
+from ..teachers.analytic import GaussianMixtureTeacher, RenderedGaussianTeacher, RenderedTextureTeacher
 from ..teachers.base import V_PREDICTION, Teacher, epsilon_from_v
 from ..teachers.stable_diffusion import StableDiffusionTeacher
 
@@ -51,7 +51,31 @@ class CameraEmbedding(nn.Module):
         return self.linear_2(self.act(self.linear_1(camera.to(self.linear_1.weight.dtype))))
 
 
-class LoraCameraDiscriminator(nn.Module):
+class Discriminator(nn.Module):
+    """What the distillation needs of an ε_φ (subclasses implement predict_eps and the state)."""
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return list(self.parameters())
+
+    def observe(self, z: Tensor, base: Tensor, camera) -> None:
+        """See the generator's render (and ε_φ's conditioning) before a step; most need not."""
+
+    def close(self) -> None:
+        """Undo what the discriminator did to its teacher (most did nothing)."""
+
+    def predict_eps(self, x_t: Tensor, t: Int[Tensor, " B"], cond: Tensor, camera=None, use_camera: bool = True,
+                    teacher_cond: Tensor | None = None) -> Tensor:
+        """ε_φ(x_t; cond, camera). `teacher_cond` is the generator's own conditioning (ASD's γ term)."""
+        raise NotImplementedError
+
+    def trainable_state(self) -> dict[str, Tensor]:
+        return {k: v.clone() for k, v in self.state_dict().items()}
+
+    def load_trainable_state(self, state: dict[str, Tensor]) -> None:
+        self.load_state_dict(state)
+
+
+class LoraCameraDiscriminator(Discriminator):
     """ε_φ as the official ASD code builds it, on the teacher's own UNet by default.
 
     With one UNet in memory the adapter is switched off for every teacher call (the teacher's
@@ -88,7 +112,7 @@ class LoraCameraDiscriminator(nn.Module):
         return [p for _, p in self.lora_parameters()] + list(self.camera_embedding.parameters())
 
     def predict_eps(self, x_t: Tensor, t: Int[Tensor, " B"], cond: Tensor, camera=None,
-                    use_camera: bool = True) -> Tensor:
+                    use_camera: bool = True, teacher_cond: Tensor | None = None) -> Tensor:
         labels = camera_features(camera, x_t.shape[0], x_t.device, use_camera)
         out = self.host.unet_forward(x_t, t, cond, adapter=True, class_embedding=self.camera_embedding,
                                      class_labels=labels)
@@ -119,7 +143,7 @@ def timestep_features(t: Tensor, total: int, n_freqs: int = 8) -> Tensor:
     return torch.cat([x, torch.sin(x * freqs), torch.cos(x * freqs)], dim=-1)
 
 
-class ResidualDiscriminator(nn.Module):
+class ResidualDiscriminator(Discriminator):
     """ε_φ(x, t, y, c) = ε_teacher(x, t, y) + r_ψ(x, t, y, c), r_ψ's last layer starting at zero.
 
     For analytic teachers whose conditioning is a prompt index (−1 = unconditional). Vector samples
@@ -156,14 +180,8 @@ class ResidualDiscriminator(nn.Module):
     def teacher(self) -> Teacher:
         return self._teacher[0]
 
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        return list(self.parameters())
-
-    def close(self) -> None:
-        """Nothing to undo: the residual network lives outside the teacher."""
-
     def predict_eps(self, x_t: Tensor, t: Int[Tensor, " B"], cond: Tensor, camera=None,
-                    use_camera: bool = True) -> Tensor:
+                    use_camera: bool = True, teacher_cond: Tensor | None = None) -> Tensor:
         with torch.no_grad():
             base = self.teacher.predict_eps(x_t, t, cond, camera)
         features = [timestep_features(t, self.teacher.num_train_timesteps),
@@ -178,18 +196,100 @@ class ResidualDiscriminator(nn.Module):
             residual = self.head(self.body(torch.cat([x_t.reshape(x_t.shape[0], -1), conditioning], dim=-1)))
         return base + residual.reshape(x_t.shape)
 
-    def trainable_state(self) -> dict[str, Tensor]:
-        return {k: v.clone() for k, v in self.state_dict().items()}
 
-    def load_trainable_state(self, state: dict[str, Tensor]) -> None:
-        self.load_state_dict(state)
+class ViewGaussianDiscriminator(Discriminator):
+    """ε_φ of the rendered teachers' own family, for a fixed set of views: per view v, the generator's
+    renders are modelled as N(m_v, s²) (a learnable mean image, one learnable std), and
+
+        ε_φ(x_t, t, v) = (ε_N(m_v, s)(x_t, t) + γ·ε_teacher(x_t; y)) / (1 + γ)
+
+    which is the form of the exact minimiser of ASD's discriminator loss, (E[ε | x_t] + γ·ε_teacher)
+    / (1 + γ): with m_v the view's current render and s → 0 the family holds the answer, so the
+    analytic benchmarks measure ASD's mechanics rather than a small network's capacity. A view's mean
+    starts as its first render (detached): ε_φ starts at its optimum for the generator it first sees.
+    γ = 0 gives VSD's ε_φ, the generator's own score.
+    """
+
+    def __init__(self, teacher: Teacher, *, views: int, gamma: float, sample_shape: tuple[int, ...],
+                 log_std: float = math.log(0.05)) -> None:
+        super().__init__()
+        self._teacher = [teacher]
+        self.gamma = gamma
+        self.means = nn.Parameter(torch.zeros(views, *sample_shape, device=teacher.device))
+        self.log_std = nn.Parameter(torch.tensor(float(log_std), device=teacher.device))
+        self.register_buffer("seen", torch.zeros(views, dtype=torch.bool, device=teacher.device))
+
+    @property
+    def teacher(self) -> Teacher:
+        return self._teacher[0]
+
+    def observe(self, z: Tensor, base: Tensor, camera) -> None:
+        """Start each view's mean at the first render seen from it."""
+        index = camera.index.to(self.means.device)
+        fresh = ~self.seen[index]
+        if bool(fresh.any()):
+            with torch.no_grad():
+                self.means[index[fresh]] = z.detach()[fresh].to(self.means.dtype)
+                self.seen[index[fresh]] = True
+
+    def predict_eps(self, x_t: Tensor, t: Int[Tensor, " B"], cond: Tensor, camera=None,
+                    use_camera: bool = True, teacher_cond: Tensor | None = None) -> Tensor:
+        return self._mix(x_t, t, self.means[camera.index.to(self.means.device)], cond, camera, teacher_cond)
+
+    def _mix(self, x_t: Tensor, t: Tensor, mean: Tensor, cond: Tensor, camera, teacher_cond: Tensor | None) -> Tensor:
+        """(ε of N(mean, s²) noised to t + γ·ε_teacher(x_t; teacher_cond)) / (1 + γ)."""
+        a = self.teacher.alpha_bar(t, x_t).reshape(-1, *([1] * (x_t.ndim - 1)))
+        s2 = a * torch.exp(2 * self.log_std) + (1 - a)
+        own = (1 - a).sqrt() * (x_t - a.sqrt() * mean) / s2
+        if self.gamma == 0.0:
+            return own
+        with torch.no_grad():
+            eps_teacher = self.teacher.predict_eps(x_t, t, cond if teacher_cond is None else teacher_cond, camera)
+        return (own + self.gamma * eps_teacher) / (1 + self.gamma)
 
 
-def build_discriminator(teacher: Teacher, **options) -> nn.Module:
-    """The ε_φ that fits the teacher: a LoRA + camera embedding on a diffusers UNet, a residual
-    network of the teacher's own family for the analytic teachers."""
+class TextureGaussianDiscriminator(ViewGaussianDiscriminator):
+    """The rendered-texture teacher's own family: the generator's renders from view v are modelled as
+    N(R_v(M), s²), R_v the rasterizer's render of a learnable texture M, so one texture holds every
+    view's mean and each step teaches ε_φ about all the texels that view sees, as it teaches the
+    generator (per-view means learn only when their view comes up: V times slower). M starts as the
+    texture of the prompt ε_φ is conditioned on (the source, for an edit) and s as the teacher's σ:
+    ε_φ starts as the optimum for a generator at that texture."""
+
+    def __init__(self, teacher: Teacher, *, gamma: float) -> None:
+        Discriminator.__init__(self)
+        self._teacher = [teacher]
+        self.gamma = gamma
+        self.texture = nn.Parameter(torch.zeros_like(teacher.textures[0]))  # [1, 3, H, W]
+        self.log_std = nn.Parameter(torch.tensor(math.log(teacher.sigma), device=teacher.device))
+        self.started = False
+
+    def observe(self, z: Tensor, base: Tensor, camera) -> None:
+        """Before the first step: M becomes the texture of ε_φ's prompt (in place: optimizers hold M)."""
+        if not self.started:
+            index = int(base.reshape(-1)[0])
+            if index < 0:
+                raise ValueError("a texture discriminator needs a prompt the teacher knows, not the unconditional")
+            with torch.no_grad():
+                self.texture.copy_(self.teacher.textures[index])
+            self.started = True
+
+    def view_means(self, camera) -> Tensor:
+        return self.teacher.rasterizer.render(self.texture, camera.index) * 2 - 1
+
+    def predict_eps(self, x_t: Tensor, t: Int[Tensor, " B"], cond: Tensor, camera=None,
+                    use_camera: bool = True, teacher_cond: Tensor | None = None) -> Tensor:
+        return self._mix(x_t, t, self.view_means(camera), cond, camera, teacher_cond)
+
+
+def build_discriminator(teacher: Teacher, gamma: float, **options) -> Discriminator:
+    """The ε_φ that fits the teacher: a LoRA + camera embedding on a diffusers UNet; for the analytic
+    teachers one of their own family (per-view Gaussians over a fixed set of views) or a residual
+    network. `gamma` is the γ of the loss ε_φ is trained with (0 for VSD)."""
     if isinstance(teacher, StableDiffusionTeacher):
         return LoraCameraDiscriminator(teacher, **options)
+    if isinstance(teacher, RenderedTextureTeacher):
+        return TextureGaussianDiscriminator(teacher, gamma=gamma, **options)
     if isinstance(teacher, (GaussianMixtureTeacher, RenderedGaussianTeacher)):
         return ResidualDiscriminator(teacher, **{"n_prompts": teacher.prompt_count, **options})
     raise NotImplementedError(f"teacher {teacher.name!r} has no discriminator for VSD/ASD")

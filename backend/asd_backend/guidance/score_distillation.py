@@ -160,7 +160,7 @@ class ScoreDistillation:
         self.teacher = teacher
         self.config = config or GuidanceConfig()
         if self.config.uses_discriminator and discriminator is None:
-            discriminator = build_discriminator(teacher, **discriminator_options)
+            discriminator = build_discriminator(teacher, self.config.effective_gamma, **discriminator_options)
         self.discriminator = discriminator if self.config.uses_discriminator else None
         # Half-precision teachers: ε_φ's weights stay fp32 (master weights) and its forward passes run
         # under autocast; fp16 also needs loss scaling, or small gradients underflow to zero and ε_φ
@@ -237,10 +237,10 @@ class ScoreDistillation:
     def discriminator_eps(self, x_t: Tensor, t: Tensor, c: Conditioning, camera: Any) -> Tensor:
         """ε_φ(x_t; y, camera), with guidance over the camera when discriminator_cfg != 1."""
         s = self.config.discriminator_cfg
-        eps_cam = self.discriminator.predict_eps(x_t, t, c.base, camera)
+        eps_cam = self.discriminator.predict_eps(x_t, t, c.base, camera, teacher_cond=c.cond)
         if s == 1.0 or camera is None:
             return eps_cam
-        eps_none = self.discriminator.predict_eps(x_t, t, c.base, camera, use_camera=False)
+        eps_none = self.discriminator.predict_eps(x_t, t, c.base, camera, use_camera=False, teacher_cond=c.cond)
         return classifier_free_guidance(eps_none, eps_cam, s)
 
     # -- the two losses ------------------------------------------------------------------------
@@ -288,6 +288,8 @@ class ScoreDistillation:
         the render z, the weighted `extra` losses (regularisers, already multiplied by their weights),
         ε_φ's loss on the same render (detached, fresh t and ε), then one backward and one optimizer
         step over the generator's and ε_φ's parameters, which are disjoint. Returns the metrics."""
+        if self.discriminator is not None:
+            self.discriminator.observe(z, c.base, camera)
         out = self.generator_loss(z, c, camera, step=step, generator=generator, source=source)
         loss = out.loss
         metrics = out.metrics()
@@ -336,7 +338,8 @@ class ScoreDistillation:
             drop = torch.rand((), generator=generator, device="cpu" if generator is None else generator.device)
             use_camera = float(drop) >= cfg.camera_dropout
         with torch.autocast(z.device.type, dtype=self.teacher.dtype, enabled=self.low_precision):
-            eps_phi = self.discriminator.predict_eps(x_t, t, c.base, camera, use_camera=use_camera).float()
+            eps_phi = self.discriminator.predict_eps(x_t, t, c.base, camera, use_camera=use_camera,
+                                                     teacher_cond=c.cond).float()
         loss = F.mse_loss(eps_phi, noise.float())
         if cfg.effective_gamma != 0.0:
             with torch.no_grad():
