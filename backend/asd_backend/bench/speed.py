@@ -33,11 +33,14 @@ def run(preset: str = "standard", teacher: str = "random-sd21", device: str = "a
     if cuda:
         torch.cuda.reset_peak_memory_stats(loaded.device)
     stamps: list[float] = []
+    losses: list[float] = []
 
     def on_progress(step: int, total: int, metrics: dict[str, float]) -> None:
         if cuda:
             torch.cuda.synchronize(loaded.device)
         stamps.append(time.perf_counter())
+        if "loss_discriminator" in metrics:
+            losses.append(metrics["loss_discriminator"])
 
     generate(loaded, spec, on_progress=on_progress)
     per_step = [b - a for a, b in zip(stamps[warmup:], stamps[warmup + 1:], strict=False)]
@@ -47,6 +50,18 @@ def run(preset: str = "standard", teacher: str = "random-sd21", device: str = "a
         "render_resolution": side, "samples_per_ray": base.nerf.samples_per_ray, "steps_timed": len(per_step),
         "seconds_per_step": round(statistics.median(per_step), 4) if per_step else None,
         "peak_memory_gib": round(torch.cuda.max_memory_allocated(loaded.device) / 2**30, 2) if cuda else None,
+        "weights_dtype": str(loaded.dtype).removeprefix("torch."),
+        # ε_φ's loss over the timed steps, first and last fifth: it should fall (a flat loss in half
+        # precision would mean its gradients underflow).
+        "discriminator_loss_trend": _trend(losses),
         "preset_steps": base.steps,
         "estimated_preset_minutes": round(statistics.median(per_step) * base.steps / 60, 1) if per_step else None,
     }
+
+
+def _trend(values: list[float]) -> dict[str, float] | None:
+    if len(values) < 5:
+        return None
+    k = max(1, len(values) // 5)
+    return {"first": round(statistics.mean(values[:k]), 5), "last": round(statistics.mean(values[-k:]), 5),
+            "steps": len(values)}
