@@ -46,3 +46,12 @@ def test_bench_2d_json_schema_and_ordering():
     # At high CFG, SDS over-saturates and ASD stays closer to the data (the paper's claim).
     assert rows["asd"]["sliced_w1"] < rows["sds"]["sliced_w1"]
     assert rows["sds"]["norm_ratio"] > 1.2
+
+
+def test_bench_speed_reports_timing_and_the_discriminator_loss_trend(asd_home):
+    result = asd("bench", "speed", "--preset", "smoke", "--teacher", "tiny", "--device", "cpu", "--steps", "6")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["seconds_per_step"] > 0 and report["steps_timed"] == 5 and report["weights_dtype"] == "float32"
+    trend = report["discriminator_loss_trend"]
+    assert trend["steps"] == 9 and trend["first"] > 0 and trend["last"] > 0
