@@ -4,38 +4,12 @@ import numpy as np
 import pytest
 import torch
 
+from asd_backend.bench.edit import pattern, uv_sphere
 from asd_backend.teachers.analytic import RenderedTextureTeacher
 from asd_backend.texture.edit import edit_texture, to_tensor
 from asd_backend.texture.raster import NormalisedMesh, UVRasterizer
 from asd_backend.train.presets import resolve_spec
 from asd_protocol import ProtocolError
-
-
-def uv_sphere(n_lon: int = 48, n_lat: int = 24, radius: float = 1.0):
-    """A latitude-longitude sphere with a seam: u = longitude / 2π, v = latitude (0 south, 1 north)."""
-    lon = np.linspace(0, 2 * np.pi, n_lon + 1)
-    lat = np.linspace(-np.pi / 2, np.pi / 2, n_lat + 1)
-    lon_g, lat_g = np.meshgrid(lon, lat)  # [n_lat+1, n_lon+1]
-    vertices = np.stack([np.cos(lat_g) * np.cos(lon_g), np.cos(lat_g) * np.sin(lon_g), np.sin(lat_g)], -1)
-    vertices = radius * vertices.reshape(-1, 3)
-    uv = np.stack([lon_g / (2 * np.pi), (lat_g + np.pi / 2) / np.pi], -1).reshape(-1, 2)
-    faces = []
-    w = n_lon + 1
-    for i in range(n_lat):
-        for j in range(n_lon):
-            a, b, c, d = i * w + j, i * w + j + 1, (i + 1) * w + j, (i + 1) * w + j + 1
-            faces += [[a, b, d], [a, d, c]]  # counter-clockwise seen from outside
-    faces = np.array(faces)
-    return vertices.astype(np.float32), faces.astype(np.uint32), uv[faces].astype(np.float32)
-
-
-def pattern(height: int, width: int, phase: float) -> np.ndarray:
-    """A smooth colourful texture (uint8 RGBA), different for different phases."""
-    v, u = np.meshgrid(np.linspace(0, 1, height), np.linspace(0, 1, width), indexing="ij")
-    rgb = np.stack([0.5 + 0.4 * np.sin(2 * np.pi * (2 * u + phase)), 0.5 + 0.4 * np.cos(2 * np.pi * (v + phase)),
-                    0.5 + 0.4 * np.sin(2 * np.pi * (u + v + 2 * phase))], -1)
-    rgba = np.concatenate([rgb, np.ones_like(rgb[..., :1])], -1)
-    return np.round(rgba * 255).astype(np.uint8)
 
 
 def psnr_visible(result: np.ndarray, target: np.ndarray, seen: np.ndarray) -> float:
@@ -131,3 +105,41 @@ def test_bad_edit_settings_are_refused():
         resolve_spec({"kind": "edit_texture", "prompt": "bronze", "edit": {"strength": 2.0}})
     with pytest.raises(ProtocolError, match="method"):
         resolve_spec({"kind": "edit_texture", "prompt": "bronze", "guidance": {"method": "magic"}})
+
+
+def bench_edit(*args):
+    import json
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "asd_backend.cli", "bench", "edit", "--json", *args],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_bench_edit_scores_a_multimodal_edit_that_must_keep_half_the_texture():
+    sds_1, sds_75 = bench_edit("--method", "sds", "--cfg", "1"), bench_edit("--method", "sds", "--cfg", "7.5")
+    assert {"method", "cfg", "psnr_edit", "psnr_keep", "saturated", "seconds", "spec"} <= set(sds_1)
+    assert sds_75["psnr_edit"] < sds_1["psnr_edit"] - 3  # the teacher is CFG-sensitive
+    asd_75 = bench_edit("--method", "asd", "--cfg", "7.5")
+    assert asd_75["spec"]["guidance"]["discriminator_steps"] == 16  # keeping up (docs/method.md)
+    assert asd_75["psnr_edit"] > sds_75["psnr_edit"] + 2 and asd_75["psnr_keep"] >= 25, (asd_75, sds_75)
+
+
+def test_bench_edit_reads_a_mesh_and_textures_from_files(tmp_path):
+    import trimesh
+    from PIL import Image
+
+    from asd_backend.bench.edit import region_mask
+
+    vertices, faces, uv = uv_sphere(per_vertex=True)
+    mesh = trimesh.Trimesh(vertices, faces, process=False, visual=trimesh.visual.TextureVisuals(uv=uv))
+    mesh.export(tmp_path / "ball.obj")
+    source = pattern(32, 64, 0.35)
+    target = np.where(region_mask(32, 64, "left")[..., None], pattern(32, 64, 0.9), source)
+    Image.fromarray(source).save(tmp_path / "source.png")
+    Image.fromarray(target).save(tmp_path / "target.png")
+    report = bench_edit("--method", "sds", "--cfg", "1", "--steps", "150", "--mesh", str(tmp_path / "ball.obj"),
+                        "--source", str(tmp_path / "source.png"), "--target", str(tmp_path / "target.png"))
+    assert report["case"] == "files" and report["psnr_edit"] > 20 and report["psnr_keep"] > 25, report

@@ -261,8 +261,13 @@ class TextureGaussianDiscriminator(ViewGaussianDiscriminator):
         self._teacher = [teacher]
         self.gamma = gamma
         self.texture = nn.Parameter(torch.zeros_like(teacher.textures[0]))  # [1, 3, H, W]
-        self.log_std = nn.Parameter(torch.tensor(math.log(teacher.sigma), device=teacher.device))
+        # The teacher's σ, fixed: where the generator already agrees with the teacher (what an edit must
+        # keep) ε_φ then equals it exactly and adds no noise to the gradient.
+        self.register_buffer("log_std", torch.tensor(math.log(teacher.sigma), device=teacher.device))
         self.started = False
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [self.texture]
 
     def observe(self, z: Tensor, base: Tensor, camera) -> None:
         """Before the first step: M becomes the texture of ε_φ's prompt (in place: optimizers hold M)."""
@@ -271,7 +276,7 @@ class TextureGaussianDiscriminator(ViewGaussianDiscriminator):
             if index < 0:
                 raise ValueError("a texture discriminator needs a prompt the teacher knows, not the unconditional")
             with torch.no_grad():
-                self.texture.copy_(self.teacher.textures[index])
+                self.texture.copy_(self.teacher.prompt_texture(index))
             self.started = True
 
     def view_means(self, camera) -> Tensor:

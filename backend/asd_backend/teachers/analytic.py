@@ -110,15 +110,24 @@ def positional_albedo(points: Tensor) -> Tensor:
 
 
 class RenderedGaussianTeacher(Teacher):
-    """A view-conditioned Gaussian in pixel space around a render per prompt, for every camera.
+    """View-conditioned Gaussians in pixel space around renders, for every camera.
 
-    For prompt k and camera c the data distribution is N(render_k(c), σ²I) over images in [-1, 1];
-    the unconditional one (prompt '') is the equal mixture over all prompts. As for the Gaussian
-    mixture, ε̂ is exact: √(1−ᾱ) Σ_k r_k (x_t − √ᾱ μ_k) / s², s² = ᾱσ² + 1 − ᾱ. Subclasses say what
-    each prompt's render is.
+    Each component j belongs to one prompt; for prompt k and camera c the data distribution is the
+    equal mixture of N(render_j(c), σ²I) over k's components (images in [-1, 1]), and the
+    unconditional one (prompt '') the equal mixture over every component. As for the Gaussian
+    mixture, ε̂ is exact: √(1−ᾱ) Σ_j r_j (x_t − √ᾱ μ_j) / s², s² = ᾱσ² + 1 − ᾱ. Subclasses say what
+    each component's render is; by default one component per prompt.
     """
 
     prompts: tuple[str, ...] = ()
+
+    @property
+    def component_prompts(self) -> tuple[int, ...]:
+        """The prompt index of each component."""
+        return tuple(range(len(self.prompts)))
+
+    def render_component(self, index: int, camera, height: int, width: int) -> Float[Tensor, "B 3 H W"]:
+        return self.render_prompt(index, camera, height, width)
 
     def __init__(self, *, resolution: int, sigma: float, device: str | torch.device) -> None:
         self.device = torch.device(device)
@@ -145,15 +154,16 @@ class RenderedGaussianTeacher(Teacher):
             raise ValueError(f"{type(self).__name__} needs the camera of every sample")
         h, w = x_t.shape[-2:]
         cond = cond.to(x_t.device)
-        needed = range(len(self.prompts)) if bool((cond == UNCONDITIONAL).any()) else sorted(set(cond.tolist()))
-        centres = {k: self.render_prompt(k, camera, h, w) * 2 - 1 for k in needed}
+        prompt_of = self.component_prompts
+        wanted = None if bool((cond == UNCONDITIONAL).any()) else set(cond.tolist())
+        keys = [j for j, k in enumerate(prompt_of) if wanted is None or k in wanted]
+        centres = {j: self.render_component(j, camera, h, w) * 2 - 1 for j in keys}
         a = self.alpha_bar(t, x_t).reshape(-1, 1, 1, 1)
         s2 = a * self.sigma**2 + (1 - a)
-        keys = sorted(centres)
-        diffs = torch.stack([x_t - a.sqrt() * centres[k] for k in keys], dim=1)  # [B, K, 3, H, W]
-        logits = -(diffs**2).flatten(2).sum(-1) / (2 * s2.reshape(-1, 1))  # [B, K]
-        # A conditional row keeps only its own prompt's component; unconditional rows the mixture.
-        own = cond[:, None] == torch.tensor(keys, device=x_t.device)[None]
+        diffs = torch.stack([x_t - a.sqrt() * centres[j] for j in keys], dim=1)  # [B, J, 3, H, W]
+        logits = -(diffs**2).flatten(2).sum(-1) / (2 * s2.reshape(-1, 1))  # [B, J]
+        # A conditional row keeps only its own prompt's components; unconditional rows all of them.
+        own = cond[:, None] == torch.tensor([prompt_of[j] for j in keys], device=x_t.device)[None]
         logits = torch.where((cond == UNCONDITIONAL)[:, None] | own, logits, torch.full_like(logits, float("-inf")))
         resp = torch.softmax(logits, dim=1)
         return (1 - a).sqrt() * (resp[:, :, None, None, None] * diffs).sum(1) / s2
@@ -194,17 +204,32 @@ class RenderedShapeTeacher(RenderedGaussianTeacher):
 
 
 class RenderedTextureTeacher(RenderedGaussianTeacher):
-    """Renders of known textures on a fixed mesh, one per prompt (for example 'target' and 'source'),
-    through a UVRasterizer's precomputed views (the camera is a ViewBatch)."""
+    """Renders of known textures on a fixed mesh through a UVRasterizer's precomputed views (the camera
+    is a ViewBatch). Each prompt has one texture or several equally likely ones ('weathered bronze':
+    three colourways); prompts nobody asks for (other objects' textures) only widen the unconditional."""
 
-    def __init__(self, rasterizer, textures: dict[str, Tensor], *, sigma: float = 0.05,
+    def __init__(self, rasterizer, textures: dict[str, Tensor | Sequence[Tensor]], *, sigma: float = 0.05,
                  device: str | torch.device = "cpu") -> None:
         super().__init__(resolution=rasterizer.resolution, sigma=sigma, device=device)
         self.rasterizer = rasterizer
         self.prompts = tuple(textures)
-        self.textures = [tex.to(self.device) for tex in textures.values()]
+        self.textures: list[Tensor] = []
+        owners: list[int] = []
+        for k, value in enumerate(textures.values()):
+            for tex in [value] if isinstance(value, Tensor) else value:
+                self.textures.append(tex.to(self.device))
+                owners.append(k)
+        self._owners = tuple(owners)
         self.name = "rendered-texture"
-        self.description = "exact Gaussian around renders of known textures on a fixed mesh"
+        self.description = "exact Gaussians around renders of known textures on a fixed mesh"
 
-    def render_prompt(self, index: int, camera, height: int, width: int) -> Tensor:
+    @property
+    def component_prompts(self) -> tuple[int, ...]:
+        return self._owners
+
+    def prompt_texture(self, prompt: int) -> Tensor:
+        """The (first) texture of a prompt."""
+        return self.textures[self._owners.index(prompt)]
+
+    def render_component(self, index: int, camera, height: int, width: int) -> Tensor:
         return self.rasterizer.render(self.textures[index], camera.index)
