@@ -447,14 +447,15 @@ def _bench_3d(args: argparse.Namespace) -> int:
     from .bench import shape
 
     cfg = shape.ShapeBenchConfig(target=args.target, method=args.method, steps=args.steps, seed=args.seed,
-                                 resolution=args.resolution, cfg=args.cfg)
+                                 resolution=args.resolution, cfg=args.cfg, colourways=args.colourways)
     report = shape.run(cfg, device=args.device, save=args.save)
     if args.json:
         _print_json(report)
     else:
         print(f"{cfg.target} ({cfg.method}, {report['steps']} steps, {report['seconds']:.0f} s): "
               f"chamfer {100 * report['chamfer_l1_rel']:.2f}% of the diagonal, IoU {report['iou']:.3f}, "
-              f"F-score@1% {report['fscore']:.3f}")
+              f"F-score@1% {report['fscore']:.3f}, render PSNR {report['render_psnr']} dB, saturated "
+              f"{100 * report['saturated']:.2f}%")
     return 0
 
 
@@ -518,6 +519,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resolution", type=int, default=48, help="render side in pixels")
     p.add_argument("--cfg", type=float, default=1.0)
+    p.add_argument("--colourways", type=int, default=3, help="equally likely paints of the target (1: one)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--save", default=None, metavar="MESH", help="also write the reconstruction (.glb/.obj/.ply)")
     p.add_argument("--json", action="store_true")

@@ -90,11 +90,13 @@ def load_target(spec: str):
     return mesh
 
 
-def distractor_for(target):
-    """The unconditional mixture's other component: a sphere of the target's size."""
+def distractor_for(target) -> list:
+    """The unconditional mixture's other objects: a sphere and a box of the target's size."""
     import trimesh
 
-    return trimesh.creation.icosphere(subdivisions=3, radius=0.8 * np.linalg.norm(target.extents) / 2)
+    size = np.linalg.norm(target.extents) / 2
+    return [trimesh.creation.icosphere(subdivisions=3, radius=0.8 * size),
+            trimesh.creation.box(extents=[1.1 * size] * 3)]
 
 
 @dataclasses.dataclass
@@ -114,6 +116,10 @@ class ShapeBenchConfig:
     """Hash-grid learning rate (the product's 0.01 converges too slowly for a 10-minute CPU budget)."""
     samples: int = 20_000
     iou_grid: int = 96
+    colourways: int = 3
+    """Equally likely paints of the target (and of each distractor): a CFG-sensitive teacher."""
+    views: int = 8
+    """Held-out views for render_psnr and saturated."""
 
 
 def metrics(pred: Mesh, target, samples: int = 20_000, grid: int = 96, seed: int = 0) -> dict[str, float]:
@@ -143,6 +149,32 @@ def metrics(pred: Mesh, target, samples: int = 20_000, grid: int = 96, seed: int
     return {"chamfer_l1_rel": round(float(chamfer), 5), "iou": round(iou, 4), "fscore": round(float(fscore), 4)}
 
 
+def render_scores(model, teacher: RenderedShapeTeacher, views: int, resolution: int) -> dict[str, float]:
+    """The reconstruction rendered with its colours from held-out views (elevation 20°, azimuths offset
+    from any training grid) against the nearest of the target's colourways: PSNR, and the fraction of
+    the target's pixels pushed to 0 or 255 in a channel where no colourway is (over-saturation)."""
+    from ..nerf.cameras import orbit_cameras
+
+    n = views
+    cameras = orbit_cameras(torch.full((n,), 20.0), torch.arange(n) * 360.0 / n + 11.25, torch.full((n,), 1.3),
+                            torch.full((n,), 50.0))
+    with torch.no_grad():
+        out = model.renderer(cameras.to(model.field.device), resolution, resolution, training=False)
+    pred = out.rgb.permute(0, 3, 1, 2).clamp(0, 1).cpu()
+    variants = [r.cpu() for r in teacher.target_renders(cameras, resolution, resolution)]
+    errors = [float(((pred - v) ** 2).mean()) for v in variants]
+    nearest = int(np.argmin(errors))
+    fg = (torch.stack(variants) != teacher.background.cpu()[None, None, :, None, None]).any(2).any(0)  # [n, H, W]
+    pixels = (pred * 255).round().permute(0, 2, 3, 1)[fg]  # [P, 3]
+    extreme = (pixels <= 1) | (pixels >= 254)
+    natural = torch.zeros_like(extreme)
+    for v in variants:
+        values = (v * 255).round().permute(0, 2, 3, 1)[fg]
+        natural |= (values <= 1) | (values >= 254)
+    return {"render_psnr": round(10 * float(np.log10(1 / max(errors[nearest], 1e-12))), 2),
+            "saturated": round(float((extreme & ~natural).float().mean()), 5), "nearest_colourway": nearest}
+
+
 def bench_spec(cfg: ShapeBenchConfig) -> JobSpec:
     """The generate spec of the benchmark: a small grid and white background, sized for 2 CPU cores."""
     return resolve_spec({
@@ -162,7 +194,7 @@ def run(cfg: ShapeBenchConfig, device: str = "cpu", save: str | None = None) -> 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     target = load_target(cfg.target)
     teacher = RenderedShapeTeacher(target, distractor_for(target), resolution=cfg.resolution, sigma=cfg.sigma,
-                                   device=device)
+                                   device=device, colourways=cfg.colourways)
     import sys
 
     from tqdm import tqdm
@@ -175,6 +207,7 @@ def run(cfg: ShapeBenchConfig, device: str = "cpu", save: str | None = None) -> 
                           on_phase=lambda phase, message: bar.set_description(f"{phase}: {message}"))
     seconds = time.perf_counter() - start
     scores = metrics(result.mesh, target, cfg.samples, cfg.iou_grid, cfg.seed)  # both in the field's frame
+    scores |= render_scores(result.model, teacher, cfg.views, cfg.resolution)
     if save:
         from ..mesh.export import write_mesh
 

@@ -98,13 +98,15 @@ class GaussianMixtureTeacher(Teacher):
         return int(self.means.shape[0])
 
 
-def positional_albedo(points: Tensor) -> Tensor:
-    """A smooth, view-independent colour pattern over space (sRGB in [0.1, 0.9]).
+def positional_albedo(points: Tensor, colourway: int = 0) -> Tensor:
+    """A smooth, view-independent colour pattern over space (sRGB in [0.1, 0.9]); each colourway
+    shifts the channels' phases (the same object in another paint).
 
     Constant albedo would leave only silhouettes, which cannot show concavities; a pattern that
     varies with position makes the shape recoverable from photo-consistency across views.
     """
-    phase = torch.tensor([0.0, 2.1, 4.2], device=points.device)
+    phase = torch.tensor([0.0, 2.1, 4.2], device=points.device) + 2.4 * colourway * torch.tensor(
+        [1.0, -0.7, 0.4], device=points.device)
     freq = torch.tensor([[3.0, 1.0, 2.0], [1.0, 3.0, 1.5], [2.0, 1.5, 3.0]], device=points.device)
     return 0.5 + 0.4 * torch.sin(points.float() @ freq.T + phase)
 
@@ -128,6 +130,10 @@ class RenderedGaussianTeacher(Teacher):
 
     def render_component(self, index: int, camera, height: int, width: int) -> Float[Tensor, "B 3 H W"]:
         return self.render_prompt(index, camera, height, width)
+
+    def render_components(self, indices: Sequence[int], camera, height: int, width: int) -> dict[int, Tensor]:
+        """Several components' renders from the same cameras (subclasses share work between them)."""
+        return {j: self.render_component(j, camera, height, width) for j in indices}
 
     def __init__(self, *, resolution: int, sigma: float, device: str | torch.device) -> None:
         self.device = torch.device(device)
@@ -157,7 +163,7 @@ class RenderedGaussianTeacher(Teacher):
         prompt_of = self.component_prompts
         wanted = None if bool((cond == UNCONDITIONAL).any()) else set(cond.tolist())
         keys = [j for j, k in enumerate(prompt_of) if wanted is None or k in wanted]
-        centres = {j: self.render_component(j, camera, h, w) * 2 - 1 for j in keys}
+        centres = {j: image * 2 - 1 for j, image in self.render_components(keys, camera, h, w).items()}
         a = self.alpha_bar(t, x_t).reshape(-1, 1, 1, 1)
         s2 = a * self.sigma**2 + (1 - a)
         diffs = torch.stack([x_t - a.sqrt() * centres[j] for j in keys], dim=1)  # [B, J, 3, H, W]
@@ -174,33 +180,66 @@ class RenderedGaussianTeacher(Teacher):
 
 
 class RenderedShapeTeacher(RenderedGaussianTeacher):
-    """Renders of a target mesh (prompt 'target') and a distractor (prompt 'distractor', so CFG has
-    something to push away from), ray-cast with `positional_albedo` on a solid background."""
+    """Renders of a target mesh (prompt 'target') and of distractors (prompt 'distractor', so CFG has
+    something to push away from), ray-cast with `positional_albedo` on a solid background.
+
+    With `colourways` > 1 the target prompt means the object in several equally likely paints and
+    each distractor comes in them too: the unconditional is broad, as a real teacher's is, so CFG
+    acts as it does on a real teacher (it pushes renders towards extremes)."""
 
     prompts = ("target", "distractor")
 
     def __init__(self, target, distractor, *, resolution: int, sigma: float = 0.05,
-                 background: tuple[float, float, float] = (1.0, 1.0, 1.0), device: str | torch.device = "cpu") -> None:
+                 background: tuple[float, float, float] = (1.0, 1.0, 1.0), device: str | torch.device = "cpu",
+                 colourways: int = 1) -> None:
         super().__init__(resolution=resolution, sigma=sigma, device=device)
-        self.meshes = (target, distractor)
+        distractors = distractor if isinstance(distractor, (list, tuple)) else [distractor]
+        # Components: (mesh, colourway, prompt) — the target's colourways first.
+        self.components = [(target, k, 0) for k in range(colourways)] + [
+            (mesh, k, 1) for mesh in distractors for k in range(colourways)]
+        self.colourways = colourways
         self.target = target
         self.name = "rendered-shape"
         self.description = "exact Gaussian around ray-cast renders of a target mesh"
         self.background = torch.tensor(background, device=self.device)
 
-    def render(self, mesh, cameras, height: int, width: int) -> Float[Tensor, "B 3 H W"]:
+    @property
+    def component_prompts(self) -> tuple[int, ...]:
+        return tuple(prompt for _, _, prompt in self.components)
+
+    def render(self, mesh, cameras, height: int, width: int, colourway: int = 0) -> Float[Tensor, "B 3 H W"]:
         """The mesh in [0, 1] sRGB, positional albedo, solid background, channels first."""
+        return self._paint(self._hits(mesh, cameras, height, width), colourway)
+
+    def _hits(self, mesh, cameras, height: int, width: int):
         from ..mesh.raycast import raycast, torch_image
 
         hits = raycast(mesh, cameras, height, width)
-        points = torch_image(hits.points, self.device)
-        color = positional_albedo(points.reshape(-1, 3)).reshape(*points.shape)
-        mask = torch.from_numpy(hits.hit).to(self.device)[..., None]
-        image = torch.where(mask, color, self.background)
-        return image.permute(0, 3, 1, 2)
+        return torch_image(hits.points, self.device), torch.from_numpy(hits.hit).to(self.device)[..., None]
 
-    def render_prompt(self, index: int, camera, height: int, width: int) -> Tensor:
-        return self.render(self.meshes[index], camera, height, width)
+    def _paint(self, hits, colourway: int) -> Tensor:
+        points, mask = hits
+        color = positional_albedo(points.reshape(-1, 3), colourway).reshape(*points.shape)
+        return torch.where(mask, color, self.background).permute(0, 3, 1, 2)
+
+    def render_components(self, indices: Sequence[int], camera, height: int, width: int) -> dict[int, Tensor]:
+        # Ray-cast each mesh once; its colourways only repaint the same hits.
+        hits: dict[int, tuple] = {}
+        out = {}
+        for j in indices:
+            mesh, colourway, _ = self.components[j]
+            if id(mesh) not in hits:
+                hits[id(mesh)] = self._hits(mesh, camera, height, width)
+            out[j] = self._paint(hits[id(mesh)], colourway)
+        return out
+
+    def render_component(self, index: int, camera, height: int, width: int) -> Tensor:
+        mesh, colourway, _ = self.components[index]
+        return self.render(mesh, camera, height, width, colourway)
+
+    def target_renders(self, camera, height: int, width: int) -> list[Tensor]:
+        """The target in each colourway (what a perfect generator may render)."""
+        return [self.render(self.target, camera, height, width, k) for k in range(self.colourways)]
 
 
 class RenderedTextureTeacher(RenderedGaussianTeacher):
