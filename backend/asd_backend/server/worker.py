@@ -2,8 +2,9 @@
 
 It talks to the front end over a DEALER socket on loopback, in the protocol's codec both ways:
 commands (commands.py: run_job, cancel_job, stop_worker) come in, `worker_ready` and the job's
-events (the same typed messages clients receive) go out, so arrays cross without copies or pickles. A job that raises
-is reported and the worker carries on; a worker that dies is noticed and replaced by the front end.
+events (the same typed messages clients receive) go out, so arrays cross without copies or pickles.
+A job that raises is reported and the worker carries on; a worker that dies is noticed and replaced
+by the front end.
 """
 
 from __future__ import annotations
