@@ -484,9 +484,13 @@ def _bench_serve(args: argparse.Namespace) -> int:
 
 def _bench_speed(args: argparse.Namespace) -> int:
     from .bench import speed
+    from .teachers import load_teacher
 
-    _print_json(speed.run(preset=args.preset, teacher=args.teacher, device=args.device, method=args.method,
-                          steps=args.steps, resolution=args.resolution))
+    presets = _names(args.preset)
+    loaded = load_teacher(args.teacher, args.device)  # once, for every preset
+    reports = [speed.run(preset=name, teacher=args.teacher, device=args.device, method=args.method,
+                         steps=args.steps, resolution=args.resolution, loaded=loaded) for name in presets]
+    _print_json(reports[0] if len(reports) == 1 else reports)
     return 0
 
 
@@ -549,7 +553,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_bench_serve)
 
     p = kinds.add_parser("speed", help="seconds per step and peak GPU memory of a preset")
-    p.add_argument("--preset", default="standard")
+    p.add_argument("--preset", default="standard", help="a preset, or several: preview,standard,paper")
     p.add_argument("--teacher", default="random-sd21", help="random-sd21 (full size, random weights) | tiny | sd")
     p.add_argument("--device", default="auto")
     p.add_argument("--method", choices=["asd", "vsd", "sds"], default="asd")

@@ -22,8 +22,9 @@ from ..train.text_to_3d import generate
 
 
 def run(preset: str = "standard", teacher: str = "random-sd21", device: str = "auto", method: str = "asd",
-        steps: int = 20, warmup: int = 3, resolution: int | None = None) -> dict[str, Any]:
-    loaded = load_teacher(teacher, device)
+        steps: int = 20, warmup: int = 3, resolution: int | None = None, loaded=None) -> dict[str, Any]:
+    """Time one preset; `loaded` reuses a teacher already loaded (several presets in one call)."""
+    loaded = loaded or load_teacher(teacher, device)
     base = resolve_spec({"prompt": "a ceramic teapot", "preset": preset, "guidance": {"method": method}}, seed=0)
     side = resolution or max(side for _, side in base.schedule.resolution_schedule)
     spec = resolve_spec(merge(base.to_json(), {
