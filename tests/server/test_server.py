@@ -286,8 +286,10 @@ def test_submitted_settings_resolve_to_the_full_spec(server):
     spec = first.spec
     assert spec["output"]["mesh_every"] == 0 and spec["output"]["texture_size"] == 64
     assert spec["schedule"]["steps"] == 4 and spec["nerf"]["samples_per_ray"] == 32  # the preset's value
-    assert spec["guidance"] == {"method": "asd", "cfg": 7.5, "gamma": -0.75, "lora_rank": 4, "discriminator_lr": 1e-4,
-                                "view_prompts": True, "perp_neg": True}
+    from asd_protocol.job_spec import JobSpec
+
+    assert spec["guidance"] == JobSpec().to_json()["guidance"]  # every field, at its default
+    assert spec["guidance"]["method"] == "asd" and spec["guidance"]["cfg"] == 7.5
     assert "image" not in spec and "edit" not in spec  # only the sections a generate job uses
     # No seed given: each job gets its own random one, recorded.
     assert isinstance(spec["seed"], int) and spec["seed"] != second.spec["seed"]

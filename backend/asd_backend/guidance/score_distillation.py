@@ -32,6 +32,7 @@ from torch import Tensor
 from asd_protocol.job_spec import METHODS, GuidanceSpec, ModelSpec
 
 from ..teachers.base import Teacher, expand_like
+from ..teachers.stable_diffusion import StableDiffusionTeacher
 from .discriminator import build_discriminator
 from .prompts import Conditioning
 
@@ -174,8 +175,6 @@ class ScoreDistillation:
                   **overrides: Any) -> ScoreDistillation:
         """The distillation a job spec asks for: its guidance section (plus the loop's own settings in
         `overrides`) and, for diffusers teachers, ε_φ's LoRA rank and separate model."""
-        from ..teachers.stable_diffusion import StableDiffusionTeacher
-
         config = GuidanceConfig.from_spec(guidance, **overrides)
         separate = model.discriminator_model if model is not None else None
         options: dict[str, Any] = {}

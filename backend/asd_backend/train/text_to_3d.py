@@ -122,6 +122,7 @@ def save_checkpoint(path: Path, step: int, model: Generator3D, optimizer: torch.
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "discriminator": None if guidance.discriminator is None else guidance.discriminator.trainable_state(),
+        "scaler": None if guidance.scaler is None else guidance.scaler.state_dict(),  # fp16 loss scale
         "generators": {k: g.get_state() for k, g in generators.items()},
         # Global RNG too: some library code draws from it (the VAE's posterior sample, for one).
         "torch_rng": torch.get_rng_state(),
@@ -141,6 +142,8 @@ def load_checkpoint(path: Path, model: Generator3D, optimizer: torch.optim.Optim
     if guidance.discriminator is not None and state["discriminator"] is not None:
         guidance.discriminator.load_trainable_state(state["discriminator"])
     optimizer.load_state_dict(state["optimizer"])
+    if guidance.scaler is not None and state.get("scaler"):
+        guidance.scaler.load_state_dict(state["scaler"])
     for name, g in generators.items():
         g.set_state(state["generators"][name])
     torch.set_rng_state(state["torch_rng"])
