@@ -447,7 +447,8 @@ def _bench_3d(args: argparse.Namespace) -> int:
     from .bench import shape
 
     cfg = shape.ShapeBenchConfig(target=args.target, method=args.method, steps=args.steps, seed=args.seed,
-                                 resolution=args.resolution, cfg=args.cfg, colourways=args.colourways)
+                                 resolution=args.resolution, cfg=args.cfg, colourways=args.colourways,
+                                 discriminator_lr=args.discriminator_lr, discriminator_steps=args.discriminator_steps)
     report = shape.run(cfg, device=args.device, save=args.save)
     if args.json:
         _print_json(report)
@@ -524,6 +525,8 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resolution", type=int, default=48, help="render side in pixels")
     p.add_argument("--cfg", type=float, default=1.0)
     p.add_argument("--colourways", type=int, default=3, help="equally likely paints of the target (1: one)")
+    p.add_argument("--discriminator-lr", type=float, default=0.01, help="ε_φ's lr (VSD, ASD: its own NeRF)")
+    p.add_argument("--discriminator-steps", type=int, default=4, help="ε_φ updates per generator step")
     p.add_argument("--device", default="cpu")
     p.add_argument("--save", default=None, metavar="MESH", help="also write the reconstruction (.glb/.obj/.ply)")
     p.add_argument("--json", action="store_true")

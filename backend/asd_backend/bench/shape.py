@@ -121,6 +121,9 @@ class ShapeBenchConfig:
     """Equally likely paints of the target (and of each distractor): a CFG-sensitive teacher."""
     views: int = 8
     """Held-out views for render_psnr and saturated."""
+    discriminator_lr: float = 0.01
+    """ε_φ's learning rate (VSD and ASD: its NeRF's, like the generator's hash grid)."""
+    discriminator_steps: int = 4
 
 
 def metrics(pred: Mesh, target, samples: int = 20_000, grid: int = 96, seed: int = 0) -> dict[str, float]:
@@ -181,7 +184,8 @@ def bench_spec(cfg: ShapeBenchConfig) -> JobSpec:
     """The generate spec of the benchmark: a small grid and white background, sized for 2 CPU cores."""
     return resolve_spec({
         "prompt": "target", "seed": cfg.seed,
-        "guidance": {"method": cfg.method, "cfg": cfg.cfg, "view_prompts": False, "perp_neg": False},
+        "guidance": {"method": cfg.method, "cfg": cfg.cfg, "view_prompts": False, "perp_neg": False,
+                     "discriminator_lr": cfg.discriminator_lr, "discriminator_steps": cfg.discriminator_steps},
         "nerf": {"grid": {"n_levels": 12, "n_features_per_level": 2, "log2_hashmap_size": 16, "base_resolution": 16,
                           "per_level_scale": 1.32},
                  "samples_per_ray": cfg.samples_per_ray, "occupancy_resolution": 48, "occupancy_update_every": 16,

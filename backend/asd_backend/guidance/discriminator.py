@@ -17,7 +17,12 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from ..teachers.analytic import GaussianMixtureTeacher, RenderedGaussianTeacher, RenderedTextureTeacher
+from ..teachers.analytic import (
+    GaussianMixtureTeacher,
+    RenderedGaussianTeacher,
+    RenderedShapeTeacher,
+    RenderedTextureTeacher,
+)
 from ..teachers.base import V_PREDICTION, Teacher, epsilon_from_v
 from ..teachers.stable_diffusion import StableDiffusionTeacher
 
@@ -287,6 +292,47 @@ class TextureGaussianDiscriminator(ViewGaussianDiscriminator):
         return self._mix(x_t, t, self.view_means(camera), cond, camera, teacher_cond)
 
 
+class FieldGaussianDiscriminator(ViewGaussianDiscriminator):
+    """The rendered-shape teacher's family for text-to-3D: the generator's render from camera c is
+    modelled as N(render_ψ(c), σ²), ψ a NeRF of ε_φ's own (the generator's architecture and
+    occupancy-grid schedule, white background), fitted by the discriminator loss through its renders;
+    ε_φ is
+    (ε_N(render_ψ(c), σ)(x_t) + γ·ε_teacher(x_t; y)) / (1 + γ). A NeRF holds one render per view
+    for every camera at once, as the texture family's learnable texture does for fixed views."""
+
+    def __init__(self, teacher: Teacher, *, gamma: float, nerf) -> None:
+        from ..nerf.background import SolidBackground
+        from ..nerf.field import FieldConfig, NerfField
+        from ..nerf.occupancy import OccupancyGrid
+        from ..nerf.renderer import VolumeRenderer
+
+        Discriminator.__init__(self)
+        self._teacher = [teacher]
+        self.gamma = gamma
+        field = NerfField(FieldConfig(radius=nerf.radius, grid=nerf.grid))
+        # Skipping empty space as the generator does: ψ's renders are most of ε_φ's cost.
+        occupancy = OccupancyGrid(nerf.radius, nerf.occupancy_resolution, update_every=nerf.occupancy_update_every,
+                                  warmup_steps=nerf.occupancy_warmup_steps)
+        self.renderer = VolumeRenderer(field, SolidBackground(tuple(teacher.background.tolist())), occupancy,
+                                       nerf.samples_per_ray).to(teacher.device)
+        self.register_buffer("log_std", torch.tensor(math.log(teacher.sigma), device=teacher.device))
+        self.steps = 0
+        self._rng = torch.Generator().manual_seed(0)  # the occupancy refresh's own draws
+
+    def observe(self, z: Tensor, base: Tensor, camera) -> None:
+        """Once per generator step: refresh ψ's occupancy grid when it is due. ψ starts as a fresh NeRF,
+        a blob like the generator's at its first step."""
+        self.steps += 1
+        field = self.renderer.field
+        self.renderer.occupancy.update(self.steps, field.density, self.renderer.step_size, self._rng)
+
+    def predict_eps(self, x_t: Tensor, t: Int[Tensor, " B"], cond: Tensor, camera=None,
+                    use_camera: bool = True, teacher_cond: Tensor | None = None) -> Tensor:
+        h, w = x_t.shape[-2:]
+        mean = self.renderer(camera, h, w, training=False).rgb.permute(0, 3, 1, 2) * 2 - 1
+        return self._mix(x_t, t, mean, cond, camera, teacher_cond)
+
+
 def build_discriminator(teacher: Teacher, gamma: float, **options) -> Discriminator:
     """The ε_φ that fits the teacher: a LoRA + camera embedding on a diffusers UNet; for the analytic
     teachers one of their own family (per-view Gaussians over a fixed set of views) or a residual
@@ -295,6 +341,8 @@ def build_discriminator(teacher: Teacher, gamma: float, **options) -> Discrimina
         return LoraCameraDiscriminator(teacher, **options)
     if isinstance(teacher, RenderedTextureTeacher):
         return TextureGaussianDiscriminator(teacher, gamma=gamma, **options)
+    if isinstance(teacher, RenderedShapeTeacher) and options.get("nerf") is not None:
+        return FieldGaussianDiscriminator(teacher, gamma=gamma, nerf=options["nerf"])
     if isinstance(teacher, (GaussianMixtureTeacher, RenderedGaussianTeacher)):
         return ResidualDiscriminator(teacher, **{"n_prompts": teacher.prompt_count, **options})
     raise NotImplementedError(f"teacher {teacher.name!r} has no discriminator for VSD/ASD")

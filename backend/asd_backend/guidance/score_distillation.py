@@ -29,8 +29,9 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from asd_protocol.job_spec import METHODS, GuidanceSpec, ModelSpec
+from asd_protocol.job_spec import METHODS, GuidanceSpec, ModelSpec, NerfSpec
 
+from ..teachers.analytic import RenderedShapeTeacher
 from ..teachers.base import Teacher, expand_like
 from ..teachers.stable_diffusion import StableDiffusionTeacher
 from .discriminator import build_discriminator
@@ -172,7 +173,7 @@ class ScoreDistillation:
 
     @classmethod
     def from_spec(cls, teacher: Teacher, guidance: GuidanceSpec, model: ModelSpec | None = None,
-                  **overrides: Any) -> ScoreDistillation:
+                  nerf: NerfSpec | None = None, **overrides: Any) -> ScoreDistillation:
         """The distillation a job spec asks for: its guidance section (plus the loop's own settings in
         `overrides`) and, for diffusers teachers, ε_φ's LoRA rank and separate model."""
         config = GuidanceConfig.from_spec(guidance, **overrides)
@@ -180,6 +181,8 @@ class ScoreDistillation:
         options: dict[str, Any] = {}
         if config.uses_discriminator and isinstance(teacher, StableDiffusionTeacher):
             options = {"rank": guidance.lora_rank, "separate_model": separate}
+        elif config.uses_discriminator and isinstance(teacher, RenderedShapeTeacher) and nerf is not None:
+            options = {"nerf": nerf}  # ε_φ of the shape teacher's family: a NeRF of its own
         elif separate and config.uses_discriminator:
             raise ValueError(f"a separate discriminator model needs a Stable Diffusion teacher, not {teacher.name!r}")
         return cls(teacher, config, **options)

@@ -215,7 +215,7 @@ def generate(teacher: Teacher, spec: JobSpec, *, workdir: Path | None = None, re
     device = teacher.device
     torch.manual_seed(spec.seed)
     model = Generator3D(spec.nerf).to(device)
-    guidance = ScoreDistillation.from_spec(teacher, spec.guidance, spec.model,
+    guidance = ScoreDistillation.from_spec(teacher, spec.guidance, spec.model, spec.nerf,
                                            anneal_start_step=spec.schedule.anneal_start_step)
     try:
         return _optimise(teacher, spec, model, guidance, workdir, resume, on_progress, on_snapshot, should_stop,
