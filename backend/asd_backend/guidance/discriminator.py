@@ -202,47 +202,37 @@ class ResidualDiscriminator(Discriminator):
         return base + residual.reshape(x_t.shape)
 
 
-class ViewGaussianDiscriminator(Discriminator):
-    """ε_φ of the rendered teachers' own family, for a fixed set of views: per view v, the generator's
-    renders are modelled as N(m_v, s²) (a learnable mean image, one learnable std), and
+class RenderFamilyDiscriminator(Discriminator):
+    """ε_φ of the rendered teachers' own family: the generator's renders from camera c are modelled as
+    N(mean(c), s²), s the teacher's σ, and
 
-        ε_φ(x_t, t, v) = (ε_N(m_v, s)(x_t, t) + γ·ε_teacher(x_t; y)) / (1 + γ)
+        ε_φ(x_t, t, c) = (ε_N(mean(c), s)(x_t, t) + γ·ε_teacher(x_t; y)) / (1 + γ)
 
-    which is the form of the exact minimiser of ASD's discriminator loss, (E[ε | x_t] + γ·ε_teacher)
-    / (1 + γ): with m_v the view's current render and s → 0 the family holds the answer, so the
-    analytic benchmarks measure ASD's mechanics rather than a small network's capacity. A view's mean
-    starts as its first render (detached): ε_φ starts at its optimum for the generator it first sees.
-    γ = 0 gives VSD's ε_φ, the generator's own score.
-    """
+    the form of the exact minimiser of ASD's discriminator loss, (E[ε | x_t] + γ·ε_teacher)/(1 + γ):
+    with mean(c) the generator's current render the family holds the answer, so the analytic
+    benchmarks measure ASD's mechanics rather than a small network's capacity. γ = 0 gives VSD's ε_φ.
+    Subclasses say what holds the means (one mean image per view was tried: each learns only when its
+    view comes up, V times slower than the generator; docs/method.md)."""
 
-    def __init__(self, teacher: Teacher, *, views: int, gamma: float, sample_shape: tuple[int, ...],
-                 log_std: float = math.log(0.05)) -> None:
+    def __init__(self, teacher: Teacher, *, gamma: float) -> None:
         super().__init__()
         self._teacher = [teacher]
         self.gamma = gamma
-        self.means = nn.Parameter(torch.zeros(views, *sample_shape, device=teacher.device))
-        self.log_std = nn.Parameter(torch.tensor(float(log_std), device=teacher.device))
-        self.register_buffer("seen", torch.zeros(views, dtype=torch.bool, device=teacher.device))
+        # The teacher's σ, fixed: where the generator already agrees with the teacher (what an edit must
+        # keep) ε_φ then equals it exactly and adds no noise to the gradient.
+        self.register_buffer("log_std", torch.tensor(math.log(teacher.sigma), device=teacher.device))
 
     @property
     def teacher(self) -> Teacher:
         return self._teacher[0]
 
-    def observe(self, z: Tensor, base: Tensor, camera) -> None:
-        """Start each view's mean at the first render seen from it."""
-        index = camera.index.to(self.means.device)
-        fresh = ~self.seen[index]
-        if bool(fresh.any()):
-            with torch.no_grad():
-                self.means[index[fresh]] = z.detach()[fresh].to(self.means.dtype)
-                self.seen[index[fresh]] = True
+    def means(self, camera, height: int, width: int) -> Tensor:
+        """The modelled render from each camera, in [-1, 1]."""
+        raise NotImplementedError
 
     def predict_eps(self, x_t: Tensor, t: Int[Tensor, " B"], cond: Tensor, camera=None,
                     use_camera: bool = True, teacher_cond: Tensor | None = None) -> Tensor:
-        return self._mix(x_t, t, self.means[camera.index.to(self.means.device)], cond, camera, teacher_cond)
-
-    def _mix(self, x_t: Tensor, t: Tensor, mean: Tensor, cond: Tensor, camera, teacher_cond: Tensor | None) -> Tensor:
-        """(ε of N(mean, s²) noised to t + γ·ε_teacher(x_t; teacher_cond)) / (1 + γ)."""
+        mean = self.means(camera, *x_t.shape[-2:])
         a = self.teacher.alpha_bar(t, x_t).reshape(-1, *([1] * (x_t.ndim - 1)))
         s2 = a * torch.exp(2 * self.log_std) + (1 - a)
         own = (1 - a).sqrt() * (x_t - a.sqrt() * mean) / s2
@@ -253,22 +243,15 @@ class ViewGaussianDiscriminator(Discriminator):
         return (own + self.gamma * eps_teacher) / (1 + self.gamma)
 
 
-class TextureGaussianDiscriminator(ViewGaussianDiscriminator):
-    """The rendered-texture teacher's own family: the generator's renders from view v are modelled as
-    N(R_v(M), s²), R_v the rasterizer's render of a learnable texture M, so one texture holds every
-    view's mean and each step teaches ε_φ about all the texels that view sees, as it teaches the
-    generator (per-view means learn only when their view comes up: V times slower). M starts as the
-    texture of the prompt ε_φ is conditioned on (the source, for an edit) and s as the teacher's σ:
-    ε_φ starts as the optimum for a generator at that texture."""
+class TextureGaussianDiscriminator(RenderFamilyDiscriminator):
+    """The rendered-texture teacher's family: the means are R_v(M), the rasterizer's renders of a
+    learnable texture M, so one texture holds every view's mean and each step teaches ε_φ about all
+    the texels that view sees, as it teaches the generator. M starts as the texture of the prompt ε_φ
+    is conditioned on (the source, for an edit): ε_φ starts as the optimum for a generator there."""
 
     def __init__(self, teacher: Teacher, *, gamma: float) -> None:
-        Discriminator.__init__(self)
-        self._teacher = [teacher]
-        self.gamma = gamma
+        super().__init__(teacher, gamma=gamma)
         self.texture = nn.Parameter(torch.zeros_like(teacher.textures[0]))  # [1, 3, H, W]
-        # The teacher's σ, fixed: where the generator already agrees with the teacher (what an edit must
-        # keep) ε_φ then equals it exactly and adds no noise to the gradient.
-        self.register_buffer("log_std", torch.tensor(math.log(teacher.sigma), device=teacher.device))
         self.started = False
 
     def trainable_parameters(self) -> list[nn.Parameter]:
@@ -284,15 +267,11 @@ class TextureGaussianDiscriminator(ViewGaussianDiscriminator):
                 self.texture.copy_(self.teacher.prompt_texture(index))
             self.started = True
 
-    def view_means(self, camera) -> Tensor:
+    def means(self, camera, height: int, width: int) -> Tensor:
         return self.teacher.rasterizer.render(self.texture, camera.index) * 2 - 1
 
-    def predict_eps(self, x_t: Tensor, t: Int[Tensor, " B"], cond: Tensor, camera=None,
-                    use_camera: bool = True, teacher_cond: Tensor | None = None) -> Tensor:
-        return self._mix(x_t, t, self.view_means(camera), cond, camera, teacher_cond)
 
-
-class FieldGaussianDiscriminator(ViewGaussianDiscriminator):
+class FieldGaussianDiscriminator(RenderFamilyDiscriminator):
     """The rendered-shape teacher's family for text-to-3D: the generator's render from camera c is
     modelled as N(render_ψ(c), σ²), ψ a NeRF of ε_φ's own (the generator's architecture and
     occupancy-grid schedule, white background), fitted by the discriminator loss through its renders;
@@ -306,16 +285,13 @@ class FieldGaussianDiscriminator(ViewGaussianDiscriminator):
         from ..nerf.occupancy import OccupancyGrid
         from ..nerf.renderer import VolumeRenderer
 
-        Discriminator.__init__(self)
-        self._teacher = [teacher]
-        self.gamma = gamma
+        super().__init__(teacher, gamma=gamma)
         field = NerfField(FieldConfig(radius=nerf.radius, grid=nerf.grid))
         # Skipping empty space as the generator does: ψ's renders are most of ε_φ's cost.
         occupancy = OccupancyGrid(nerf.radius, nerf.occupancy_resolution, update_every=nerf.occupancy_update_every,
                                   warmup_steps=nerf.occupancy_warmup_steps)
         self.renderer = VolumeRenderer(field, SolidBackground(tuple(teacher.background.tolist())), occupancy,
                                        nerf.samples_per_ray).to(teacher.device)
-        self.register_buffer("log_std", torch.tensor(math.log(teacher.sigma), device=teacher.device))
         self.steps = 0
         self._rng = torch.Generator().manual_seed(0)  # the occupancy refresh's own draws
 
@@ -326,11 +302,8 @@ class FieldGaussianDiscriminator(ViewGaussianDiscriminator):
         field = self.renderer.field
         self.renderer.occupancy.update(self.steps, field.density, self.renderer.step_size, self._rng)
 
-    def predict_eps(self, x_t: Tensor, t: Int[Tensor, " B"], cond: Tensor, camera=None,
-                    use_camera: bool = True, teacher_cond: Tensor | None = None) -> Tensor:
-        h, w = x_t.shape[-2:]
-        mean = self.renderer(camera, h, w, training=False).rgb.permute(0, 3, 1, 2) * 2 - 1
-        return self._mix(x_t, t, mean, cond, camera, teacher_cond)
+    def means(self, camera, height: int, width: int) -> Tensor:
+        return self.renderer(camera, height, width, training=False).rgb.permute(0, 3, 1, 2) * 2 - 1
 
 
 def build_discriminator(teacher: Teacher, gamma: float, **options) -> Discriminator:
