@@ -34,14 +34,22 @@ def _say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def _load_teacher(spec, device: str):
-    """The spec's teacher on `device` (the spec records which), with its warnings on stderr."""
+def _resolve(partial: dict, seed: int | None = None):
+    """A local job's spec: the CLI's flags under the presets, with the default teacher filled in."""
     from asd_protocol.job_spec import DEFAULT_TEACHER
 
+    from .train.presets import resolve_spec
+
+    spec = resolve_spec(partial, seed=seed)
+    spec.model.teacher = spec.model.teacher or DEFAULT_TEACHER
+    return spec
+
+
+def _load_teacher(spec, device: str):
+    """The spec's teacher on `device` (the spec records which), with its warnings on stderr."""
     from . import artifacts
     from .teachers import load_teacher
 
-    spec.model.teacher = spec.model.teacher or DEFAULT_TEACHER
     teacher = load_teacher(spec.model.teacher, device)
     notice = artifacts.teacher_notice(teacher)
     for line in (notice, teacher.truncation_warning(spec.prompt)):
@@ -84,9 +92,8 @@ def _image(args: argparse.Namespace) -> int:
     from . import artifacts
     from .spec_flags import partial_from_args
     from .train.image_2d import distill_image
-    from .train.presets import resolve_spec
 
-    spec = resolve_spec(partial_from_args(args, "image"))
+    spec = _resolve(partial_from_args(args, "image"))
     out = artifacts.check_output_path(Path(args.output), (".png",), "image")
     started = time.time()
     teacher, notice = _load_teacher(spec, args.device)
@@ -141,12 +148,9 @@ def _generate(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
-    from asd_protocol.job_spec import DEFAULT_TEACHER
-
     from . import artifacts
     from .mesh.export import FORMATS, write_mesh
     from .spec_flags import given_options, partial_from_args
-    from .train.presets import resolve_spec
     from .train.text_to_3d import check_resume, checkpoint_record, generate
 
     # Everything is checked before a model loads: the spec, the output path, the checkpoint to resume.
@@ -155,9 +159,7 @@ def _generate(args: argparse.Namespace) -> int:
     workdir = out.with_name(out.stem + "_run")
     record = checkpoint_record(workdir) if args.resume else None
     # A resumed run keeps the checkpoint's seed unless one is given.
-    spec = resolve_spec(partial, seed=record["spec"]["seed"] if record and "seed" not in given_options(args)
-                        else None)
-    spec.model.teacher = spec.model.teacher or DEFAULT_TEACHER
+    spec = _resolve(partial, seed=record["spec"]["seed"] if record and "seed" not in given_options(args) else None)
     start = 0
     if args.resume:
         start = check_resume(workdir, spec)

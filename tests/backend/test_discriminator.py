@@ -62,9 +62,8 @@ def test_the_lora_discriminator_learns_in_bf16_with_fp32_weights(asd_home):
     assert not teacher.has_lora
 
 
-def test_a_separate_v_prediction_model_hosts_the_discriminator(asd_home):
-    teacher = StableDiffusionTeacher.from_pretrained(str(saved_pipeline("tiny")), device="cpu", dtype=torch.float32,
-                                                     trained=False)
+def test_a_separate_v_prediction_model_hosts_the_discriminator(tiny_teacher):
+    teacher = tiny_teacher
     folder = saved_pipeline("tiny", prediction_type="v_prediction")
     guidance = ScoreDistillation.from_spec(teacher, GuidanceSpec(), ModelSpec(discriminator_model=str(folder)))
     try:
@@ -90,9 +89,8 @@ def test_a_separate_v_prediction_model_hosts_the_discriminator(asd_home):
     assert not host.has_lora
 
 
-def test_discriminator_steps_update_only_the_discriminator(asd_home):
-    teacher = StableDiffusionTeacher.from_pretrained(str(saved_pipeline("tiny")), device="cpu", dtype=torch.float32,
-                                                     trained=False)
+def test_discriminator_steps_update_only_the_discriminator(tiny_teacher):
+    teacher = tiny_teacher
     guidance = ScoreDistillation.from_spec(teacher, GuidanceSpec(discriminator_steps=3))
     try:
         latent = torch.nn.Parameter(torch.randn(1, 4, 32, 32))
@@ -177,12 +175,11 @@ def test_the_texture_discriminator_converges_to_the_optimum_for_a_fixed_generato
     assert before > 0.5 and after < 0.15, (before, after)
 
 
-def test_the_lora_discriminator_moves_towards_the_optimum_on_the_tiny_teacher(asd_home):
+def test_the_lora_discriminator_moves_towards_the_optimum_on_the_tiny_teacher(tiny_teacher):
     """The LoRA on the tiny random UNet: its gap to the optimum shrinks, slowly (a random UNet's LoRA can
     hardly express a denoiser of one latent; on a trained UNet the residual it must learn is small)."""
+    teacher = tiny_teacher
     torch.manual_seed(0)  # the LoRA's initial weights come from the global generator
-    teacher = StableDiffusionTeacher.from_pretrained(str(saved_pipeline("tiny")), device="cpu", dtype=torch.float32,
-                                                     trained=False)
     guidance = ScoreDistillation.from_spec(teacher, GuidanceSpec())
     try:
         emb = teacher.embed_prompts(["a teapot", ""])

@@ -138,7 +138,7 @@ class Server:
         s.bind(self.config.bind)
         self.address = s.getsockopt_string(zmq.LAST_ENDPOINT)
         self.delivery = Delivery(s)
-        self.pool = WorkerPool(self.ctx, self.store.root, self.config.teacher)
+        self.pool = WorkerPool(self.ctx, self.store.root)
         for job in self.store.load_all():
             if job.status == "interrupted":
                 job.status, job.resume = "queued", True

@@ -47,11 +47,10 @@ class JobCancelled(Exception):
 
 
 class Worker:
-    def __init__(self, index: int, device: str, address: str, results: str, default_teacher: str) -> None:
+    def __init__(self, index: int, device: str, address: str, results: str) -> None:
         self.index = index
         self.device = device
         self.results = Path(results)
-        self.default_teacher = default_teacher
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.ROUTING_ID, f"w{index}".encode())
@@ -275,9 +274,9 @@ def _empty_cuda_cache() -> None:
         torch.cuda.empty_cache()
 
 
-def worker_main(index: int, device: str, address: str, results: str, default_teacher: str,
+def worker_main(index: int, device: str, address: str, results: str,
                 env: dict[str, str] | None = None) -> None:
     """Entry point of a spawned worker process."""
     os.environ.update(env or {})
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    Worker(index, device, address, results, default_teacher).serve()
+    Worker(index, device, address, results).serve()

@@ -40,9 +40,8 @@ class WorkerHandle:
 
 
 class WorkerPool:
-    def __init__(self, ctx: zmq.Context, results: Path, default_teacher: str) -> None:
+    def __init__(self, ctx: zmq.Context, results: Path) -> None:
         self.results = results
-        self.default_teacher = default_teacher
         self.socket = ctx.socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted worker reuses its identity
@@ -61,7 +60,7 @@ class WorkerPool:
         identity = f"w{index}".encode()
         address = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
         process = self._mp.Process(target=worker_main, name=f"asd-worker-{index}", daemon=True,
-                                   args=(index, device, address, str(self.results), self.default_teacher, env))
+                                   args=(index, device, address, str(self.results), env))
         process.start()
         handle = self.workers[identity] = WorkerHandle(index, identity, process, env, device)
         return handle
