@@ -491,8 +491,10 @@ def _bench_speed(args: argparse.Namespace) -> int:
 
     presets = _names(args.preset)
     loaded = load_teacher(args.teacher, args.device)  # once, for every preset
-    reports = [speed.run(preset=name, teacher=args.teacher, device=args.device, method=args.method,
-                         steps=args.steps, resolution=args.resolution, loaded=loaded) for name in presets]
+    measure = speed.compare if args.compare else speed.run
+    reports = [measure(preset=name, teacher=args.teacher, device=args.device, method=args.method,
+                       steps=args.steps, warmup=args.warmup, resolution=args.resolution, loaded=loaded)
+               for name in presets]
     _print_json(reports[0] if len(reports) == 1 else reports)
     return 0
 
@@ -557,13 +559,17 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mesh-every", type=int, default=5)
     p.set_defaults(handler=_bench_serve)
 
-    p = kinds.add_parser("speed", help="seconds per step and peak GPU memory of a preset")
+    p = kinds.add_parser("speed", help="seconds per step by phase, extraction time and peak GPU memory of a preset")
     p.add_argument("--preset", default="standard", help="a preset, or several: preview,standard,paper")
     p.add_argument("--teacher", default="random-sd21", help="random-sd21 (full size, random weights) | tiny | sd")
     p.add_argument("--device", default="auto")
     p.add_argument("--method", choices=["asd", "vsd", "sds"], default="asd")
-    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--steps", type=int, default=20, help="steps timed after the warm-up")
+    p.add_argument("--warmup", type=int, default=None,
+                   help="steps before timing (default: past the reference path's first occupancy refresh)")
     p.add_argument("--resolution", type=int, default=None, help="render side (default: the preset's largest)")
+    p.add_argument("--compare", action="store_true",
+                   help="run the reference path and the fast one side by side and print the speed-ups")
     p.set_defaults(handler=_bench_speed)
 
 

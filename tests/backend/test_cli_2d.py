@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from PIL import Image
 
 
@@ -49,9 +50,33 @@ def test_bench_2d_json_schema_and_ordering():
 
 
 def test_bench_speed_reports_timing_and_the_discriminator_loss_trend(asd_home):
-    result = asd("bench", "speed", "--preset", "smoke", "--teacher", "tiny", "--device", "cpu", "--steps", "6")
+    result = asd("bench", "speed", "--preset", "smoke", "--teacher", "tiny", "--device", "cpu", "--steps", "6",
+                 "--warmup", "3")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    assert report["seconds_per_step"] > 0 and report["steps_timed"] == 5 and report["weights_dtype"] == "float32"
+    assert report["seconds_per_step"] > 0 and report["steps_timed"] == 6 and report["weights_dtype"] == "float32"
+    assert report["warmup_steps"] == 3 and report["warmup_seconds_per_step"] > 0
     trend = report["discriminator_loss_trend"]
-    assert trend["steps"] == 9 and trend["first"] > 0 and trend["last"] > 0
+    assert trend["steps"] == 6 and trend["first"] > 0 and trend["last"] > 0
+    # Where the time goes, and what the final extraction costs.
+    phases = report["phases"]
+    assert {"render_forward", "render_backward", "encode_forward", "teacher", "discriminator_forward",
+            "guidance_backward", "optimizer", "occupancy", "other"} <= set(phases)
+    assert phases["render_forward"] > 0 and phases["render_backward"] > 0 and phases["teacher"] > 0
+    assert sum(phases.values()) == pytest.approx(report["seconds_per_step_mean"], rel=0.05)
+    # Empty space is skipped from the first step: fewer samples evaluated than generated.
+    assert 0 < report["samples_evaluated"] < report["samples_generated"]
+    assert report["extract_seconds"] > 0 and report["mesh_faces"] > 0 and report["mc_resolution"] == 64
+
+
+def test_bench_speed_compares_the_reference_path_with_the_fast_one(asd_home):
+    result = asd("bench", "speed", "--preset", "smoke", "--teacher", "tiny", "--device", "cpu", "--steps", "3",
+                 "--warmup", "2", "--compare")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["reference"]["implementation"] == "reference" and report["fast"]["implementation"] == "fast"
+    speedup = report["speedup"]
+    assert speedup["seconds_per_step"] > 0 and speedup["extract_seconds"] > 0
+    assert set(speedup["phases"]) == set(report["reference"]["phases"])
+    # Both paths train the same model from the same start: same kind of mesh, similar sample counts.
+    assert report["reference"]["mesh_faces"] > 0 and report["fast"]["mesh_faces"] > 0

@@ -92,7 +92,7 @@ def test_hash_grid_interpolates_trilinearly():
                 index = (c[:, 0] + dx) + (res + 1) * ((c[:, 1] + dy) + (res + 1) * (c[:, 2] + dz))
                 w = ((frac[:, 0] if dx else 1 - frac[:, 0]) * (frac[:, 1] if dy else 1 - frac[:, 1])
                      * (frac[:, 2] if dz else 1 - frac[:, 2]))
-                expected += w[:, None] * grid.embeddings[index]
+                expected += w[:, None] * grid.table[index]
     torch.testing.assert_close(out[:, :2], expected)
     # Continuous across cell boundaries, and trainable.
     eps = torch.tensor([[1e-6, 0, 0]])
@@ -100,6 +100,71 @@ def test_hash_grid_interpolates_trilinearly():
     torch.testing.assert_close(grid(a - eps), grid(a + eps), atol=1e-6, rtol=0)
     out.sum().backward()
     assert grid.embeddings.grad.abs().sum() > 0
+
+
+def test_fast_hash_encoding_equals_the_reference_with_its_gradients():
+    # Dense and hashed levels (17³ > 2^12 from level 2 on), points on cell edges included.
+    spec = GridSpec(n_levels=6, log2_hashmap_size=12, base_resolution=4, per_level_scale=2.0)
+    torch.manual_seed(3)
+    fast = HashGrid(spec, "fast")
+    torch.manual_seed(3)
+    reference = HashGrid(spec, "reference")
+    assert fast.embeddings.shape == (2, fast.offsets[-1]) and reference.embeddings.shape == (fast.offsets[-1], 2)
+    torch.testing.assert_close(fast.table, reference.table, rtol=0, atol=0)  # the same initial values
+    with torch.no_grad():  # a trained-looking table, so the comparison is not of near-zeros
+        reference.embeddings.normal_(generator=torch.Generator().manual_seed(4))
+        fast.embeddings.copy_(reference.embeddings.t())
+    x = torch.rand(3000, 3, generator=torch.Generator().manual_seed(5))
+    x[:100] = torch.round(x[:100] * 16) / 16  # exactly on lattice planes
+    x[100:110] = torch.tensor([0.0, 1.0, 1.0])  # the cube's faces
+    upstream = torch.randn(3000, 12, generator=torch.Generator().manual_seed(6))
+    (fast(x) * upstream).sum().backward()
+    (reference(x) * upstream).sum().backward()
+    torch.testing.assert_close(fast(x), reference(x), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(fast.embeddings.grad.t(), reference.embeddings.grad, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():  # the no-grad path (32-bit indices) too
+        torch.testing.assert_close(fast(x), reference(x), rtol=1e-6, atol=1e-6)
+    # A point that needs its own gradient (normals, say) goes through the differentiable reference.
+    p = x[:5].clone().requires_grad_()
+    fast(p).sum().backward()
+    assert p.grad is not None and p.grad.abs().sum() > 0
+    # Either layout loads the other's state (checkpoints of the first version hold [T, F]).
+    loaded = HashGrid(spec, "fast")
+    loaded.load_state_dict(reference.state_dict())
+    torch.testing.assert_close(loaded.table, reference.table, rtol=0, atol=0)
+    assert loaded.embeddings.is_contiguous()
+
+
+def test_hashing_uses_64_bit_indices_where_32_would_overflow():
+    # 2^20 table entries at resolution 4096: the product of a coordinate and a reduced prime passes 2^31.
+    grid = HashGrid(GridSpec(n_levels=2, log2_hashmap_size=20, base_resolution=2048, per_level_scale=2.0))
+    assert not grid.int32_indices
+    reference = HashGrid(grid.config, "reference")
+    with torch.no_grad():
+        reference.embeddings.copy_(grid.table)
+    x = torch.rand(500, 3, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(grid(x), reference(x))
+
+
+def test_occupancy_grid_never_measures_cells_the_renderer_cannot_reach():
+    grid = OccupancyGrid(radius=1.0, resolution=16, warmup_steps=1000)
+    seen = []
+
+    def everywhere_dense(points):
+        seen.append(points)
+        return torch.full((len(points),), 100.0)
+
+    grid.update(0, everywhere_dense, step_size=0.01)
+    points = torch.cat(seen)
+    # Only cells that meet the bounding sphere were evaluated, and only they can be occupied.
+    assert len(points) == len(grid.measured_cells) < 0.7 * 16**3  # (52 % of the cube, plus the boundary cells)
+    assert (points.norm(dim=-1) <= 1.0 + 2 * 3**0.5 / 16).all()
+    assert grid.query(torch.tensor([[0.0, 0.0, 0.0], [0.6, 0.0, 0.0]])).all()
+    corner = torch.tensor([[0.97, 0.97, 0.97]])  # inside the cube, outside the sphere
+    assert not grid.query(corner).item()
+    everything = OccupancyGrid(radius=1.0, resolution=16, warmup_steps=1000, sphere_only=False)
+    assert len(everything.measured_cells) == 16**3
 
 
 def test_occupancy_grid_skips_empty_space():
@@ -129,6 +194,57 @@ def test_marching_cubes_on_an_analytic_sdf_is_within_one_voxel():
     # The refined second pass is tighter.
     refined = extract_mesh(density, 1.0, ExtractionConfig(resolution=64, threshold=0.0))
     assert np.abs(np.linalg.norm(refined.vertices, axis=1) - 0.5).max() < voxel / 1.5
+
+
+def torus_density(p: torch.Tensor) -> torch.Tensor:
+    """Positive inside a torus (major 0.45, minor 0.12, tilted), smooth outside: a NeRF-like field."""
+    q = p @ torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.8, -0.6], [0.0, 0.6, 0.8]])
+    ring = torch.stack([q[:, :2].norm(dim=-1) - 0.45, q[:, 2]], -1).norm(dim=-1)
+    return 40 * torch.sigmoid(60 * (0.12 - ring))
+
+
+class CountingField:
+    def __init__(self, fn):
+        self.fn, self.points = fn, 0
+
+    def __call__(self, p):
+        self.points += len(p)
+        return self.fn(p)
+
+
+def test_band_extraction_gives_the_full_grids_mesh_from_a_fraction_of_the_field():
+    # Over the same lattice (no bounding-box pass), the band grid agrees with the full grid at every
+    # cell that holds the surface, so marching cubes returns the same mesh.
+    full_field, band_field = CountingField(torus_density), CountingField(torus_density)
+    full = extract_mesh(full_field, 1.0, ExtractionConfig(resolution=128, threshold=20.0, refine=False, method="full"))
+    band = extract_mesh(band_field, 1.0, ExtractionConfig(resolution=128, threshold=20.0, refine=False))
+    assert len(full.faces) > 5000
+    np.testing.assert_array_equal(band.faces, full.faces)
+    np.testing.assert_allclose(band.vertices, full.vertices, atol=1e-5)  # (lattice coordinates rounded apart)
+    assert band_field.points < 0.15 * full_field.points
+    # With the bounding-box pass both refine inside the object's box: same surface within a voxel.
+    full = extract_mesh(torus_density, 1.0, ExtractionConfig(resolution=96, method="full"),
+                        color_fn=lambda p: (p + 1) / 2)
+    band = extract_mesh(torus_density, 1.0, ExtractionConfig(resolution=96), color_fn=lambda p: (p + 1) / 2)
+    voxel = 2.0 / 95
+    from scipy.spatial import cKDTree
+
+    assert cKDTree(full.vertices).query(band.vertices)[0].max() < voxel
+    assert cKDTree(band.vertices).query(full.vertices)[0].max() < voxel
+    assert band.colors.shape == (len(band.vertices), 3)
+    assert trimesh.Trimesh(band.vertices, band.faces, process=False).is_watertight
+
+
+def test_band_extraction_keeps_separate_parts_and_empty_fields_empty():
+    def two_balls(p):  # two parts far apart, the smaller one 3 coarse cells wide
+        a = (p - torch.tensor([0.4, 0.0, 0.0])).norm(dim=-1) < 0.3
+        b = (p - torch.tensor([-0.6, 0.3, 0.0])).norm(dim=-1) < 0.2
+        return (a | b).float() * 50
+
+    mesh = extract_mesh(two_balls, 1.0, ExtractionConfig(resolution=96, threshold=25.0, min_component_fraction=0))
+    assert len(trimesh.Trimesh(mesh.vertices, mesh.faces).split(only_watertight=False)) == 2
+    empty = extract_mesh(lambda p: torch.zeros(len(p)), 1.0, ExtractionConfig(resolution=96, threshold=1.0))
+    assert len(empty.faces) == 0
 
 
 def test_small_components_and_empty_fields():
@@ -170,9 +286,12 @@ def test_mesh_files_round_trip_in_blenders_frame(tmp_path, suffix):
     back = read_mesh(path)
     assert back.faces.shape == blender.faces.shape
     np.testing.assert_allclose(np.sort(back.vertices, axis=0), np.sort(blender.vertices, axis=0), atol=1e-5)
-    order = np.lexsort(blender.vertices.T)
-    back_order = np.lexsort(back.vertices.T)
-    assert np.abs(back.colors[back_order].astype(int) - blender.colors[order].astype(int)).max() <= 2
+    # Colours travel with their vertices (matched by position: files round coordinates).
+    from scipy.spatial import cKDTree
+
+    distance, nearest = cKDTree(blender.vertices).query(back.vertices)
+    assert distance.max() < 1e-5
+    assert np.abs(back.colors.astype(int) - blender.colors[nearest].astype(int)).max() <= 2
 
 
 def test_glb_is_y_up_for_importers(tmp_path):
@@ -219,6 +338,42 @@ def test_resume_continues_exactly(tmp_path, asd_home):
     for key in a:
         assert torch.equal(a[key], b[key]), key
     np.testing.assert_array_equal(straight.mesh.vertices, resumed.mesh.vertices)
+
+
+def test_a_checkpoint_of_the_first_versions_layout_resumes_on_the_fast_path(tmp_path):
+    # The reference implementation stores the hash table as the first version did ([T, F]); its
+    # checkpoint (table and Adam moments) resumes on the fast path ([F, T]) and trains on.
+    from asd_backend.teachers import load_teacher
+    from asd_backend.train.presets import resolve_spec
+    from asd_backend.train.text_to_3d import generate
+
+    config = resolve_spec({"prompt": "a teapot", "preset": "smoke", "seed": 0, "schedule": {"steps": 5},
+                           "output": {"mesh_every": 0, "mc_resolution": 32}})
+    teacher = load_teacher("tiny", "cpu")
+    stop_after = iter([False, False, True])
+    first = generate(teacher, config, workdir=tmp_path, should_stop=lambda: next(stop_after, False),
+                     implementation="reference")
+    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    table = saved["model"]["field.encoding.embeddings"]
+    assert first.steps_done == 3 and table.shape[0] > table.shape[1]  # [T, F]
+    resumed = generate(teacher, config, workdir=tmp_path, resume=True)
+    assert resumed.steps_done == 5 and resumed.resumed_from == 3 and len(resumed.mesh.faces) > 0
+    grid = resumed.model.field.encoding
+    assert grid.embeddings.shape == table.t().shape and not torch.equal(grid.table, table)  # loaded, then trained
+
+
+def test_empty_space_is_skipped_from_the_first_step():
+    from asd_backend.teachers import load_teacher
+    from asd_backend.train.presets import resolve_spec
+    from asd_backend.train.text_to_3d import generate
+
+    config = resolve_spec({"prompt": "a teapot", "preset": "smoke", "seed": 0, "schedule": {"steps": 2},
+                           "output": {"mesh_every": 0, "mc_resolution": 32}})
+    seen = {}
+    generate(load_teacher("tiny", "cpu"), config, on_progress=lambda step, total, m: seen.setdefault(step, m))
+    first = seen[1]
+    # The initial field is a ball: the grid marks the rest empty before the first render.
+    assert first["occupied"] < 0.5 and first["samples_evaluated"] < 0.6 * first["samples_total"]
 
 
 def test_bench_3d_reports_its_metrics():

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
@@ -31,6 +32,7 @@ from torch import Tensor
 
 from asd_protocol.job_spec import METHODS, GuidanceSpec, ModelSpec, NerfSpec
 
+from ..phase_timer import PhaseTimer
 from ..teachers.analytic import RenderedShapeTeacher
 from ..teachers.base import Teacher, expand_like
 from ..teachers.stable_diffusion import StableDiffusionTeacher
@@ -248,11 +250,13 @@ class ScoreDistillation:
     # -- the two losses ------------------------------------------------------------------------
 
     def generator_loss(self, z: Tensor, c: Conditioning, camera: Any = None, step: int = 0,
-                       generator: torch.Generator | None = None, source: Tensor | None = None) -> GuidanceOutput:
+                       generator: torch.Generator | None = None, source: Tensor | None = None,
+                       timer: PhaseTimer | None = None) -> GuidanceOutput:
         """Loss whose gradient w.r.t. the render z is w(t)·(ε̃_teacher − ref).
 
         `source` (DDS only) is the unedited sample the reference is computed on.
         """
+        phase = timer.phase if timer is not None else _untimed
         if self.config.method == "dds" and source is None:
             raise ValueError("DDS compares with the source sample: pass source=")
         low, high = self.step_range(step)
@@ -260,15 +264,18 @@ class ScoreDistillation:
         with torch.no_grad():
             noise = torch.randn(z.shape, device=z.device, dtype=z.dtype, generator=generator)
             x_t = self.teacher.add_noise(z.detach(), noise, t)
-            eps_teacher, _ = self.teacher_eps(x_t, t, c, camera)
+            with phase("teacher"):
+                eps_teacher, _ = self.teacher_eps(x_t, t, c, camera)
             if self.config.method == "dds":
                 source_t = self.teacher.add_noise(source, noise, t)
-                reference, _ = self.teacher_eps(source_t, t, dataclasses.replace(
-                    c, cond=c.base, negatives=None, negative_weights=None), camera)
+                with phase("teacher"):
+                    reference, _ = self.teacher_eps(source_t, t, dataclasses.replace(
+                        c, cond=c.base, negatives=None, negative_weights=None), camera)
             elif self.discriminator is None:
                 reference = noise
             else:
-                reference = self.discriminator_eps(x_t, t, c, camera)
+                with phase("discriminator_forward"):
+                    reference = self.discriminator_eps(x_t, t, c, camera)
             grad = torch.nan_to_num(self.weight(t, z) * (eps_teacher - reference))
             if self.config.grad_clip is not None:
                 grad = grad.clamp(-self.config.grad_clip, self.config.grad_clip)
@@ -285,40 +292,47 @@ class ScoreDistillation:
 
     def step(self, optimizer: torch.optim.Optimizer, z: Tensor, c: Conditioning, camera: Any = None, *,
              step: int = 0, generator: torch.Generator | None = None, source: Tensor | None = None,
-             extra: dict[str, Tensor] | None = None) -> dict[str, float]:
+             extra: dict[str, Tensor] | None = None, timer: PhaseTimer | None = None) -> dict[str, float]:
         """One training step, the same in every loop (3D, 2D, editing, benchmarks): the guidance loss on
         the render z, the weighted `extra` losses (regularisers, already multiplied by their weights),
         ε_φ's loss on the same render (detached, fresh t and ε), then one backward and one optimizer
-        step over the generator's and ε_φ's parameters, which are disjoint. Returns the metrics."""
+        step over the generator's and ε_φ's parameters, which are disjoint. Returns the metrics.
+        `timer` (benchmarks) books the teacher, ε_φ, backward and optimizer phases."""
+        phase = timer.phase if timer is not None else _untimed
         if self.discriminator is not None:
             self.discriminator.observe(z, c.base, camera)
-        out = self.generator_loss(z, c, camera, step=step, generator=generator, source=source)
+        out = self.generator_loss(z, c, camera, step=step, generator=generator, source=source, timer=timer)
         loss = out.loss
         metrics = out.metrics()
         for name, value in (extra or {}).items():
             loss = loss + value
             metrics[f"loss_{name}"] = float(value.detach())
         if self.discriminator is not None:
-            loss_d = self.discriminator_loss(z, c, camera, generator=generator)
+            with phase("discriminator_forward"):
+                loss_d = self.discriminator_loss(z, c, camera, generator=generator)
             loss = loss + loss_d
             metrics["loss_discriminator"] = float(loss_d.detach())
         metrics["loss"] = float(loss.detach())
-        self._optimizer_step(optimizer, loss)
+        self._optimizer_step(optimizer, loss, phase)
         # More ε_φ updates on the same render: the generator's parameters have no gradient now, so the
         # optimizer leaves them alone.
         for _ in range(self.config.discriminator_steps - 1 if self.discriminator is not None else 0):
-            self._optimizer_step(optimizer, self.discriminator_loss(z, c, camera, generator=generator))
+            with phase("discriminator_extra_steps"):
+                self._optimizer_step(optimizer, self.discriminator_loss(z, c, camera, generator=generator))
         return metrics
 
-    def _optimizer_step(self, optimizer: torch.optim.Optimizer, loss: Tensor) -> None:
+    def _optimizer_step(self, optimizer: torch.optim.Optimizer, loss: Tensor,
+                        phase: Callable[[str], AbstractContextManager] | None = None) -> None:
+        phase = phase or _untimed
         optimizer.zero_grad(set_to_none=True)
-        if self.scaler is None:
-            loss.backward()
-            optimizer.step()
-            return
-        self.scaler.scale(loss).backward()
-        self.scaler.step(optimizer)  # skipped (and the scale lowered) when a gradient overflowed
-        self.scaler.update()
+        with phase("backward"):
+            (loss if self.scaler is None else self.scaler.scale(loss)).backward()
+        with phase("optimizer"):
+            if self.scaler is None:
+                optimizer.step()
+            else:
+                self.scaler.step(optimizer)  # skipped (and the scale lowered) when a gradient overflowed
+                self.scaler.update()
 
     def discriminator_loss(self, z: Tensor, c: Conditioning, camera: Any = None,
                            generator: torch.Generator | None = None) -> Tensor:
@@ -348,6 +362,10 @@ class ScoreDistillation:
                 eps_teacher = self.teacher.predict_eps(x_t, t, c.cond, camera)
             loss = loss + cfg.effective_gamma * F.mse_loss(eps_phi, eps_teacher.float())
         return loss
+
+
+def _untimed(name: str) -> AbstractContextManager:
+    return nullcontext()
 
 
 def map_camera(camera: Any, fn: Callable[[Tensor], Tensor]) -> Any:

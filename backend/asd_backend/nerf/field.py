@@ -35,10 +35,10 @@ def mlp(inputs: int, hidden: int, outputs: int) -> nn.Sequential:
 
 
 class NerfField(nn.Module):
-    def __init__(self, config: FieldConfig | None = None) -> None:
+    def __init__(self, config: FieldConfig | None = None, implementation: str = "fast") -> None:
         super().__init__()
         self.config = config = config or FieldConfig()
-        self.encoding = HashGrid(config.grid)
+        self.encoding = HashGrid(config.grid, implementation)
         self.density_network = mlp(self.encoding.output_dim, config.hidden, 1)
         self.feature_network = mlp(self.encoding.output_dim, config.hidden, 3)
 
