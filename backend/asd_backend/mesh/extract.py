@@ -6,13 +6,18 @@ the NeRF, analytic SDFs in tests and anything else. Steps: a density grid; thres
 decimation to a face budget; vertex colours, one field query per final vertex.
 
 The density grid is built coarse to fine (`method="band"`, the default): a coarse grid over the
-whole box gives the threshold and the object's bounding box; each finer grid, up to the requested
-resolution inside that box, evaluates the field only in the cells where the coarser grid crosses
-the threshold (the first refinement also in their neighbours) and interpolates the coarser grid
-elsewhere, where it is on one side of the level and marching cubes finds no surface anyway. The
-field is evaluated near the surface only: a few percent of the points of a full grid, for the
-same mesh. `method="full"` evaluates every point twice (the whole box, then the object's padded
-bounding box at the same resolution), as the first version did; it is the reference.
+whole box (an eighth of the resolution, at least 24) gives the threshold and the object's bounding box; each
+finer grid, up to the voxels of the requested resolution inside that box, evaluates the field only
+at points next to cells where the coarser grid crosses the threshold (the first refinement also
+next to their neighbours) and interpolates the coarser grid elsewhere, where it is on one side of
+the level and marching cubes finds no surface anyway. The field is evaluated near the surface
+only, a few percent of a full grid's points; over the same lattice the mesh is the full grid's
+(a test checks it face for face). `resolution` is the voxel size of a resolution³ grid over the
+whole box: meshes have the same detail whatever the object's size.
+
+`method="full"` is the first version, kept as the reference: every point of the whole box, then
+every point of a second grid at the same resolution inside the first mesh's padded bounding box
+(finer voxels where the object is, when the first mesh has no stray bits far from it).
 """
 
 from __future__ import annotations
@@ -67,8 +72,8 @@ class ExtractionConfig:
     chunk: int = 1 << 18
     method: str = "band"
     """band: evaluate the field near the surface only, coarse to fine; full: every grid point (reference)."""
-    coarsest: int = 16
-    """Smallest resolution of the band method's first, whole-box grid (resolution/4 when that is larger)."""
+    coarsest: int = 24
+    """Smallest resolution of the band method's first, whole-box grid (resolution/8 when that is larger)."""
 
     def __post_init__(self) -> None:
         if not 8 <= self.resolution <= 1024:
@@ -130,9 +135,9 @@ def _dilate(cells: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def _refine_grid(density_fn: DensityFn, coarse: torch.Tensor, coarse_lo: np.ndarray, coarse_hi: np.ndarray,
-                 lo: np.ndarray, hi: np.ndarray, resolution: int, level: float, dilate: bool, chunk: int,
+                 lo: np.ndarray, hi: np.ndarray, shape: tuple[int, int, int], level: float, dilate: bool, chunk: int,
                  device: torch.device | str) -> tuple[torch.Tensor, int]:
-    """A resolution³ lattice over [lo, hi]: the field where `coarse` crosses the level, `coarse`
+    """A lattice of `shape` points over [lo, hi]: the field where `coarse` crosses the level, `coarse`
     interpolated elsewhere. Returns (grid, number of field evaluations)."""
     cells = _crossing_cells(coarse, level)
     if dilate:
@@ -140,7 +145,7 @@ def _refine_grid(density_fn: DensityFn, coarse: torch.Tensor, coarse_lo: np.ndar
     # Each new lattice point's fractional index in the coarse lattice, axis by axis.
     coords = []
     for axis in range(3):
-        x = np.linspace(lo[axis], hi[axis], resolution)
+        x = np.linspace(lo[axis], hi[axis], shape[axis])
         coords.append(torch.from_numpy((x - coarse_lo[axis]) / (coarse_hi[axis] - coarse_lo[axis])
                                        * (coarse.shape[axis] - 1)).float())
     grid = coarse.cpu()
@@ -153,14 +158,14 @@ def _refine_grid(density_fn: DensityFn, coarse: torch.Tensor, coarse_lo: np.ndar
     for axis, c in enumerate(coords):
         step = float(c[1] - c[0]) if len(c) > 1 else 0.0
         near.append([(c + d).floor().clamp(0, coarse.shape[axis] - 2).long() for d in (-step, step)])
-    active = torch.zeros(resolution, resolution, resolution, dtype=torch.bool)
+    active = torch.zeros(shape, dtype=torch.bool)
     for ix in near[0]:
         for iy in near[1]:
             for iz in near[2]:
                 active |= cells_cpu[ix[:, None, None], iy[None, :, None], iz[None, None, :]]
     index = active.nonzero()
     if len(index):
-        spacing = torch.from_numpy((hi - lo) / (resolution - 1)).float()
+        spacing = torch.from_numpy((hi - lo) / (np.array(shape) - 1)).float()
         lo_t = torch.from_numpy(lo).float()
         values = []
         for part in index.split(chunk):
@@ -172,33 +177,41 @@ def _refine_grid(density_fn: DensityFn, coarse: torch.Tensor, coarse_lo: np.ndar
 
 def band_density_grid(density_fn: DensityFn, lo: np.ndarray, hi: np.ndarray, config: ExtractionConfig,
                       device: torch.device | str = "cpu") -> tuple[np.ndarray, float, np.ndarray, np.ndarray, int]:
-    """The coarse-to-fine density grid of the module docstring.
+    """The coarse-to-fine density grid of the module docstring. Its voxels are those of a
+    config.resolution³ grid over [lo, hi], restricted to the object's box when `refine` is on.
 
-    Returns (grid at config.resolution, threshold, its box lo, hi, field evaluations)."""
-    resolutions = [config.resolution]
-    while resolutions[-1] // 2 >= config.coarsest and len(resolutions) < 3:
-        resolutions.append(resolutions[-1] // 2)
-    resolutions.reverse()  # coarsest first, at most two refinements
-    coarse = torch.from_numpy(density_grid(density_fn, lo, hi, resolutions[0], config.chunk, device))
+    Returns (grid, threshold, the grid's box lo, hi, field evaluations)."""
+    resolution = config.resolution
+    # The coarsest grid: resolution / 2^k for the largest k ≤ 3 that keeps it at `coarsest` or more.
+    refinements = next((k for k in (3, 2, 1) if resolution // 2**k >= config.coarsest), 0)
+    coarse_res = resolution // 2**refinements
+    coarse = torch.from_numpy(density_grid(density_fn, lo, hi, coarse_res, config.chunk, device))
     evaluations = coarse.numel()
     level = auto_threshold(coarse.numpy()) if config.threshold == "auto" else float(config.threshold)
     cells = _crossing_cells(coarse, level)
-    if not cells.any() or len(resolutions) == 1:
+    if not cells.any() or coarse_res == resolution:
         return coarse.numpy(), level, lo, hi, evaluations
-    coarse_lo, coarse_hi = lo, hi
+    voxel = (hi - lo) / (resolution - 1)
+    first, last = np.zeros(3, int), np.full(3, resolution - 1)
     if config.refine:
-        # The box around the crossing cells (the surface is inside them), one coarse cell wider:
-        # finer voxels where the object is.
-        spacing = (hi - lo) / (resolutions[0] - 1)
+        # The box around the crossing cells (the surface is inside them), one coarse cell wider,
+        # on the final lattice: the same voxels, evaluated only where the object is.
+        spacing = (hi - lo) / (coarse_res - 1)
         where = cells.nonzero().numpy()
-        lo, hi = np.maximum(lo + (where.min(0) - 1) * spacing, lo), np.minimum(lo + (where.max(0) + 2) * spacing, hi)
-    grid = coarse
-    for i, resolution in enumerate(resolutions[1:]):
-        grid, count = _refine_grid(density_fn, grid, coarse_lo, coarse_hi, lo, hi, resolution, level,
+        first = np.maximum(np.floor((where.min(0) - 1) * spacing / voxel).astype(int), 0)
+        last = np.minimum(np.ceil((where.max(0) + 2) * spacing / voxel).astype(int), resolution - 1)
+    shape = tuple(int(n) for n in last - first + 1)
+    box_lo, box_hi = lo + first * voxel, lo + last * voxel
+    shapes = [shape]
+    for _ in range(refinements - 1):  # each intermediate lattice at twice the spacing of the next
+        shapes.insert(0, tuple((n - 1) // 2 + 1 for n in shapes[0]))
+    grid, coarse_lo, coarse_hi = coarse, lo, hi
+    for i, step_shape in enumerate(shapes):
+        grid, count = _refine_grid(density_fn, grid, coarse_lo, coarse_hi, box_lo, box_hi, step_shape, level,
                                    dilate=i == 0, chunk=config.chunk, device=device)
         evaluations += count
-        coarse_lo, coarse_hi = lo, hi
-    return grid.numpy(), level, lo, hi, evaluations
+        coarse_lo, coarse_hi = box_lo, box_hi
+    return grid.numpy(), level, box_lo, box_hi, evaluations
 
 
 def _marching_cubes(grid: np.ndarray, level: float, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -218,16 +231,26 @@ def _marching_cubes(grid: np.ndarray, level: float, lo: np.ndarray, hi: np.ndarr
 
 
 def _drop_small_components(vertices: np.ndarray, faces: np.ndarray, fraction: float):
-    import trimesh
+    """Keep the connected pieces with at least `fraction` of the largest piece's faces (floaters go).
+    Pieces are the connected components of the vertex graph (scipy's, several times faster than
+    building trimesh's face adjacency)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
 
-    mesh = trimesh.Trimesh(vertices, faces, process=False)
-    parts = mesh.split(only_watertight=False)
-    if len(parts) <= 1:
+    n = len(vertices)
+    edges = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]]])
+    graph = coo_matrix((np.ones(len(edges), np.int8), (edges[:, 0], edges[:, 1])), shape=(n, n))
+    count, label = connected_components(graph, directed=False)
+    if count <= 1:
         return vertices, faces
-    largest = max(len(p.faces) for p in parts)
-    kept = [p for p in parts if len(p.faces) >= fraction * largest]
-    merged = trimesh.util.concatenate(kept)
-    return np.asarray(merged.vertices, np.float32), np.asarray(merged.faces, np.int64)
+    face_label = label[faces[:, 0]]
+    sizes = np.bincount(face_label, minlength=count)
+    keep_faces = sizes[face_label] >= fraction * sizes.max()
+    faces = faces[keep_faces]
+    used = np.zeros(n, bool)
+    used[faces] = True
+    remap = np.cumsum(used) - 1
+    return vertices[used], remap[faces].astype(np.int64)
 
 
 def extract_mesh(density_fn: DensityFn, bounds: tuple[np.ndarray, np.ndarray] | float,
