@@ -495,8 +495,50 @@ def _bench_speed(args: argparse.Namespace) -> int:
     reports = [measure(preset=name, teacher=args.teacher, device=args.device, method=args.method,
                        steps=args.steps, warmup=args.warmup, resolution=args.resolution, loaded=loaded)
                for name in presets]
-    _print_json(reports[0] if len(reports) == 1 else reports)
+    if args.json:
+        _print_json(reports[0] if len(reports) == 1 else reports)
+        return 0
+    for report in reports:
+        if args.compare:
+            _print_speed(report["reference"], report["fast"], report["speedup"])
+        else:
+            _print_speed(report)
     return 0
+
+
+def _print_speed(report: dict, fast: dict | None = None, speedup: dict | None = None) -> None:
+    """A preset's timing as a table: phases per step, extraction; with --compare, both paths and ratios."""
+    columns = [report] + ([fast] if fast else [])
+    head = f"{report['preset']} on {report['device']} ({report['threads']} threads), {report['teacher']} teacher, "
+    print(head + f"{report['render_resolution']}² renders, {report['samples_per_ray']} samples per ray")
+    names = ["reference", "fast", "speed-up"] if fast else [report["implementation"]]
+    print(f"{'':<26}" + "".join(f"{n:>12}" for n in names))
+
+    def row(label: str, key: str, unit: str = "s") -> None:
+        values = [c.get(key) for c in columns] + ([speedup.get(key)] if speedup else [])
+        cells = [f"{v:>11.3f}{unit}" if v is not None else f"{'–':>12}" for v in values[:len(columns)]]
+        if speedup:
+            cells.append(f"{values[-1]:>11.2f}×" if values[-1] else f"{'–':>12}")
+        print(f"{label:<26}" + "".join(cells))
+
+    row("seconds per step", "seconds_per_step")
+    row("warm-up seconds per step", "warmup_seconds_per_step")
+    for phase in report["phases"]:
+        values = [c["phases"].get(phase) for c in columns]
+        ratio = (speedup or {}).get("phases", {}).get(phase)
+        print(f"  {phase:<24}" + "".join(f"{v:>11.3f}s" if v is not None else f"{'–':>12}" for v in values)
+              + (f"{ratio:>11.2f}×" if ratio else (f"{'–':>12}" if speedup else "")))
+    print(f"{'samples evaluated':<26}" + "".join(f"{c['samples_evaluated']:>12,}" for c in columns)
+          + f"  of {report['samples_generated']:,}")
+    row(f"extraction at {report['mc_resolution']}³", "extract_seconds")
+    if report.get("peak_memory_gib") is not None:
+        print(f"{'peak memory':<26}" + "".join(f"{c['peak_memory_gib']:>10.2f}GB" for c in columns))
+    def duration(c: dict) -> str:
+        seconds = (c["seconds_per_step"] or 0) * c["preset_steps"]
+        return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+    print(f"whole preset ({report['preset_steps']} steps of optimisation): about "
+          + " / ".join(duration(c) for c in columns))
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
@@ -570,6 +612,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resolution", type=int, default=None, help="render side (default: the preset's largest)")
     p.add_argument("--compare", action="store_true",
                    help="run the reference path and the fast one side by side and print the speed-ups")
+    p.add_argument("--json", action="store_true", help="print the full report as JSON")
     p.set_defaults(handler=_bench_speed)
 
 

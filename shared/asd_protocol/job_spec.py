@@ -144,10 +144,12 @@ class OutputSpec:
     """Output: preview meshes while it trains, the final mesh, turntable frames."""
 
     mesh_every: int = integer(150, lo=0, hi=MAX_STEPS, doc="preview mesh every N steps (0: final only)")
-    preview_mc_resolution: int = integer(96, lo=16, hi=512, doc="marching-cubes resolution of previews")
+    preview_mc_resolution: int = integer(96, lo=16, hi=512,
+                                         doc="marching-cubes resolution of previews (cells across the scene's cube)")
     preview_face_budget: int = integer(20_000, lo=4, hi=4_000_000, doc="faces a preview is decimated to")
     preview_render: int = integer(256, lo=16, hi=2048, doc="side of the preview render")
-    mc_resolution: int = integer(192, lo=32, hi=1024, doc="marching-cubes resolution of the final mesh")
+    mc_resolution: int = integer(192, lo=32, hi=1024,
+                                 doc="marching-cubes resolution of the final mesh (cells across the scene's cube)")
     mc_threshold: float | None = number(None, optional=True, lo=0.0, hi=1e6,
                                         doc="density of the surface (unset: automatic)")
     texture_size: int = integer(0, lo=0, hi=8192,

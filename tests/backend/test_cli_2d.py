@@ -51,7 +51,7 @@ def test_bench_2d_json_schema_and_ordering():
 
 def test_bench_speed_reports_timing_and_the_discriminator_loss_trend(asd_home):
     result = asd("bench", "speed", "--preset", "smoke", "--teacher", "tiny", "--device", "cpu", "--steps", "6",
-                 "--warmup", "3")
+                 "--warmup", "3", "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["seconds_per_step"] > 0 and report["steps_timed"] == 6 and report["weights_dtype"] == "float32"
@@ -71,7 +71,7 @@ def test_bench_speed_reports_timing_and_the_discriminator_loss_trend(asd_home):
 
 def test_bench_speed_compares_the_reference_path_with_the_fast_one(asd_home):
     result = asd("bench", "speed", "--preset", "smoke", "--teacher", "tiny", "--device", "cpu", "--steps", "3",
-                 "--warmup", "2", "--compare")
+                 "--warmup", "2", "--compare", "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["reference"]["implementation"] == "reference" and report["fast"]["implementation"] == "fast"

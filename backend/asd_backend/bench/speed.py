@@ -100,8 +100,8 @@ def compare(**kwargs: Any) -> dict[str, Any]:
                                                             kwargs.get("device", "auto"))
     reference = run(**kwargs, implementation="reference")
     fast = run(**kwargs, implementation="fast")
-    ratios = {"seconds_per_step": _ratio(reference["seconds_per_step"], fast["seconds_per_step"]),
-              "extract_seconds": _ratio(reference["extract_seconds"], fast["extract_seconds"])}
+    ratios = {key: _ratio(reference[key], fast[key])
+              for key in ("seconds_per_step", "warmup_seconds_per_step", "extract_seconds")}
     ratios["phases"] = {k: _ratio(v, fast["phases"].get(k)) for k, v in reference["phases"].items()}
     return {"benchmark": "speed-compare", "preset": fast["preset"], "reference": reference, "fast": fast,
             "speedup": ratios}
