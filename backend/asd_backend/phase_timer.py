@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 import torch
 from torch import Tensor
@@ -65,3 +65,8 @@ class PhaseTimer:
         done, self.current = dict(self.current), defaultdict(float)
         self._arrivals = []
         return done
+
+
+def phases_of(timer: PhaseTimer | None) -> Callable[[str], AbstractContextManager]:
+    """`timer.phase`, or a context that does nothing when the run is not timed."""
+    return timer.phase if timer is not None else (lambda name: nullcontext())

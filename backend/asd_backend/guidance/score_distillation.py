@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
@@ -32,7 +32,7 @@ from torch import Tensor
 
 from asd_protocol.job_spec import METHODS, GuidanceSpec, ModelSpec, NerfSpec
 
-from ..phase_timer import PhaseTimer
+from ..phase_timer import PhaseTimer, phases_of
 from ..teachers.analytic import RenderedShapeTeacher
 from ..teachers.base import Teacher, expand_like
 from ..teachers.stable_diffusion import StableDiffusionTeacher
@@ -256,7 +256,7 @@ class ScoreDistillation:
 
         `source` (DDS only) is the unedited sample the reference is computed on.
         """
-        phase = timer.phase if timer is not None else _untimed
+        phase = phases_of(timer)
         if self.config.method == "dds" and source is None:
             raise ValueError("DDS compares with the source sample: pass source=")
         low, high = self.step_range(step)
@@ -298,7 +298,7 @@ class ScoreDistillation:
         ε_φ's loss on the same render (detached, fresh t and ε), then one backward and one optimizer
         step over the generator's and ε_φ's parameters, which are disjoint. Returns the metrics.
         `timer` (benchmarks) books the teacher, ε_φ, backward and optimizer phases."""
-        phase = timer.phase if timer is not None else _untimed
+        phase = phases_of(timer)
         if self.discriminator is not None:
             self.discriminator.observe(z, c.base, camera)
         out = self.generator_loss(z, c, camera, step=step, generator=generator, source=source, timer=timer)
@@ -323,7 +323,7 @@ class ScoreDistillation:
 
     def _optimizer_step(self, optimizer: torch.optim.Optimizer, loss: Tensor,
                         phase: Callable[[str], AbstractContextManager] | None = None) -> None:
-        phase = phase or _untimed
+        phase = phase or phases_of(None)
         optimizer.zero_grad(set_to_none=True)
         with phase("backward"):
             (loss if self.scaler is None else self.scaler.scale(loss)).backward()
@@ -363,9 +363,6 @@ class ScoreDistillation:
             loss = loss + cfg.effective_gamma * F.mse_loss(eps_phi, eps_teacher.float())
         return loss
 
-
-def _untimed(name: str) -> AbstractContextManager:
-    return nullcontext()
 
 
 def map_camera(camera: Any, fn: Callable[[Tensor], Tensor]) -> Any:

@@ -6,8 +6,8 @@ the NeRF, analytic SDFs in tests and anything else. Steps: a density grid; thres
 decimation to a face budget; vertex colours, one field query per final vertex.
 
 The density grid is built coarse to fine (`method="band"`, the default): a coarse grid over the
-whole box (an eighth of the resolution, at least 24) gives the threshold and the object's bounding box; each
-finer grid, up to the voxels of the requested resolution inside that box, evaluates the field only
+whole box (an eighth of the resolution, at least 48³) gives the threshold and the object's bounding
+box; each finer grid, up to the voxels of the requested resolution inside that box, evaluates the field only
 at points next to cells where the coarser grid crosses the threshold (the first refinement also
 next to their neighbours) and interpolates the coarser grid elsewhere, where it is on one side of
 the level and marching cubes finds no surface anyway. The field is evaluated near the surface
@@ -72,8 +72,10 @@ class ExtractionConfig:
     chunk: int = 1 << 18
     method: str = "band"
     """band: evaluate the field near the surface only, coarse to fine; full: every grid point (reference)."""
-    coarsest: int = 24
-    """Smallest resolution of the band method's first, whole-box grid (resolution/8 when that is larger)."""
+    coarsest: int = 48
+    """Smallest resolution of the band method's first, whole-box grid (resolution/8 when that is larger).
+    It also gives the 'auto' threshold: 24³ put it 6 % off on a trained torus (Chamfer 1.20 % against
+    0.96 %), 48³ within 1.5 % of the full grid's."""
 
     def __post_init__(self) -> None:
         if not 8 <= self.resolution <= 1024:

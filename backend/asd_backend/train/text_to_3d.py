@@ -9,7 +9,6 @@ official code) → occupancy-grid refresh. Every `mesh_every` steps a preview me
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import time
 from collections.abc import Callable
@@ -30,7 +29,7 @@ from ..nerf.cameras import CameraConfig, orbit_cameras, sample_cameras
 from ..nerf.field import FieldConfig, NerfField
 from ..nerf.occupancy import OccupancyGrid
 from ..nerf.renderer import VolumeRenderer
-from ..phase_timer import PhaseTimer
+from ..phase_timer import PhaseTimer, phases_of
 from ..teachers.base import Teacher
 
 IMPLEMENTATIONS = ("fast", "reference")
@@ -82,12 +81,11 @@ class Generator3D(torch.nn.Module):
         (Masking the density by the occupancy grid was tried: it cuts into surfaces and scores worse on
         `asd bench 3d`.)"""
         device = self.field.device
-        density = self.field.density
         if self.implementation == "reference":
             config = dataclasses.replace(config, method="full")
-        mesh = extract_mesh(density, self.field.radius, config, color_fn=self.field.albedo, device=device)
+        mesh = extract_mesh(self.field.density, self.field.radius, config, color_fn=self.field.albedo, device=device)
         if not len(mesh.faces) and threshold_fallback and config.threshold != "auto":
-            mesh = extract_mesh(density, self.field.radius, dataclasses.replace(config, threshold="auto"),
+            mesh = extract_mesh(self.field.density, self.field.radius, dataclasses.replace(config, threshold="auto"),
                                 color_fn=self.field.albedo, device=device)
         if texture_size and len(mesh.faces):
             from ..mesh.bake import bake_texture
@@ -216,9 +214,6 @@ def check_resume(workdir: Path, spec: JobSpec) -> int:
     return step
 
 
-def _untimed(name: str) -> contextlib.AbstractContextManager:
-    return contextlib.nullcontext()
-
 
 def opacity_losses(opacity: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(sparsity, opaque) as the official system: √(o² + 0.01) and the binary entropy of o."""
@@ -287,7 +282,7 @@ def _optimise(teacher: Teacher, spec: JobSpec, model: Generator3D, guidance: Sco
     step = start
     stopped = False
     final_mesh: Mesh | None = None
-    phase = timer.phase if timer is not None else _untimed
+    phase = phases_of(timer)
     if start == 0 and model.implementation == "fast":
         # Skip empty space from the first step: the initial field is a ball (the density blob).
         with phase("occupancy"):
