@@ -216,12 +216,12 @@ def test_band_extraction_gives_the_full_grids_mesh_from_a_fraction_of_the_field(
     # Over the same lattice (no bounding-box pass), the band grid agrees with the full grid at every
     # cell that holds the surface, so marching cubes returns the same mesh.
     full_field, band_field = CountingField(torus_density), CountingField(torus_density)
-    full = extract_mesh(full_field, 1.0, ExtractionConfig(resolution=128, threshold=20.0, refine=False, method="full"))
-    band = extract_mesh(band_field, 1.0, ExtractionConfig(resolution=128, threshold=20.0, refine=False))
+    full = extract_mesh(full_field, 1.0, ExtractionConfig(resolution=192, threshold=20.0, refine=False, method="full"))
+    band = extract_mesh(band_field, 1.0, ExtractionConfig(resolution=192, threshold=20.0, refine=False))
     assert len(full.faces) > 5000
     np.testing.assert_array_equal(band.faces, full.faces)
     np.testing.assert_allclose(band.vertices, full.vertices, atol=1e-5)  # (lattice coordinates rounded apart)
-    assert band_field.points < 0.15 * full_field.points
+    assert band_field.points < 0.1 * full_field.points
     # With the bounding-box pass both refine inside the object's box: same surface within a voxel.
     full = extract_mesh(torus_density, 1.0, ExtractionConfig(resolution=96, method="full"),
                         color_fn=lambda p: (p + 1) / 2)
