@@ -297,9 +297,11 @@ class FieldGaussianDiscriminator(RenderFamilyDiscriminator):
 
     def observe(self, z: Tensor, base: Tensor, camera) -> None:
         """Once per generator step: refresh ψ's occupancy grid when it is due. ψ starts as a fresh NeRF,
-        a blob like the generator's at its first step."""
-        self.steps += 1
+        a blob like the generator's at its first step, and skips empty space from then on."""
         field = self.renderer.field
+        if self.steps == 0:
+            self.renderer.occupancy.update(0, field.density, self.renderer.step_size, self._rng)
+        self.steps += 1
         self.renderer.occupancy.update(self.steps, field.density, self.renderer.step_size, self._rng)
 
     def means(self, camera, height: int, width: int) -> Tensor:
