@@ -47,6 +47,29 @@ def session(context: bpy.types.Context | None = None) -> Session:
     return _session
 
 
+def connected_session(context: bpy.types.Context | None = None) -> Session:
+    """The session, if its backend has answered; otherwise start connecting and raise RuntimeError
+    with what to do. Jobs are only submitted to a backend that answered, so a click made while none
+    does is never sent later, when one appears."""
+    current = session(context)  # the tick (every 0.1 s) follows the handshake
+    if current.connected:
+        return current
+    raise RuntimeError(f"No backend has answered at {current.address} yet ({current.status}): start one "
+                       "(Start Local Backend, or `asd serve` on the GPU box), then press the button again "
+                       "once the status says connected")
+
+
+def has_running_job(context: bpy.types.Context | None = None) -> bool:
+    """Whether a job this Blender follows is queued or running (what Cancel can act on)."""
+    if _session is None:
+        return False
+    props = properties.get(context)
+    job = _session.jobs.get(props.active_job)
+    if job is not None and not job.finished:
+        return True
+    return any(item.status in ("queued", "running") for item in props.jobs)
+
+
 def start_timer() -> None:
     if not bpy.app.timers.is_registered(tick):
         bpy.app.timers.register(tick, first_interval=TICK_INTERVAL, persistent=True)

@@ -18,14 +18,18 @@ class ASD_OT_generate(Operator):
     bl_label = "Generate"
     bl_options = {"REGISTER"}
 
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        if properties.get(context).prompt.strip():
+            return True
+        cls.poll_message_set("Type a prompt first, for example 'a ceramic teapot'")
+        return False
+
     def execute(self, context: bpy.types.Context) -> set[str]:
         props = properties.get(context)
         prompt = props.prompt.strip()
-        if not prompt:
-            self.report({"ERROR"}, "Type a prompt first, for example 'a ceramic teapot'")
-            return {"CANCELLED"}
         try:
-            session = connection.session(context)
+            session = connection.connected_session(context)
         except (ValueError, RuntimeError) as exc:
             props.status = str(exc)
             self.report({"ERROR"}, str(exc))
@@ -49,6 +53,13 @@ class ASD_OT_cancel(Operator):
 
     job_id: StringProperty(default="", options={"SKIP_SAVE"})
 
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        if connection.has_running_job(context):
+            return True
+        cls.poll_message_set("No job is queued or running")
+        return False
+
     def execute(self, context: bpy.types.Context) -> set[str]:
         props = properties.get(context)
         job_id = self.job_id or props.active_job
@@ -67,6 +78,14 @@ class ASD_OT_attach(Operator):
     bl_label = "Attach"
 
     job_id: StringProperty(default="", options={"SKIP_SAVE"})
+
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        props = properties.get(context)
+        if 0 <= props.jobs_index < len(props.jobs):
+            return True
+        cls.poll_message_set("Refresh the job list and select a job first")
+        return False
 
     def execute(self, context: bpy.types.Context) -> set[str]:
         props = properties.get(context)
@@ -162,18 +181,22 @@ class ASD_OT_edit_texture(Operator):
     smart_uv: BoolProperty(name="Smart UV Project", default=False,
                            description="Unwrap objects that have no UV map with Smart UV Project first")
 
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        if not properties.get(context).edit_prompt.strip():
+            cls.poll_message_set("Type what the texture should become, e.g. 'weathered bronze'")
+            return False
+        if not any(o.type == "MESH" for o in context.selected_objects):
+            cls.poll_message_set("Select one or more mesh objects to edit")
+            return False
+        return True
+
     def execute(self, context: bpy.types.Context) -> set[str]:
         props = properties.get(context)
         prompt = props.edit_prompt.strip()
         objects = [o for o in context.selected_objects if o.type == "MESH"]
-        if not prompt:
-            self.report({"ERROR"}, "Type what the texture should become, e.g. 'weathered bronze'")
-            return {"CANCELLED"}
-        if not objects:
-            self.report({"ERROR"}, "Select one or more mesh objects to edit")
-            return {"CANCELLED"}
         try:
-            session = connection.session(context)
+            session = connection.connected_session(context)
             prepared = [(obj, texture_edit.prepare(obj, self.smart_uv)) for obj in objects]
         except (ValueError, RuntimeError) as exc:
             props.status = str(exc)
@@ -197,6 +220,13 @@ class ASD_OT_revert_texture(Operator):
     bl_idname = "asd.revert_texture"
     bl_label = "Revert Texture"
     bl_options = {"REGISTER", "UNDO"}
+
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        if any(o.type == "MESH" and o.get(texture_edit.ORIGINAL) for o in context.selected_objects):
+            return True
+        cls.poll_message_set("None of the selected objects has an ASD texture edit")
+        return False
 
     def execute(self, context: bpy.types.Context) -> set[str]:
         reverted = [o.name for o in context.selected_objects if o.type == "MESH" and texture_edit.revert(o)]

@@ -45,6 +45,12 @@ def tick_until(connection, condition, timeout=180.0):
     raise TimeoutError(f"condition not met within {timeout} s; status: {bpy.context.scene.asd.status}")
 
 
+def connect(connection, timeout=60.0):
+    """Start the add-on's session and tick until its backend has answered (as the timer does)."""
+    connection.session()
+    tick_until(connection, lambda: connection.session().connected, timeout=timeout)
+
+
 def test_register_and_unregister_twice():
     for _ in range(2):
         addon_utils.enable(ADDON, default_set=True, handle_error=None)
@@ -65,6 +71,7 @@ def test_generate_streams_into_one_object_with_colours(addon, tmp_path, asd_home
         props = bpy.context.scene.asd
         props.prompt, props.preset, props.seed = "a ceramic teapot", "smoke", 7
         bpy.context.scene.cursor.location = (2.0, 0.0, 0.0)
+        connect(connection)
         assert bpy.ops.asd.generate() == {"FINISHED"}
         # The first snapshot creates the object...
         tick_until(connection, lambda: any(o.get("asd_job_id") for o in bpy.data.objects))
@@ -128,12 +135,15 @@ def test_cancel_from_blender(addon, tmp_path, asd_home):
         prefs.address = server.address
         props = bpy.context.scene.asd
         props.prompt, props.preset = "a slow vase", "preview"  # long: 1500 steps
+        assert not bpy.ops.asd.cancel.poll()  # nothing to cancel yet
+        connect(connection)
         bpy.ops.asd.generate()
         tick_until(connection, lambda: props.active_job and props.jobs and props.jobs[0].status == "running"
                    and props.jobs[0].step >= 1)
         assert bpy.ops.asd.cancel() == {"FINISHED"}
         tick_until(connection, lambda: props.jobs[0].status == "cancelled", timeout=60)
         assert props.status == "cancelled"
+        assert not bpy.ops.asd.cancel.poll()  # and nothing left to cancel
 
 
 def test_bad_address_gives_a_clear_report(addon):
@@ -151,6 +161,52 @@ def test_bad_address_gives_a_clear_report(addon):
     bpy.ops.asd.test_connection()
     tick_until(connection, lambda: "no answer" in props.status, timeout=10)
     assert "asd serve" in props.status
+
+
+def test_operators_refuse_what_cannot_work(addon):
+    props = bpy.context.scene.asd
+    for o in list(bpy.data.objects):
+        bpy.data.objects.remove(o)
+    # Nothing typed, nothing selected, no job, no edit: every button is greyed out.
+    assert not bpy.ops.asd.generate.poll() and not bpy.ops.asd.edit_texture.poll()
+    assert not bpy.ops.asd.cancel.poll() and not bpy.ops.asd.attach.poll()
+    assert not bpy.ops.asd.revert_texture.poll()
+    props.prompt = "a teapot"
+    assert bpy.ops.asd.generate.poll()
+    props.edit_prompt = "weathered bronze"
+    assert not bpy.ops.asd.edit_texture.poll()  # still nothing selected
+    bpy.ops.mesh.primitive_cube_add()
+    assert bpy.ops.asd.edit_texture.poll() and not bpy.ops.asd.revert_texture.poll()
+
+
+def test_generate_without_a_backend_is_refused_and_never_sent_later(addon, tmp_path, asd_home):
+    connection = addon
+    prefs = bpy.context.preferences.addons[ADDON].preferences
+    props = bpy.context.scene.asd
+    port = free_port()
+    prefs.address = f"tcp://127.0.0.1:{port}"
+    props.prompt = "a teapot"
+    with pytest.raises(RuntimeError, match="No backend has answered"):
+        bpy.ops.asd.generate()  # an ERROR report, not FINISHED
+    assert "No backend has answered" in props.status and props.active_request == ""
+    # A backend appears on that address: the session connects, and the refused job never reaches it.
+    with running_server(tmp_path / "results", port) as server:
+        connect(connection)
+        connection.session().list_jobs()
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            connection.tick()
+            time.sleep(0.05)
+        assert len(props.jobs) == 0
+        from asd_protocol.messages import Jobs
+
+        client = server.client()
+        try:
+            request = client.list_jobs()
+            reply = client.wait_for(lambda m: isinstance(m, Jobs) and m.parent_id == request, timeout=20)
+            assert reply.jobs == []
+        finally:
+            client.close()
 
 
 def test_test_connection_reports_the_server(addon, tmp_path, asd_home):
@@ -201,6 +257,8 @@ def test_edit_texture_applies_a_new_image_and_keeps_the_original(addon, tmp_path
         props.edit_prompt, props.edit_steps = "weathered bronze", 4
         for o in bpy.context.view_layer.objects:
             o.select_set(o is obj)
+        assert not bpy.ops.asd.revert_texture.poll()  # no edit to revert yet
+        connect(connection)
         assert bpy.ops.asd.edit_texture() == {"FINISHED"}
         tick_until(connection, lambda: props.jobs and props.jobs[0].status in ("completed", "failed"))
         assert props.jobs[0].status == "completed", props.status
