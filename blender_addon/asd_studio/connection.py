@@ -17,7 +17,7 @@ from pathlib import Path
 import bpy
 
 from . import preferences, properties, protocol, scene, texture_edit
-from .session import ImageUpdate, JobUpdate, MeshUpdate, Notice, Session
+from .session import ImageUpdate, JobUpdate, MeshUpdate, Notice, Session, progress_text, status_text
 
 TICK_INTERVAL = 0.1
 TEST_TIMEOUT = 5.0
@@ -28,6 +28,7 @@ _targets: dict[str, dict] = {}  # submit request id -> where its object goes: sc
 _edits: dict[str, dict] = {}  # submit request id -> the object whose texture it edits
 _backend: subprocess.Popen | None = None
 _messages: list[tuple[str, str]] = []  # (level, text) of recent notices, newest last
+_last_state = ""  # the session's connection state at the previous tick
 
 
 def session(context: bpy.types.Context | None = None) -> Session:
@@ -77,10 +78,12 @@ def start_timer() -> None:
 
 def remember_target(request_id: str, context: bpy.types.Context) -> None:
     """Where the object of the job submitted by `request_id` goes: this scene, at the 3D cursor."""
+    clear_errors()
     _targets[request_id] = {"scene": context.scene.name, "location": tuple(context.scene.cursor.location)}
 
 
 def remember_edit(request_id: str, object_name: str, original_image: str, node_name: str) -> None:
+    clear_errors()
     _edits[request_id] = {"object": object_name, "original": original_image, "node": node_name}
 
 
@@ -112,16 +115,42 @@ def tick() -> float | None:
         elif isinstance(update, Notice):
             _notice(update.level, update.text)
             if update.level == "ERROR" and (update.job_id is None or update.job_id == props.active_job):
-                props.status = update.text
-    if props.active_job and props.active_job in _session.jobs:
-        job = _session.jobs[props.active_job]
-        props.progress = job.fraction
-        eta = "" if job.eta_seconds is None or job.finished else f", {_duration(job.eta_seconds)} left"
-        props.progress_text = f"{job.phase or job.status} {job.step}/{job.total}{eta}"
-    elif not _session.connected:
-        props.status = _session.status
+                set_status(props, update.text, error=True)
+    _show_state(props, _session)
     _redraw()
     return TICK_INTERVAL
+
+
+def set_status(props, text: str, error: bool = False) -> None:
+    """The panel's status line; errors are drawn as errors."""
+    props.status, props.status_error = text, error
+
+
+def clear_errors() -> None:
+    """Forget the notices of errors and warnings: a new job starts, or the connection came back."""
+    _messages[:] = [m for m in _messages if m[0] == "INFO"]
+
+
+def _show_state(props, current: Session) -> None:
+    """Status line and progress bar from the session's state, every tick: a lost connection first,
+    then the job the panel follows (its phase is always the current one), else the connection. An
+    error stays until its cause is gone: the connection is (back) up, or the next job starts."""
+    global _last_state
+    state, was = current.client.state, _last_state
+    _last_state = state
+    if state == "lost":
+        set_status(props, current.status, error=True)
+        return
+    if state == "connected" and was != "connected":
+        clear_errors()
+        set_status(props, current.status)
+    job = current.jobs.get(props.active_job) if props.active_job else None
+    if job is not None:
+        props.progress = 1.0 if job.status == "completed" else job.fraction
+        props.progress_text = progress_text(job)
+        set_status(props, *status_text(job))
+    elif state == "connecting" and not props.status_error:
+        set_status(props, current.status)
 
 
 def _apply_job(props, update: JobUpdate) -> None:
@@ -133,10 +162,6 @@ def _apply_job(props, update: JobUpdate) -> None:
         item = props.jobs.add()
         item.job_id = job.job_id
     item.prompt, item.kind, item.status, item.step, item.total = job.prompt, job.kind, job.status, job.step, job.total
-    if job.job_id == props.active_job:
-        props.status = {"queued": "queued on the backend", "running": f"{job.phase or 'running'}",
-                        "completed": "done", "cancelled": "cancelled", "failed": f"failed: {job.error}"}.get(
-            job.status, job.status)
 
 
 def _apply_mesh(props, update: MeshUpdate) -> None:
@@ -178,11 +203,6 @@ def _apply_texture(update: ImageUpdate) -> None:
         bpy.ops.ed.undo_push(message=f"ASD Studio: edit {obj.name}")
 
 
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 60}:{seconds % 60:02d}" if seconds >= 60 else f"{seconds}s"
-
-
 def _redraw() -> None:
     for window in getattr(bpy.context.window_manager, "windows", []):
         for area in window.screen.areas:
@@ -216,13 +236,13 @@ def _tick_test() -> None:
     props = properties.get()
     errors = [u for u in updates if isinstance(u, Notice) and u.level == "ERROR"]
     if probe.welcome is not None:
-        props.status = probe.status
+        set_status(props, probe.status)
         _notice("INFO", probe.status)
     elif errors:
-        props.status = errors[0].text
+        set_status(props, errors[0].text, error=True)
         _notice("ERROR", errors[0].text)
     elif time.monotonic() > deadline:
-        props.status = probe.client.lost_reason()
+        set_status(props, probe.client.lost_reason(), error=True)
         _notice("ERROR", props.status)
     else:
         return
@@ -272,13 +292,14 @@ atexit.register(stop_backend)
 
 def shutdown() -> None:
     """Close sockets and stop the timer (unregister, or tests)."""
-    global _session, _test
+    global _session, _test, _last_state
     if bpy.app.timers.is_registered(tick):
         bpy.app.timers.unregister(tick)
     for s in (_session, _test[0] if _test else None):
         if s is not None:
             s.close()
     _session, _test = None, None
+    _last_state = ""
     _targets.clear()
     _edits.clear()
     stop_backend()

@@ -31,7 +31,7 @@ class ASD_OT_generate(Operator):
         try:
             session = connection.connected_session(context)
         except (ValueError, RuntimeError) as exc:
-            props.status = str(exc)
+            connection.set_status(props, str(exc), error=True)
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
         options = {"negative_prompt": props.negative_prompt, "method": props.method, "preset": props.preset,
@@ -41,7 +41,8 @@ class ASD_OT_generate(Operator):
         request = session.submit(prompt, **options)
         connection.remember_target(request, context)
         props.active_request, props.active_job = request, ""
-        props.status, props.progress, props.progress_text = "submitted, waiting for the backend…", 0.0, ""
+        connection.set_status(props, "submitted, waiting for the backend…")
+        props.progress, props.progress_text = 0.0, ""
         return {"FINISHED"}
 
 
@@ -67,7 +68,7 @@ class ASD_OT_cancel(Operator):
             self.report({"WARNING"}, "No job to cancel")
             return {"CANCELLED"}
         connection.session(context).cancel(job_id)
-        props.status = "cancelling…"
+        connection.set_status(props, "cancelling…")  # until the job ends (the tick keeps it)
         return {"FINISHED"}
 
 
@@ -199,7 +200,7 @@ class ASD_OT_edit_texture(Operator):
             session = connection.connected_session(context)
             prepared = [(obj, texture_edit.prepare(obj, self.smart_uv)) for obj in objects]
         except (ValueError, RuntimeError) as exc:
-            props.status = str(exc)
+            connection.set_status(props, str(exc), error=True)
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
         for obj, data in prepared:
@@ -210,7 +211,7 @@ class ASD_OT_edit_texture(Operator):
                                      faces=data["faces"], uvs=data["uvs"], texture=data["texture"])
             connection.remember_edit(request, obj.name, data["original"], data["node"])
             props.active_request, props.active_job = request, ""
-        props.status = f"editing {len(prepared)} object(s)…"
+        connection.set_status(props, f"editing {len(prepared)} object(s)…")
         return {"FINISHED"}
 
 

@@ -46,7 +46,7 @@ class VIEW3D_PT_asd(Panel):
         if props.active_job:
             layout.progress(factor=props.progress, type="BAR", text=props.progress_text or "waiting…")
         if props.status:
-            layout.label(text=props.status, icon="INFO")
+            layout.label(text=props.status, icon="ERROR" if props.status_error else "INFO")
         for level, text in connection.recent_messages()[-2:]:
             if level != "INFO":
                 layout.label(text=text[:120], icon="ERROR" if level == "ERROR" else "INFO")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import bpy
-from bpy.props import CollectionProperty, EnumProperty, FloatProperty, IntProperty, StringProperty
+from bpy.props import BoolProperty, CollectionProperty, EnumProperty, FloatProperty, IntProperty, StringProperty
 from bpy.types import PropertyGroup
 
 from .protocol import JobSpec
@@ -48,6 +48,7 @@ class ASD_SceneProperties(PropertyGroup):
                             description="How far the edit may go from the original")
     edit_steps: IntProperty(name="Steps", default=DEFAULTS.edit.steps, min=1, max=20000)
     status: StringProperty(name="Status", default="")
+    status_error: BoolProperty(default=False, description="The status line says what went wrong")
     progress: FloatProperty(name="Progress", default=0.0, min=0.0, max=1.0, subtype="FACTOR")
     progress_text: StringProperty(default="")
     active_job: StringProperty(default="", description="The job the panel shows")

@@ -28,6 +28,7 @@ class JobView:
     error: str = ""
     snapshots: int = 0
     request_id: str = ""  # msg_id of the submit that made it (when submitted through this session)
+    cancelling: bool = False  # Cancel was pressed; true until the job ends
 
     @property
     def fraction(self) -> float:
@@ -117,6 +118,9 @@ class Session:
 
     def cancel(self, job_id: str) -> None:
         self.client.cancel(job_id)
+        job = self.jobs.get(job_id)
+        if job is not None and not job.finished:
+            job.cancelling = True
 
     def attach(self, job_id: str) -> None:
         self.jobs.setdefault(job_id, JobView(job_id=job_id))
@@ -194,11 +198,50 @@ class Session:
             job.error = _error_text(msg)
             return [Notice("ERROR", job.error, job.job_id)]
         if isinstance(msg, protocol.Done):
-            job.status = msg.status
+            job.status, job.cancelling = msg.status, False
             if msg.status == "completed":
                 job.step = job.total or job.step
             return [JobUpdate(job)]
         return []
+
+
+PHASE_TEXT = {"starting": "starting", "loading": "loading the model", "rasterizing": "preparing the texture",
+              "extracting": "extracting the mesh"}
+
+
+def duration_text(seconds: float) -> str:
+    """1:02:03 for an hour and more, 2:03 for minutes, 45s below a minute."""
+    seconds = max(round(seconds), 0)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}:{minutes:02d}:{secs:02d}"
+    return f"{minutes}:{secs:02d}" if minutes else f"{secs}s"
+
+
+def progress_text(job: JobView) -> str:
+    """The one line the progress bar shows: the current phase, counters only while they mean something."""
+    if job.status == "completed":
+        return "done"
+    if job.status == "cancelled":
+        return "cancelled"
+    if job.status == "failed":
+        return "failed"
+    if job.cancelling:
+        return "cancelling…"
+    if job.status == "queued":
+        return "queued on the backend"
+    if job.phase == "optimizing" and job.total:
+        eta = f", {duration_text(job.eta_seconds)} left" if job.eta_seconds is not None else ""
+        return f"optimizing {job.step}/{job.total}{eta}"
+    return PHASE_TEXT.get(job.phase, job.phase or "running") + "…"
+
+
+def status_text(job: JobView) -> tuple[str, bool]:
+    """(the panel's status line for this job, whether it is an error)."""
+    if job.status == "failed":
+        return f"failed: {job.error or 'see the backend log'}", True
+    return progress_text(job), False
 
 
 def _error_text(msg) -> str:

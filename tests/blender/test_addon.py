@@ -81,6 +81,10 @@ def test_generate_streams_into_one_object_with_colours(addon, tmp_path, asd_home
         # ...and the final one updates the same datablock.
         tick_until(connection, lambda: props.jobs and props.jobs[0].status == "completed")
         tick_until(connection, lambda: "asd_file" in obj)
+        connection.tick()
+        # The bar says what is true now: done, full, no stale "extracting 12/12".
+        assert props.progress_text == "done" and props.status == "done" and props.progress == 1.0
+        assert not props.status_error
     assert obj.data.name == mesh_name and bpy.data.objects[obj.name].data == obj.data
     assert len(obj.data.vertices) > 100 and len(obj.data.vertices) != first_count
     assert tuple(obj.location) == (2.0, 0.0, 0.0) and obj.name.startswith("ASD ceramic teapot")
@@ -141,8 +145,17 @@ def test_cancel_from_blender(addon, tmp_path, asd_home):
         tick_until(connection, lambda: props.active_job and props.jobs and props.jobs[0].status == "running"
                    and props.jobs[0].step >= 1)
         assert bpy.ops.asd.cancel() == {"FINISHED"}
-        tick_until(connection, lambda: props.jobs[0].status == "cancelled", timeout=60)
-        assert props.status == "cancelled"
+        # "cancelling…" stays until the job has ended (progress keeps arriving meanwhile).
+        seen = set()
+
+        def ended():
+            seen.add(props.progress_text)
+            return props.jobs[0].status == "cancelled"
+
+        tick_until(connection, ended, timeout=60)
+        connection.tick()
+        assert "cancelling…" in seen and seen <= {"cancelling…", "cancelled"}
+        assert props.status == "cancelled" and props.progress_text == "cancelled"
         assert not bpy.ops.asd.cancel.poll()  # and nothing left to cancel
 
 
@@ -161,6 +174,43 @@ def test_bad_address_gives_a_clear_report(addon):
     bpy.ops.asd.test_connection()
     tick_until(connection, lambda: "no answer" in props.status, timeout=10)
     assert "asd serve" in props.status
+
+
+def test_progress_text_tells_the_phase_without_stale_counters():
+    from asd_studio.session import JobView, duration_text, progress_text, status_text
+
+    assert duration_text(45) == "45s" and duration_text(125) == "2:05"
+    assert duration_text(83_895) == "23:18:15"  # was "1398:15"
+    job = JobView("j", status="running", phase="loading")
+    assert progress_text(job) == "loading the model…"  # not "loading 0/0"
+    job.phase, job.step, job.total, job.eta_seconds = "optimizing", 120, 1500, 5000.0
+    assert progress_text(job) == "optimizing 120/1500, 1:23:20 left"
+    job.phase, job.step = "extracting", 1500
+    assert progress_text(job) == "extracting the mesh…"
+    job.status = "completed"
+    assert progress_text(job) == "done"
+    job = JobView("k", status="running", phase="optimizing", step=2, total=1500, cancelling=True)
+    assert progress_text(job) == "cancelling…"
+    job.status, job.error = "failed", "out of memory"
+    assert status_text(job) == ("failed: out of memory", True)
+
+
+def test_errors_are_drawn_as_errors_and_cleared_when_the_backend_answers(addon, tmp_path, asd_home):
+    connection = addon
+    prefs = bpy.context.preferences.addons[ADDON].preferences
+    props = bpy.context.scene.asd
+    port = free_port()
+    prefs.address = f"tcp://127.0.0.1:{port}"
+    props.prompt = "a teapot"
+    with pytest.raises(RuntimeError):
+        bpy.ops.asd.generate()
+    connection.tick()
+    assert props.status_error and "No backend has answered" in props.status  # kept while connecting
+    with running_server(tmp_path / "results", port):
+        connect(connection)
+        connection.tick()
+        assert not props.status_error and props.status.startswith("connected")
+        assert not [m for m in connection.recent_messages() if m[0] != "INFO"]
 
 
 def test_operators_refuse_what_cannot_work(addon):

@@ -109,7 +109,9 @@ class Server:
         self.pool: WorkerPool | None = None
         self.latest_mesh: dict[str, list] = {}
         self.latest_image: dict[str, list] = {}
-        self.last_progress: dict[str, tuple[Progress, float]] = {}
+        # job id -> (the worker's newest progress, when it arrived, when it was last sent): re-sent every
+        # second with its ETA counted down from the worker's (the one place an ETA is computed).
+        self.last_progress: dict[str, tuple[Progress, float, float]] = {}
         self.teachers = list(dict.fromkeys([config.teacher, "tiny"]))
         self.ctx = zmq.Context()
         self.authenticator = None
@@ -358,7 +360,8 @@ class Server:
         encoded = encode(msg)
         if isinstance(msg, Progress):
             job.step, job.total = msg.step, msg.total or job.total
-            self.last_progress[job.job_id] = (msg, time.monotonic())
+            now = time.monotonic()
+            self.last_progress[job.job_id] = (msg, now, now)
             self._publish(job, encoded, latest="progress")
         elif isinstance(msg, MeshSnapshot):
             job.snapshots = max(job.snapshots, msg.snapshot)
@@ -404,7 +407,8 @@ class Server:
             event("job_started", job=job.job_id, worker=worker.index, resume=job.resume)
             self.pool.run(worker, job.job_id, job.spec, job.resume)
             starting = Progress(job_id=job.job_id, phase="starting", step=job.step, total=job.total)
-            self.last_progress[job.job_id] = (starting, time.monotonic())  # re-sent every second from now on
+            now = time.monotonic()
+            self.last_progress[job.job_id] = (starting, now, now)  # re-sent every second from now on
             self._publish(job, encode(starting), latest="progress")
 
     def _supervise_workers(self) -> None:
@@ -425,14 +429,14 @@ class Server:
         self.delivery.publish(job.job_id, frames, latest)
 
     def _resend_progress(self, now: float) -> None:
-        for job_id, (msg, sent) in list(self.last_progress.items()):
+        for job_id, (msg, arrived, sent) in list(self.last_progress.items()):
             job = self.table.jobs.get(job_id)
             if job is None or job.status != "running" or now - sent < PROGRESS_EVERY:
                 continue
-            elapsed = time.time() - job.started_at if job.started_at else msg.elapsed_seconds
-            eta = elapsed / job.step * (job.total - job.step) if job.step else msg.eta_seconds
-            fresh = dataclasses.replace(msg, msg_id=uuid.uuid4().hex, timestamp=now_iso(),
-                                        elapsed_seconds=max(elapsed, 0.0),
-                                        eta_seconds=None if eta is None else max(eta, 0.0))
-            self.last_progress[job_id] = (fresh, now)
+            waited = now - arrived
+            fresh = dataclasses.replace(
+                msg, msg_id=uuid.uuid4().hex, timestamp=now_iso(),
+                elapsed_seconds=msg.elapsed_seconds + waited,
+                eta_seconds=None if msg.eta_seconds is None else max(msg.eta_seconds - waited, 0.0))
+            self.last_progress[job_id] = (msg, arrived, now)
             self._publish(job, encode(fresh), latest="progress")
