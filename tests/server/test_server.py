@@ -366,3 +366,29 @@ def test_a_finished_jobs_mesh_and_image_leave_memory_and_come_back_from_disk(tmp
         running.clear()
         thread.join(timeout=10)
         server.stop()
+
+
+def test_progress_resent_by_the_front_end_counts_the_workers_eta_down(server):
+    # Steps slower than the front end's one-second resend: between two worker reports the client gets
+    # re-sends. Each must carry the worker's estimate counted down (elapsed + eta unchanged), not a
+    # second estimate from wall time since the job started (model loading included).
+    with server.client() as client:
+        request = client.submit("a slow vase", spec={"preset": "preview", "schedule": {
+            "steps": 400, "resolution_schedule": [[0, 160]]}, "output": {"mesh_every": 0}})
+        reply = client.wait_for(lambda m: m.parent_id == request and isinstance(m, (Accepted, Error)), timeout=30)
+        assert isinstance(reply, Accepted), reply
+        by_step: dict[int, list[Progress]] = {}
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not any(len(v) >= 2 for k, v in by_step.items() if k >= 1):
+            for msg in client.poll(timeout=0.5):
+                if isinstance(msg, Progress) and msg.job_id == reply.job_id and msg.phase == "optimizing" \
+                        and msg.eta_seconds is not None:
+                    by_step.setdefault(msg.step, []).append(msg)
+        client.cancel(reply.job_id)
+        client.wait_for(lambda m: m.job_id == reply.job_id and isinstance(m, Done), timeout=120)
+    repeated = [v for k, v in by_step.items() if k >= 1 and len(v) >= 2]
+    assert repeated, f"no re-sent progress within two minutes: {sorted(by_step)}"
+    for messages in repeated:
+        totals = [m.elapsed_seconds + m.eta_seconds for m in messages]
+        assert max(totals) - min(totals) < 0.05, totals
+        assert [m.eta_seconds for m in messages] == sorted((m.eta_seconds for m in messages), reverse=True)
