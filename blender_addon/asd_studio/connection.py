@@ -82,9 +82,11 @@ def remember_target(request_id: str, context: bpy.types.Context) -> None:
     _targets[request_id] = {"scene": context.scene.name, "location": tuple(context.scene.cursor.location)}
 
 
-def remember_edit(request_id: str, object_name: str, original_image: str, node_name: str) -> None:
+def remember_edit(request_id: str, object_name: str, prompt: str, prepared: dict) -> None:
+    """What the edit submitted by `request_id` applies to: the object, its image node, the look it replaces."""
     clear_errors()
-    _edits[request_id] = {"object": object_name, "original": original_image, "node": node_name}
+    _edits[request_id] = {"object": object_name, "prompt": prompt, "original": prepared["original"],
+                          "node": prepared["node"], "before": prepared["before"]}
 
 
 def recent_messages() -> list[tuple[str, str]]:
@@ -192,8 +194,7 @@ def _apply_texture(update: ImageUpdate) -> None:
     obj = bpy.data.objects.get(edit["object"]) if edit else None
     if obj is None:
         return
-    image = texture_edit.apply_edit(obj, update.pixels, update.width, update.height, edit["original"], edit["node"],
-                                    update.job.job_id)
+    image = texture_edit.apply_edit(obj, update.pixels, update.width, update.height, edit, update.job.job_id)
     if update.final:
         try:
             path = texture_edit.save_png(image, scene.output_folder(preferences.get().output_dir))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 import bpy
-from bpy.props import BoolProperty, StringProperty
+from bpy.props import StringProperty
 from bpy.types import Operator
 
 from . import connection, preferences, properties, texture_edit
@@ -179,9 +179,6 @@ class ASD_OT_edit_texture(Operator):
     bl_label = "Edit Texture"
     bl_options = {"REGISTER", "UNDO"}
 
-    smart_uv: BoolProperty(name="Smart UV Project", default=False,
-                           description="Unwrap objects that have no UV map with Smart UV Project first")
-
     @classmethod
     def poll(cls, context: bpy.types.Context) -> bool:
         if not properties.get(context).edit_prompt.strip():
@@ -198,7 +195,7 @@ class ASD_OT_edit_texture(Operator):
         objects = [o for o in context.selected_objects if o.type == "MESH"]
         try:
             session = connection.connected_session(context)
-            prepared = [(obj, texture_edit.prepare(obj, self.smart_uv)) for obj in objects]
+            prepared = [(obj, texture_edit.prepare(obj, props.edit_smart_uv)) for obj in objects]
         except (ValueError, RuntimeError) as exc:
             connection.set_status(props, str(exc), error=True)
             self.report({"ERROR"}, str(exc))
@@ -209,14 +206,14 @@ class ASD_OT_edit_texture(Operator):
                                      steps=props.edit_steps, method=props.edit_method, cfg=props.cfg, seed=props.seed,
                                      negative_prompt=props.negative_prompt, vertices=data["vertices"],
                                      faces=data["faces"], uvs=data["uvs"], texture=data["texture"])
-            connection.remember_edit(request, obj.name, data["original"], data["node"])
+            connection.remember_edit(request, obj.name, prompt, data)
             props.active_request, props.active_job = request, ""
         connection.set_status(props, f"editing {len(prepared)} object(s)…")
         return {"FINISHED"}
 
 
 class ASD_OT_revert_texture(Operator):
-    """Show the original texture again on the selected objects (the edited image is kept in the file)"""
+    """Step back one texture edit on the selected objects: the look before it comes back (the edit stays in the file)"""
 
     bl_idname = "asd.revert_texture"
     bl_label = "Revert Texture"
@@ -224,7 +221,7 @@ class ASD_OT_revert_texture(Operator):
 
     @classmethod
     def poll(cls, context: bpy.types.Context) -> bool:
-        if any(o.type == "MESH" and o.get(texture_edit.ORIGINAL) for o in context.selected_objects):
+        if any(o.type == "MESH" and texture_edit.history(o) for o in context.selected_objects):
             return True
         cls.poll_message_set("None of the selected objects has an ASD texture edit")
         return False

@@ -69,6 +69,7 @@ class VIEW3D_PT_asd_texture(Panel):
         col.prop(props, "edit_method")
         col.prop(props, "strength")
         col.prop(props, "edit_steps")
+        layout.prop(props, "edit_smart_uv")
         row = layout.row(align=True)
         row.operator("asd.edit_texture", icon="BRUSH_DATA")
         row.operator("asd.revert_texture", text="", icon="LOOP_BACK")

@@ -47,6 +47,9 @@ class ASD_SceneProperties(PropertyGroup):
     strength: FloatProperty(name="Strength", default=DEFAULTS.edit.strength, min=0.05, max=1.0, subtype="FACTOR",
                             description="How far the edit may go from the original")
     edit_steps: IntProperty(name="Steps", default=DEFAULTS.edit.steps, min=1, max=20000)
+    edit_smart_uv: BoolProperty(name="Smart UV Project", default=False,
+                                description="Objects without a UV map get one from Smart UV Project before the "
+                                "edit (this adds a UV map to the mesh); without it, such objects are refused")
     status: StringProperty(name="Status", default="")
     status_error: BoolProperty(default=False, description="The status line says what went wrong")
     progress: FloatProperty(name="Progress", default=0.0, min=0.0, max=1.0, subtype="FACTOR")

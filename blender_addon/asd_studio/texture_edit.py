@@ -1,11 +1,14 @@
 """Texture editing in Blender: read a mesh object's geometry, UVs and base-colour image; apply edits.
 
-The original image is never modified: edits go to a new image datablock that the material's image
-node switches to, and `revert` switches back. Main thread only.
+Nothing is overwritten: every edit job makes a new image (named after the object, the prompt and
+its number) and its own PNG, and the object keeps a history of edits, each with the look it
+replaced: an image, a link (vertex colours, or any node), or a flat colour. `revert` steps back
+one edit at a time and restores exactly that look. Main thread only.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import bpy
@@ -14,9 +17,10 @@ import numpy as np
 from .scene import write_image
 
 MAX_SIDE = 2048
-ORIGINAL = "asd_original_image"  # object property: the image the edit replaced
-EDITED = "asd_edited_image"
+ORIGINAL = "asd_original_image"  # object property: the image the first edit started from
+EDITED = "asd_edited_image"  # the image the newest edit shows
 NODE = "asd_image_node"
+HISTORY = "asd_edit_history"  # JSON list, oldest first: {"job", "image", "before": a look}
 
 
 def base_color_node(obj: bpy.types.Object, create: bool = True) -> bpy.types.ShaderNodeTexImage | None:
@@ -103,7 +107,8 @@ def geometry(obj: bpy.types.Object) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     """World-space vertices (N×3), triangles (M×3) and their corner UVs (M×3×2) of a mesh object."""
     mesh = obj.data
     if not mesh.uv_layers:
-        raise ValueError(f"{obj.name!r} has no UV map: unwrap it, or tick 'Smart UV Project' in the operator")
+        raise ValueError(f"{obj.name!r} has no UV map: unwrap it, or tick 'Smart UV Project' in the Edit Texture "
+                         "panel")
     mesh.calc_loop_triangles()
     n_tris = len(mesh.loop_triangles)
     if n_tris == 0:
@@ -136,34 +141,110 @@ def smart_uv_project(obj: bpy.types.Object) -> None:
     view_layer.objects.active = previous
 
 
+def _base_color_socket(obj: bpy.types.Object):
+    material = obj.active_material
+    if material is None or material.node_tree is None:
+        return None
+    bsdf = next((n for n in material.node_tree.nodes if n.type == "BSDF_PRINCIPLED"), None)
+    return None if bsdf is None else bsdf.inputs["Base Color"]
+
+
+def current_look(obj: bpy.types.Object) -> dict:
+    """What drives the Base Color now: an image node, another node's output, or a flat colour."""
+    socket = _base_color_socket(obj)
+    if socket is None:
+        return {"kind": "none"}
+    if socket.is_linked:
+        link = socket.links[0]
+        if link.from_node.type == "TEX_IMAGE" and link.from_node.image is not None:
+            return {"kind": "image", "node": link.from_node.name, "image": link.from_node.image.name}
+        return {"kind": "link", "node": link.from_node.name, "output": link.from_socket.identifier}
+    return {"kind": "flat", "color": list(socket.default_value)}
+
+
+def restore_look(obj: bpy.types.Object, look: dict) -> bool:
+    """Make the Base Color what `look` describes; False if its node or image is gone."""
+    socket = _base_color_socket(obj)
+    if socket is None:
+        return False
+    tree = obj.active_material.node_tree
+    if look["kind"] == "image":
+        node, image = tree.nodes.get(look["node"]), bpy.data.images.get(look["image"])
+        if node is None or image is None:
+            return False
+        node.image = image
+        tree.links.new(node.outputs["Color"], socket)
+    elif look["kind"] == "link":
+        node = tree.nodes.get(look["node"])
+        output = next((o for o in node.outputs if o.identifier == look["output"]), None) if node else None
+        if output is None:
+            return False
+        tree.links.new(output, socket)
+    elif look["kind"] == "flat":
+        for link in list(socket.links):
+            tree.links.remove(link)
+        socket.default_value = look["color"]
+    return True
+
+
+def history(obj: bpy.types.Object) -> list[dict]:
+    """The object's edits, oldest first."""
+    return json.loads(obj.get(HISTORY, "[]"))
+
+
 def prepare(obj: bpy.types.Object, smart_uv: bool) -> dict:
-    """Everything to send for one object: geometry, UVs and the current base-colour texture."""
+    """Everything to send for one object: geometry, UVs, the current base-colour texture, and the
+    look to come back to. The material looks as before afterwards (vertex colours or a flat colour
+    are baked into an image to send, and stay linked as they were)."""
     if obj.type != "MESH":
         raise ValueError(f"{obj.name!r} is not a mesh")
     if not obj.data.uv_layers and smart_uv:
         smart_uv_project(obj)
     vertices, faces, uvs = geometry(obj)
+    before = current_look(obj)
     node = base_color_node(obj)
     if node is None:
         raise ValueError(f"{obj.name!r}: its material has no Principled BSDF whose Base Color could be edited")
-    original = bpy.data.images.get(obj.get(ORIGINAL, "")) or node.image
-    return {"vertices": vertices, "faces": faces, "uvs": uvs, "texture": read_image(original),
-            "original": original.name, "node": node.name}
+    texture = read_image(node.image)
+    if before["kind"] != "image":
+        restore_look(obj, before)  # the baked image only travels; the artist's material is unchanged
+    original = obj.get(ORIGINAL) or node.image.name
+    return {"vertices": vertices, "faces": faces, "uvs": uvs, "texture": texture, "original": original,
+            "node": node.name, "before": before}
 
 
-def apply_edit(obj: bpy.types.Object, pixels: np.ndarray, width: int, height: int, original: str, node_name: str,
+def _new_image_name(obj: bpy.types.Object, prompt: str, number: int) -> str:
+    base = f"{obj.name} · {prompt.strip()[:40]}"
+    while f"{base} {number}" in bpy.data.images:
+        number += 1
+    return f"{base} {number}"
+
+
+def apply_edit(obj: bpy.types.Object, pixels: np.ndarray, width: int, height: int, edit: dict,
                job_id: str) -> bpy.types.Image:
-    """Write the edited texture (flat RGBA floats, rows bottom-up) into the object's edit image and show it."""
-    image = write_image(obj.get(EDITED) or f"{original} (ASD edit)", pixels, width, height)
-    node = obj.active_material.node_tree.nodes.get(node_name)
-    if node is not None and node.image is not image:
-        node.image = image
-    obj[ORIGINAL], obj[EDITED], obj[NODE], obj["asd_job_id"] = original, image.name, node_name, job_id
+    """Write an edit job's texture (flat RGBA floats, rows bottom-up) and show it. The job's first
+    texture makes a new image and a history entry; its later ones (snapshots, the final) update it."""
+    entries = history(obj)
+    if entries and entries[-1]["job"] == job_id and entries[-1]["image"] in bpy.data.images:
+        name = entries[-1]["image"]
+    else:
+        name = _new_image_name(obj, edit.get("prompt", "edit"), len(entries) + 1)
+        entries.append({"job": job_id, "image": name, "before": edit["before"]})
+    image = write_image(name, pixels, width, height)
+    node = obj.active_material.node_tree.nodes.get(edit["node"])
+    if node is not None:
+        restore_look(obj, {"kind": "image", "node": node.name, "image": image.name})
+    obj[HISTORY] = json.dumps(entries)
+    obj[ORIGINAL], obj[EDITED], obj[NODE], obj["asd_job_id"] = edit["original"], image.name, edit["node"], job_id
     return image
 
 
 def save_png(image: bpy.types.Image, folder: Path) -> Path:
-    path = folder / f"{bpy.path.clean_name(image.name)}.png"
+    """The image as a PNG of its own in `folder` (a number is added rather than overwrite a file)."""
+    stem = bpy.path.clean_name(image.name)
+    path, n = folder / f"{stem}.png", 2
+    while path.exists() and Path(image.filepath_raw or "") != path:
+        path, n = folder / f"{stem}_{n}.png", n + 1
     path.parent.mkdir(parents=True, exist_ok=True)
     image.filepath_raw = str(path)
     image.file_format = "PNG"
@@ -172,10 +253,12 @@ def save_png(image: bpy.types.Image, folder: Path) -> Path:
 
 
 def revert(obj: bpy.types.Object) -> bool:
-    """Show the original image again (the edit image stays in the file, unused)."""
-    original = bpy.data.images.get(obj.get(ORIGINAL, ""))
-    node = obj.active_material.node_tree.nodes.get(obj.get(NODE, "")) if obj.active_material else None
-    if original is None or node is None:
+    """Step back one edit: the look before the newest edit comes back exactly (the edit's image stays
+    in the file, unused). False when the object has no edit left to revert."""
+    entries = history(obj)
+    if not entries or not restore_look(obj, entries[-1]["before"]):
         return False
-    node.image = original
+    entries.pop()
+    obj[HISTORY] = json.dumps(entries)
+    obj[EDITED] = entries[-1]["image"] if entries else ""
     return True

@@ -294,36 +294,78 @@ def _textured_sphere(name: str = "Statue"):
     return obj, node, image
 
 
-def test_edit_texture_applies_a_new_image_and_keeps_the_original(addon, tmp_path, asd_home):
+def test_edits_make_new_images_and_files_and_revert_steps_back(addon, tmp_path, asd_home):
     connection = addon
     prefs = bpy.context.preferences.addons[ADDON].preferences
     prefs.output_dir = str(tmp_path / "textures")
     obj, node, original = _textured_sphere()
     before = np.empty(64 * 32 * 4, np.float32)
     original.pixels.foreach_get(before)
+    props = bpy.context.scene.asd
     with running_server(tmp_path / "results", free_port()) as server:
         prefs.address = server.address
-        props = bpy.context.scene.asd
-        props.edit_prompt, props.edit_steps = "weathered bronze", 4
+        props.edit_steps = 4
         for o in bpy.context.view_layer.objects:
             o.select_set(o is obj)
         assert not bpy.ops.asd.revert_texture.poll()  # no edit to revert yet
         connect(connection)
-        assert bpy.ops.asd.edit_texture() == {"FINISHED"}
-        tick_until(connection, lambda: props.jobs and props.jobs[0].status in ("completed", "failed"))
-        assert props.jobs[0].status == "completed", props.status
-        tick_until(connection, lambda: node.image is not original, timeout=10)
-    edited = node.image
-    assert edited.name == "paint (ASD edit)" and tuple(edited.size) == (64, 32)
-    after = np.empty(64 * 32 * 4, np.float32)
-    edited.pixels.foreach_get(after)
-    assert np.abs(after - before).max() > 1e-3  # the texture changed...
+        images = []
+        for i, prompt in enumerate(["weathered bronze", "mossy stone"]):
+            props.edit_prompt = prompt
+            assert bpy.ops.asd.edit_texture() == {"FINISHED"}
+            tick_until(connection, lambda i=i: len(props.jobs) > i and props.jobs[-1].status in ("completed", "failed")
+                       and len(texture_edit_history(obj)) == i + 1)
+            assert props.jobs[-1].status == "completed", props.status
+            tick_until(connection, lambda: Path(node.image.filepath_raw or "/nonexistent").is_file(), timeout=10)
+            images.append(node.image)
+    # Two edits: two new images, named after the prompt and numbered, each with its own file.
+    first, second = images
+    assert first is not second and first is not original and second is not original
+    assert first.name == "Statue · weathered bronze 1" and second.name == "Statue · mossy stone 2"
+    assert Path(first.filepath_raw).is_file() and Path(second.filepath_raw).is_file()
+    assert first.filepath_raw != second.filepath_raw
     kept = np.empty(64 * 32 * 4, np.float32)
     original.pixels.foreach_get(kept)
-    np.testing.assert_array_equal(kept, before)  # ...and the original did not
-    assert Path(edited.filepath_raw).is_file()
-    assert bpy.ops.asd.revert_texture() == {"FINISHED"}
-    assert node.image is original
+    np.testing.assert_array_equal(kept, before)  # the original was never written
+    # Revert steps back one edit at a time, to exactly the look before each.
+    assert bpy.ops.asd.revert_texture() == {"FINISHED"} and node.image is first
+    assert bpy.ops.asd.revert_texture() == {"FINISHED"} and node.image is original
+    assert not bpy.ops.asd.revert_texture.poll()
+
+
+def texture_edit_history(obj):
+    from asd_studio import texture_edit
+
+    return texture_edit.history(obj)
+
+
+def test_revert_restores_vertex_colours_and_flat_colours(addon):
+    from asd_studio import scene as asd_scene
+    from asd_studio import texture_edit
+
+    bpy.ops.mesh.primitive_uv_sphere_add(segments=16, ring_count=8)
+    painted = bpy.context.active_object
+    painted.data.color_attributes.new(asd_scene.COLOR_ATTRIBUTE, "BYTE_COLOR", "POINT")
+    painted.data.materials.append(asd_scene.ensure_material("painted"))
+    bpy.ops.mesh.primitive_uv_sphere_add(segments=16, ring_count=8, location=(3, 0, 0))
+    flat = bpy.context.active_object
+    material = bpy.data.materials.new("flat")
+    if material.node_tree is None:
+        material.use_nodes = True
+    bsdf = next(n for n in material.node_tree.nodes if n.type == "BSDF_PRINCIPLED")
+    bsdf.inputs["Base Color"].default_value = (0.2, 0.6, 0.3, 1.0)
+    flat.data.materials.append(material)
+    for obj in (painted, flat):
+        look = texture_edit.current_look(obj)
+        data = texture_edit.prepare(obj, smart_uv=False)
+        assert texture_edit.current_look(obj) == look  # preparing an edit leaves the material as it was
+        pixels = np.full(64 * 64 * 4, 0.5, np.float32)
+        texture_edit.apply_edit(obj, pixels, 64, 64, {**data, "prompt": "gold"}, job_id="job-1")
+        assert texture_edit.current_look(obj)["kind"] == "image"
+        assert texture_edit.revert(obj)
+        assert texture_edit.current_look(obj) == look, obj.name
+    assert texture_edit.current_look(painted)["kind"] == "link"
+    assert texture_edit.current_look(flat)["kind"] == "flat"
 
 
 def test_edit_texture_needs_uvs_or_smart_uv_project(addon):
