@@ -411,3 +411,25 @@ def test_baked_texture_holds_the_colour_field_and_survives_glb(tmp_path):
     back = read_mesh(write_mesh(baked, tmp_path / "baked.glb"))
     np.testing.assert_allclose(back.uvs, baked.uvs, atol=1e-6)
     np.testing.assert_array_equal(back.texture, baked.texture)
+
+
+def test_a_reused_teacher_starts_every_asd_job_with_a_fresh_discriminator():
+    # The worker keeps one teacher between jobs; ε_φ (LoRA and camera embedding) must start from
+    # zero each time, so a job's result does not depend on the job before it.
+    from asd_backend.teachers import load_teacher
+    from asd_backend.train.presets import resolve_spec
+    from asd_backend.train.text_to_3d import generate
+
+    teacher = load_teacher("tiny", "cpu")
+    spec = resolve_spec({"prompt": "a teapot", "preset": "smoke", "seed": 3, "schedule": {"steps": 4},
+                         "output": {"mesh_every": 0, "mc_resolution": 32}})
+    other = resolve_spec({"prompt": "a chair", "preset": "smoke", "seed": 9, "schedule": {"steps": 6},
+                          "output": {"mesh_every": 0, "mc_resolution": 32}})
+    alone = generate(load_teacher("tiny", "cpu"), spec)
+    generate(teacher, other)  # trains ε_φ on the shared teacher
+    after = generate(teacher, spec)
+    assert spec.guidance.method == "asd"
+    a, b = alone.model.state_dict(), after.model.state_dict()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    np.testing.assert_array_equal(alone.mesh.vertices, after.mesh.vertices)
