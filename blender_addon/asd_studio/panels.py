@@ -12,8 +12,11 @@ class ASD_UL_jobs(UIList):
     ICONS = {"queued": "TIME", "running": "PLAY", "completed": "CHECKMARK", "cancelled": "CANCEL",
              "failed": "ERROR", "interrupted": "PAUSE"}
 
+    KINDS = {"generate": "MESH_MONKEY", "edit_texture": "BRUSH_DATA", "image": "IMAGE_DATA"}
+
     def draw_item(self, context, layout, data, item, icon, active_data, active_propname, index=0):
         row = layout.row(align=True)
+        row.label(text="", icon=self.KINDS.get(item.kind, "QUESTION"))  # generate or edit, at a glance
         row.label(text=item.prompt or item.job_id, icon=self.ICONS.get(item.status, "QUESTION"))
         if item.status in ("running", "queued") and item.total:
             row.label(text=f"{item.step}/{item.total}")
@@ -36,6 +39,7 @@ class VIEW3D_PT_asd(Panel):
         col.prop(props, "method")
         col.prop(props, "preset")
         col.prop(props, "cfg")
+        col.prop(props, "teacher")
         row = col.row(align=True)
         row.prop(props, "seed")
         row.operator("asd.random_seed", text="", icon="FILE_REFRESH")

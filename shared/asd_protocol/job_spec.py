@@ -144,6 +144,9 @@ class OutputSpec:
     """Output: preview meshes while it trains, the final mesh, turntable frames."""
 
     mesh_every: int = integer(150, lo=0, hi=MAX_STEPS, doc="preview mesh every N steps (0: final only)")
+    first_mesh_seconds: float = number(8.0, lo=0.0, hi=3600.0,
+                                       doc="the first preview mesh after this many seconds of optimisation, when "
+                                       "that comes before step mesh_every (0: at step mesh_every)")
     preview_mc_resolution: int = integer(96, lo=16, hi=512,
                                          doc="marching-cubes resolution of previews (cells across the scene's cube)")
     preview_face_budget: int = integer(20_000, lo=4, hi=4_000_000, doc="faces a preview is decimated to")

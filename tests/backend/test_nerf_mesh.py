@@ -433,3 +433,25 @@ def test_a_reused_teacher_starts_every_asd_job_with_a_fresh_discriminator():
     for key in a:
         assert torch.equal(a[key], b[key]), key
     np.testing.assert_array_equal(alone.mesh.vertices, after.mesh.vertices)
+
+
+def test_the_first_preview_mesh_comes_after_a_time_budget_not_a_step_count():
+    from asd_backend.teachers import load_teacher
+    from asd_backend.train.presets import resolve_spec
+    from asd_backend.train.text_to_3d import generate
+
+    teacher = load_teacher("tiny", "cpu")
+    for budget in (0.5, 0.0):
+        spec = resolve_spec({"prompt": "a teapot", "preset": "smoke", "seed": 0, "schedule": {"steps": 30},
+                             "output": {"mesh_every": 1000, "first_mesh_seconds": budget, "mc_resolution": 32}})
+        seconds, snapshots = {}, []
+        generate(teacher, spec, on_progress=lambda step, total, m, seen=seconds: seen.setdefault(step, m["seconds"]),
+                 on_snapshot=snapshots.append)
+        previews = [s for s in snapshots if not s.final]
+        if budget:
+            # One preview, at the first step past the budget, long before step 1000.
+            assert len(previews) == 1
+            step = previews[0].step
+            assert seconds[step] >= budget and (step == 1 or seconds[step - 1] < budget)
+        else:
+            assert previews == []  # 0: only every mesh_every steps

@@ -62,6 +62,20 @@ def test_register_and_unregister_twice():
         assert not hasattr(bpy.types, "VIEW3D_PT_asd")
 
 
+def test_every_icon_the_panels_draw_is_one_blender_has():
+    import re
+
+    from asd_studio import panels
+
+    source = Path(panels.__file__).read_text()
+    names = set(re.findall(r'icon="([A-Z_]+)"', source))
+    names |= set(panels.ASD_UL_jobs.ICONS.values()) | set(panels.ASD_UL_jobs.KINDS.values())
+    names |= set(re.findall(r'else "([A-Z_]+)"', source))  # icon="ERROR" if … else "INFO"
+    known = set(bpy.types.UILayout.bl_rna.functions["label"].parameters["icon"].enum_items.keys())
+    assert names - known == set()  # an unknown name fails only when the panel is drawn, in the artist's UI
+    assert {"MESH_MONKEY", "BRUSH_DATA", "ERROR", "INFO"} <= names
+
+
 def test_generate_streams_into_one_object_with_colours(addon, tmp_path, asd_home):
     connection = addon
     prefs = bpy.context.preferences.addons[ADDON].preferences

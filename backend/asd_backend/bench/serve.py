@@ -4,6 +4,10 @@ A server subprocess runs a tiny-teacher job that streams a preview mesh every fe
 (one submits, the others attach) poll their own DEALER sockets round-robin, as N Blenders would.
 Latency is arrival time minus the message's header timestamp (same machine, same clock): for
 `progress` messages, and for `mesh` snapshots (preview and final).
+
+`time_to_first_mesh` is what an artist waits after pressing Generate: from the submit to the first
+mesh in the client, for a `preview` job, cold (the server's first job: the worker loads the
+teacher) and warm (the next one, teacher loaded); each is cancelled once its first mesh is in.
 """
 
 from __future__ import annotations
@@ -38,6 +42,18 @@ def _summary(values: list[float]) -> dict[str, float]:
             "max_ms": round(ordered[-1], 2)}
 
 
+def _time_to_first_mesh(client: AsdClient, timeout: float = 300.0) -> float:
+    """Seconds from submitting a `preview` job to its first mesh at this client; the job is then cancelled."""
+    started = time.monotonic()
+    request = client.submit("a first-mesh teapot", preset="preview")
+    accepted = client.wait_for(lambda m: m.parent_id == request and isinstance(m, Accepted), 30)
+    client.wait_for(lambda m: m.job_id == accepted.job_id and isinstance(m, MeshSnapshot), timeout)
+    seconds = time.monotonic() - started
+    client.cancel(accepted.job_id)
+    client.wait_for(lambda m: m.job_id == accepted.job_id and isinstance(m, Done), 120)
+    return round(seconds, 2)
+
+
 def run(clients: int = 20, steps: int = 60, mesh_every: int = 5, timeout: float = 600.0) -> dict[str, Any]:
     if clients < 1:
         raise ValueError("clients must be at least 1")
@@ -56,6 +72,7 @@ def run(clients: int = 20, steps: int = 60, mesh_every: int = 5, timeout: float 
                     raise TimeoutError(f"the server did not greet every client:\n{log.read_text()[-2000:]}")
                 for c in followers:
                     c.poll(timeout=0.01)
+            first_mesh = {"cold": _time_to_first_mesh(followers[0])}
             request = followers[0].submit("a benchmark teapot", preset="smoke", steps=steps, mesh_every=mesh_every)
             accepted = followers[0].wait_for(lambda m: m.parent_id == request and isinstance(m, Accepted), 30)
             job = accepted.job_id
@@ -81,6 +98,7 @@ def run(clients: int = 20, steps: int = 60, mesh_every: int = 5, timeout: float 
                         elif isinstance(msg, Done):
                             done[i] = True
             seconds = time.monotonic() - started
+            first_mesh["warm"] = _time_to_first_mesh(followers[0])
         finally:
             for c in followers:
                 c.close()
@@ -94,5 +112,6 @@ def run(clients: int = 20, steps: int = 60, mesh_every: int = 5, timeout: float 
             "job_seconds": round(seconds, 2), "progress_latency": _summary(progress_ms),
             "mesh_latency": _summary(mesh_ms), "snapshots_per_client": {"min": min(per_client),
                                                                        "max": max(per_client)},
+            "time_to_first_mesh_seconds": first_mesh,
             "note": "latency = arrival minus the header timestamp (set where the message was made: the worker)"}
 

@@ -321,7 +321,12 @@ def _optimise(teacher: Teacher, spec: JobSpec, model: Generator3D, guidance: Sco
             on_progress(step, schedule.steps, metrics)
         stopping = should_stop is not None and should_stop()
         last = step == schedule.steps
-        if on_snapshot is not None and not (last or stopping) and output.mesh_every and step % output.mesh_every == 0:
+        # Previews every mesh_every steps; the first one as soon as first_mesh_seconds have passed, so
+        # an artist sees a shape within seconds whatever the step count (it changes nothing in training).
+        first_due = (snapshots == 0 and output.first_mesh_seconds > 0
+                     and metrics["seconds"] >= output.first_mesh_seconds)
+        if (on_snapshot is not None and not (last or stopping) and output.mesh_every
+                and (step % output.mesh_every == 0 or first_due)):
             mesh = model.mesh(preview_extraction)
             snapshots += 1
             on_snapshot(Snapshot(snapshots, step, mesh, model.preview(output.preview_render), metrics, final=False))
