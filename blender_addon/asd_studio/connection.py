@@ -114,6 +114,7 @@ def tick() -> float | None:
             _apply_texture(update)
         elif isinstance(update, ImageUpdate):
             scene.update_preview(update.pixels, update.width, update.height)
+            _apply_job_preview(props, update)
         elif isinstance(update, Notice):
             _notice(update.level, update.text)
             if update.level == "ERROR" and (update.job_id is None or update.job_id == props.active_job):
@@ -153,6 +154,15 @@ def _show_state(props, current: Session) -> None:
         set_status(props, *status_text(job))
     elif state == "connecting" and not props.status_error:
         set_status(props, current.status)
+
+
+def _apply_job_preview(props, update: ImageUpdate) -> None:
+    """The job's own preview image, for its row in the job list."""
+    name = scene.JOB_PREVIEW.format(job_id=update.job.job_id)
+    scene.update_preview(update.pixels, update.width, update.height, name=name)
+    for item in props.jobs:
+        if item.job_id == update.job.job_id:
+            item.preview = name
 
 
 def _apply_job(props, update: JobUpdate) -> None:

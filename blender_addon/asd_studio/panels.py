@@ -16,6 +16,10 @@ class ASD_UL_jobs(UIList):
 
     def draw_item(self, context, layout, data, item, icon, active_data, active_propname, index=0):
         row = layout.row(align=True)
+        image = bpy.data.images.get(item.preview) if item.preview else None
+        if image is not None:
+            image.preview_ensure()
+            row.label(text="", icon_value=image.preview.icon_id)  # the job's newest preview render
         row.label(text="", icon=self.KINDS.get(item.kind, "QUESTION"))  # generate or edit, at a glance
         row.label(text=item.prompt or item.job_id, icon=self.ICONS.get(item.status, "QUESTION"))
         if item.status in ("running", "queued") and item.total:

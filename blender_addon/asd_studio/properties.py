@@ -27,6 +27,7 @@ class ASD_JobItem(PropertyGroup):
     step: IntProperty()
     total: IntProperty()
     object_name: StringProperty(description="The object this job streams into")
+    preview: StringProperty(description="The image holding this job's newest preview render")
 
 
 class ASD_SceneProperties(PropertyGroup):

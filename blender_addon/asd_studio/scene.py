@@ -15,6 +15,7 @@ from .mesh_data import MeshBuffers, object_name
 COLOR_ATTRIBUTE = "Col"
 JOB_PROPERTY = "asd_job_id"
 PREVIEW_IMAGE = "ASD Preview"
+JOB_PREVIEW = "ASD Preview {job_id}"  # each job's newest preview render, shown in the job list
 
 
 def find_object(job_id: str) -> bpy.types.Object | None:

@@ -99,6 +99,10 @@ def test_generate_streams_into_one_object_with_colours(addon, tmp_path, asd_home
         # The bar says what is true now: done, full, no stale "extracting 12/12".
         assert props.progress_text == "done" and props.status == "done" and props.progress == 1.0
         assert not props.status_error
+        # The job's row has its own preview render.
+        item = props.jobs[0]
+        assert item.kind == "generate" and item.preview == f"ASD Preview {item.job_id}"
+        assert tuple(bpy.data.images[item.preview].size) == (64, 64)
     assert obj.data.name == mesh_name and bpy.data.objects[obj.name].data == obj.data
     assert len(obj.data.vertices) > 100 and len(obj.data.vertices) != first_count
     assert tuple(obj.location) == (2.0, 0.0, 0.0) and obj.name.startswith("ASD ceramic teapot")
