@@ -213,24 +213,6 @@ def test_progress_text_tells_the_phase_without_stale_counters():
     assert status_text(job) == ("failed: out of memory", True)
 
 
-def test_errors_are_drawn_as_errors_and_cleared_when_the_backend_answers(addon, tmp_path, asd_home):
-    connection = addon
-    prefs = bpy.context.preferences.addons[ADDON].preferences
-    props = bpy.context.scene.asd
-    port = free_port()
-    prefs.address = f"tcp://127.0.0.1:{port}"
-    props.prompt = "a teapot"
-    with pytest.raises(RuntimeError):
-        bpy.ops.asd.generate()
-    connection.tick()
-    assert props.status_error and "No backend has answered" in props.status  # kept while connecting
-    with running_server(tmp_path / "results", port):
-        connect(connection)
-        connection.tick()
-        assert not props.status_error and props.status.startswith("connected")
-        assert not [m for m in connection.recent_messages() if m[0] != "INFO"]
-
-
 def test_operators_refuse_what_cannot_work(addon):
     props = bpy.context.scene.asd
     for o in list(bpy.data.objects):
@@ -247,7 +229,7 @@ def test_operators_refuse_what_cannot_work(addon):
     assert bpy.ops.asd.edit_texture.poll() and not bpy.ops.asd.revert_texture.poll()
 
 
-def test_generate_without_a_backend_is_refused_and_never_sent_later(addon, tmp_path, asd_home):
+def test_generate_without_a_backend_is_refused_shown_as_an_error_and_never_sent_later(addon, tmp_path, asd_home):
     connection = addon
     prefs = bpy.context.preferences.addons[ADDON].preferences
     props = bpy.context.scene.asd
@@ -257,9 +239,15 @@ def test_generate_without_a_backend_is_refused_and_never_sent_later(addon, tmp_p
     with pytest.raises(RuntimeError, match="No backend has answered"):
         bpy.ops.asd.generate()  # an ERROR report, not FINISHED
     assert "No backend has answered" in props.status and props.active_request == ""
-    # A backend appears on that address: the session connects, and the refused job never reaches it.
+    connection.tick()
+    assert props.status_error and "No backend has answered" in props.status  # drawn as an error, kept
+    # A backend appears on that address: the session connects, the error is cleared, and the refused
+    # job never reaches it.
     with running_server(tmp_path / "results", port) as server:
         connect(connection)
+        connection.tick()
+        assert not props.status_error and props.status.startswith("connected")
+        assert not [m for m in connection.recent_messages() if m[0] != "INFO"]
         connection.session().list_jobs()
         deadline = time.monotonic() + 3
         while time.monotonic() < deadline:
