@@ -18,8 +18,6 @@ from .scene import write_image
 
 MAX_SIDE = 2048
 ORIGINAL = "asd_original_image"  # object property: the image the first edit started from
-EDITED = "asd_edited_image"  # the image the newest edit shows
-NODE = "asd_image_node"
 HISTORY = "asd_edit_history"  # JSON list, oldest first: {"job", "image", "before": a look}
 
 
@@ -235,7 +233,7 @@ def apply_edit(obj: bpy.types.Object, pixels: np.ndarray, width: int, height: in
     if node is not None:
         restore_look(obj, {"kind": "image", "node": node.name, "image": image.name})
     obj[HISTORY] = json.dumps(entries)
-    obj[ORIGINAL], obj[EDITED], obj[NODE], obj["asd_job_id"] = edit["original"], image.name, edit["node"], job_id
+    obj[ORIGINAL], obj["asd_job_id"] = edit["original"], job_id
     return image
 
 
@@ -260,5 +258,4 @@ def revert(obj: bpy.types.Object) -> bool:
         return False
     entries.pop()
     obj[HISTORY] = json.dumps(entries)
-    obj[EDITED] = entries[-1]["image"] if entries else ""
     return True

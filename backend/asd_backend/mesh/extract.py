@@ -138,9 +138,9 @@ def _dilate(cells: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def _refine_grid(density_fn: DensityFn, coarse: torch.Tensor, coarse_lo: np.ndarray, coarse_hi: np.ndarray,
                  lo: np.ndarray, hi: np.ndarray, shape: tuple[int, int, int], level: float, dilate: bool, chunk: int,
-                 device: torch.device | str) -> tuple[torch.Tensor, int]:
+                 device: torch.device | str) -> torch.Tensor:
     """A lattice of `shape` points over [lo, hi]: the field where `coarse` crosses the level, `coarse`
-    interpolated elsewhere. Returns (grid, number of field evaluations)."""
+    interpolated elsewhere."""
     cells = _crossing_cells(coarse, level)
     if dilate:
         cells = _dilate(cells)
@@ -174,25 +174,24 @@ def _refine_grid(density_fn: DensityFn, coarse: torch.Tensor, coarse_lo: np.ndar
             points = (lo_t + part.float() * spacing).to(device)
             values.append(density_fn(points).float().cpu())
         grid[index[:, 0], index[:, 1], index[:, 2]] = torch.cat(values)
-    return grid, len(index)
+    return grid
 
 
 def band_density_grid(density_fn: DensityFn, lo: np.ndarray, hi: np.ndarray, config: ExtractionConfig,
-                      device: torch.device | str = "cpu") -> tuple[np.ndarray, float, np.ndarray, np.ndarray, int]:
+                      device: torch.device | str = "cpu") -> tuple[np.ndarray, float, np.ndarray, np.ndarray]:
     """The coarse-to-fine density grid of the module docstring. Its voxels are those of a
     config.resolution³ grid over [lo, hi], restricted to the object's box when `refine` is on.
 
-    Returns (grid, threshold, the grid's box lo, hi, field evaluations)."""
+    Returns (grid, threshold, the grid's box lo, hi)."""
     resolution = config.resolution
     # The coarsest grid: resolution / 2^k for the largest k ≤ 3 that keeps it at `coarsest` or more.
     refinements = next((k for k in (3, 2, 1) if resolution // 2**k >= config.coarsest), 0)
     coarse_res = resolution // 2**refinements
     coarse = torch.from_numpy(density_grid(density_fn, lo, hi, coarse_res, config.chunk, device))
-    evaluations = coarse.numel()
     level = auto_threshold(coarse.numpy()) if config.threshold == "auto" else float(config.threshold)
     cells = _crossing_cells(coarse, level)
     if not cells.any() or coarse_res == resolution:
-        return coarse.numpy(), level, lo, hi, evaluations
+        return coarse.numpy(), level, lo, hi
     voxel = (hi - lo) / (resolution - 1)
     first, last = np.zeros(3, int), np.full(3, resolution - 1)
     if config.refine:
@@ -209,11 +208,10 @@ def band_density_grid(density_fn: DensityFn, lo: np.ndarray, hi: np.ndarray, con
         shapes.insert(0, tuple((n - 1) // 2 + 1 for n in shapes[0]))
     grid, coarse_lo, coarse_hi = coarse, lo, hi
     for i, step_shape in enumerate(shapes):
-        grid, count = _refine_grid(density_fn, grid, coarse_lo, coarse_hi, box_lo, box_hi, step_shape, level,
-                                   dilate=i == 0, chunk=config.chunk, device=device)
-        evaluations += count
+        grid = _refine_grid(density_fn, grid, coarse_lo, coarse_hi, box_lo, box_hi, step_shape, level,
+                            dilate=i == 0, chunk=config.chunk, device=device)
         coarse_lo, coarse_hi = box_lo, box_hi
-    return grid.numpy(), level, box_lo, box_hi, evaluations
+    return grid.numpy(), level, box_lo, box_hi
 
 
 def _marching_cubes(grid: np.ndarray, level: float, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -269,12 +267,11 @@ def extract_mesh(density_fn: DensityFn, bounds: tuple[np.ndarray, np.ndarray] | 
     else:
         lo, hi = np.asarray(bounds[0], np.float64), np.asarray(bounds[1], np.float64)
     if config.method == "band":
-        grid, level, lo, hi, _ = band_density_grid(density_fn, lo, hi, config, device)
-        vertices, faces = _marching_cubes(grid, level, lo, hi)
+        grid, level, lo, hi = band_density_grid(density_fn, lo, hi, config, device)
     else:
         grid = density_grid(density_fn, lo, hi, config.resolution, config.chunk, device)
         level = auto_threshold(grid) if config.threshold == "auto" else float(config.threshold)
-        vertices, faces = _marching_cubes(grid, level, lo, hi)
+    vertices, faces = _marching_cubes(grid, level, lo, hi)
     if config.method == "full" and config.refine and len(faces):
         pad = 2 * (hi - lo) / (config.resolution - 1)
         lo2 = np.maximum(vertices.min(0) - pad, lo)
