@@ -30,6 +30,27 @@ def _bad(path: str, message: str, hint: str = "", code: str = INVALID_FIELD) -> 
     return ProtocolError(code, message, field=path, hint=hint)
 
 
+# C0 controls but tab, newline and carriage return; DEL; C1 controls. They draw as nothing (or break a
+# terminal) and a NUL truncates C strings; nobody types them into a prompt.
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+def check_text(path: str, value: str) -> str:
+    """Text every reply can carry: valid Unicode that encodes as UTF-8 (no lone surrogates, which JSON's
+    \\ud800 escapes let through) and no control characters. Stored strings pass here first, so a stored
+    job can never make a reply fail to encode."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise _bad(path, f"holds {value[exc.start]!r} at position {exc.start}, a lone surrogate that is not a "
+                   "character (it cannot be encoded as UTF-8)", hint="send valid Unicode text") from None
+    bad = _CONTROL.search(value)
+    if bad is not None:
+        raise _bad(path, f"holds the control character U+{ord(bad.group()):04X} at position {bad.start()}",
+                   hint="remove control characters (tabs and newlines are fine)")
+    return value
+
+
 @dataclasses.dataclass(frozen=True)
 class Spec:
     """Base of all specs. `optional` admits None; `default` is used when the field is absent."""
@@ -68,8 +89,7 @@ class Text(Spec):
             raise _bad(path, f"is {len(value)} characters long; the limit is {self.max_len}", code=TOO_LARGE)
         if len(value) < self.min_len:
             raise _bad(path, "may not be empty" if self.min_len == 1 else f"needs at least {self.min_len} characters")
-        if "\x00" in value:
-            raise _bad(path, "may not contain NUL characters")
+        check_text(path, value)
         if self.pattern is not None and re.fullmatch(self.pattern, value) is None:
             raise _bad(path, f"{value!r:.80} is not valid: {self.pattern_hint or 'must match ' + self.pattern}")
         return value
@@ -146,11 +166,14 @@ class Mapping(Spec):
         for key, item in value.items():
             if not isinstance(key, str) or len(key) > 128:
                 raise _bad(path, "keys must be strings of at most 128 characters")
+            check_text(f"{path} key", key)
             if self.values is not None:
                 out[key] = self.values.check(f"{path}.{key}", item)
             elif isinstance(item, float) and not math.isfinite(item):
                 raise _bad(f"{path}.{key}", "must be a finite number")
-            elif item is None or isinstance(item, (str, int, float, bool)):
+            elif isinstance(item, str):
+                out[key] = check_text(f"{path}.{key}", item)
+            elif item is None or isinstance(item, (int, float, bool)):
                 out[key] = item
             else:
                 raise _bad(f"{path}.{key}", f"must be a string, number, boolean or null, got {type(item).__name__}")

@@ -97,6 +97,10 @@ def test_newer_minor_version_is_accepted():
         (lambda: m.Cancel(job_id="../../etc"), "header.job_id"),
         (lambda: m.Progress(job_id="j", phase="loading", step=-1), "content.step"),
         (lambda: m.Progress(job_id="j", phase="dreaming"), "content.phase"),
+        (lambda: m.Submit(spec={"prompt": "a \ud800 teapot"}), "content.spec.prompt"),
+        (lambda: m.Submit(spec={"prompt": "x", "negative_prompt": "bell \x07"}), "content.spec.negative_prompt"),
+        (lambda: m.Log(job_id="j", text="\x1b[2J"), "content.text"),
+        (lambda: m.Done(job_id="j", status="completed", outputs={"mesh": "a\udfffb"}), "content.outputs.mesh"),
     ],
 )
 def test_bad_values_name_the_field(make, field):

@@ -392,3 +392,30 @@ def test_progress_resent_by_the_front_end_counts_the_workers_eta_down(server):
         totals = [m.elapsed_seconds + m.eta_seconds for m in messages]
         assert max(totals) - min(totals) < 0.05, totals
         assert [m.eta_seconds for m in messages] == sorted((m.eta_seconds for m in messages), reverse=True)
+
+
+@pytest.mark.parametrize("escape", [rb"\ud800", rb"\u0000", rb"\u001b[2J", rb"\u0085"])
+def test_text_that_no_reply_could_carry_is_refused_and_the_job_list_keeps_working(server, escape):
+    """JSON escapes let a lone surrogate or a control character through the parser; stored in a prompt, a
+    lone surrogate made every later reply that held it fail to encode, for every client."""
+    frames = encode(Submit(spec={"prompt": "PLACEHOLDER", "preset": "smoke"}))
+    frames = [bytes(f) for f in frames]
+    frames[1] = frames[1].replace(b"PLACEHOLDER", b"a teapot " + escape)
+    assert escape in frames[1]
+    with server.client() as client:
+        client.wait_for(lambda m: isinstance(m, Welcome), timeout=10)
+        ctx = zmq.Context.instance()
+        raw = ctx.socket(zmq.DEALER)
+        raw.setsockopt(zmq.LINGER, 0)
+        raw.connect(server.address)
+        try:
+            raw.send_multipart(frames)
+            assert raw.poll(10_000), "no reply"
+            reply = raw.recv_multipart()
+        finally:
+            raw.close()
+        assert b'"error"' in reply[0] and b'"content.spec.prompt"' in reply[1], reply
+        request = client.list_jobs()
+        listing = client.wait_for(lambda m: m.parent_id == request, timeout=10)
+        assert isinstance(listing, Jobs), listing
+        assert all("PLACEHOLDER" not in j.prompt and "\ufffd" not in j.prompt for j in listing.jobs)
