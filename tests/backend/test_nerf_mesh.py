@@ -455,3 +455,46 @@ def test_the_first_preview_mesh_comes_after_a_time_budget_not_a_step_count():
             assert seconds[step] >= budget and (step == 1 or seconds[step - 1] < budget)
         else:
             assert previews == []  # 0: only every mesh_every steps
+
+
+def test_extraction_stops_between_chunks_when_asked():
+    from asd_backend.interrupt import Interrupted
+
+    calls, points = [0], [0]
+
+    def density(p):
+        points[0] += len(p)
+        return 10.0 * (0.3 - p.norm(dim=-1)).clamp(min=0)
+
+    def stop_on_third_check() -> bool:
+        calls[0] += 1
+        return calls[0] >= 3
+
+    for method in ("band", "full"):
+        calls[0] = points[0] = 0
+        config = ExtractionConfig(resolution=128, chunk=4096, method=method)
+        with pytest.raises(Interrupted):
+            extract_mesh(density, 0.5, config, should_stop=stop_on_third_check)
+        assert calls[0] == 3 and points[0] == 2 * 4096  # two chunks evaluated, then it stopped
+    mesh = extract_mesh(density, 0.5, ExtractionConfig(resolution=64, chunk=4096), should_stop=lambda: False)
+    assert len(mesh.faces) > 0
+
+
+def test_a_job_stopped_inside_its_final_extraction_resumes_straight_to_it(tmp_path, asd_home):
+    """A cancel (or a worker whose server died) lands inside marching cubes, not after it: the last
+    step's checkpoint is on disk, so a resume skips the optimisation and extracts."""
+    from asd_backend.teachers import load_teacher
+    from asd_backend.train.presets import resolve_spec
+    from asd_backend.train.text_to_3d import generate
+
+    spec = resolve_spec({"prompt": "a teapot", "preset": "smoke", "seed": 0, "schedule": {"steps": 6},
+                         "output": {"mesh_every": 0, "mc_resolution": 64}})
+    teacher = load_teacher("tiny", "cpu")
+    phases = []
+    stopped = generate(teacher, spec, workdir=tmp_path, on_phase=lambda name, text: phases.append(name),
+                       should_stop=lambda: "extracting" in phases)
+    assert phases == ["extracting"] and stopped.stopped and stopped.mesh is None and stopped.steps_done == 6
+    steps = []
+    resumed = generate(teacher, spec, workdir=tmp_path, resume=True, on_progress=lambda s, t, m: steps.append(s))
+    assert not resumed.stopped and resumed.resumed_from == 6 and steps == []
+    assert len(resumed.mesh.faces) > 0

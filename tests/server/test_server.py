@@ -179,7 +179,14 @@ def test_server_restart_resumes_a_running_job(tmp_path, asd_home):
             # smoke checkpoints every 6 steps: wait until one exists, then kill the server outright.
             client.wait_for(lambda m: m.job_id == job and isinstance(m, Progress) and m.step >= 8, timeout=180,
                             on_message=before.append)
+        old_workers = server.worker_pids()
         stop_server(server, signal.SIGKILL)
+        # Its worker notices within a second (between steps, or inside meshing), checkpoints and leaves;
+        # the new server's worker waits for the job folder's lock, so two never write one job.
+        deadline = time.monotonic() + 10
+        while any(running(pid) for pid in old_workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(running(pid) for pid in old_workers)
         server = start_server(results, port)
         with server.client() as client:
             client.attach(job)
@@ -193,6 +200,15 @@ def test_server_restart_resumes_a_running_job(tmp_path, asd_home):
         assert '"job_requeued"' in server.log_text()
     finally:
         stop_server(server)
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan waits for its new parent to reap it)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 def test_killing_a_worker_fails_only_its_job(tmp_path, asd_home):

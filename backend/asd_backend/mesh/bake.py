@@ -15,12 +15,13 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from ..interrupt import StopCheck, check
 from .extract import Mesh
 from .raycast import barycentric
 
 
 def bake_texture(mesh: Mesh, color_fn: Callable[[torch.Tensor], torch.Tensor], size: int = 1024,
-                 device: torch.device | str = "cpu", chunk: int = 1 << 18) -> Mesh:
+                 device: torch.device | str = "cpu", chunk: int = 1 << 18, should_stop: StopCheck = None) -> Mesh:
     """A copy of `mesh` with per-vertex UVs (vertices split along chart seams) and a baked texture."""
     import trimesh
     import xatlas
@@ -45,7 +46,10 @@ def bake_texture(mesh: Mesh, color_fn: Callable[[torch.Tensor], torch.Tensor], s
     colors = np.zeros((size * size, 3), np.float32)
     with torch.no_grad():
         pts = torch.from_numpy(points.astype(np.float32)).to(device)
-        baked = [color_fn(pts[i:i + chunk]).float().clamp(0, 1).cpu() for i in range(0, len(pts), chunk)]
+        baked = []
+        for i in range(0, len(pts), chunk):
+            check(should_stop)
+            baked.append(color_fn(pts[i:i + chunk]).float().clamp(0, 1).cpu())
     if baked:
         colors[ray_index] = torch.cat(baked).numpy()
     covered = np.zeros(size * size, bool)

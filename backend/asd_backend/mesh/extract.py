@@ -28,6 +28,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from ..interrupt import StopCheck, check
+
 DensityFn = Callable[[torch.Tensor], torch.Tensor]  # [N, 3] -> [N]
 ColorFn = Callable[[torch.Tensor], torch.Tensor]  # [N, 3] -> [N, 3] in [0, 1] (sRGB)
 
@@ -104,12 +106,19 @@ def auto_threshold(grid: np.ndarray, occupied: float = 1.0) -> float:
 
 @torch.no_grad()
 def density_grid(density_fn: DensityFn, lo: np.ndarray, hi: np.ndarray, resolution: int, chunk: int,
-                 device: torch.device | str = "cpu") -> np.ndarray:
-    """Density at the (resolution)³ lattice spanning [lo, hi] (corners included)."""
+                 device: torch.device | str = "cpu", should_stop: StopCheck = None) -> np.ndarray:
+    """Density at the (resolution)³ lattice spanning [lo, hi] (corners included), `chunk` points at a
+    time: memory stays bounded by the grid itself (4 bytes a point), whatever the resolution."""
     axes = [torch.linspace(float(lo[i]), float(hi[i]), resolution, device=device) for i in range(3)]
-    points = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, 3)
-    values = [density_fn(points[i:i + chunk]).float().cpu() for i in range(0, len(points), chunk)]
-    return torch.cat(values).reshape(resolution, resolution, resolution).numpy()
+    grid = torch.empty(resolution**3, dtype=torch.float32)
+    plane = resolution * resolution
+    for start in range(0, resolution**3, chunk):
+        check(should_stop)
+        index = torch.arange(start, min(start + chunk, resolution**3), device=device)
+        points = torch.stack([axes[0][index // plane], axes[1][index // resolution % resolution],
+                              axes[2][index % resolution]], dim=-1)
+        grid[start:start + len(index)] = density_fn(points).float().cpu()
+    return grid.reshape(resolution, resolution, resolution).numpy()
 
 
 def _axis_interpolate(grid: torch.Tensor, axis: int, coords: torch.Tensor) -> torch.Tensor:
@@ -138,7 +147,7 @@ def _dilate(cells: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def _refine_grid(density_fn: DensityFn, coarse: torch.Tensor, coarse_lo: np.ndarray, coarse_hi: np.ndarray,
                  lo: np.ndarray, hi: np.ndarray, shape: tuple[int, int, int], level: float, dilate: bool, chunk: int,
-                 device: torch.device | str) -> torch.Tensor:
+                 device: torch.device | str, should_stop: StopCheck = None) -> torch.Tensor:
     """A lattice of `shape` points over [lo, hi]: the field where `coarse` crosses the level, `coarse`
     interpolated elsewhere."""
     cells = _crossing_cells(coarse, level)
@@ -171,6 +180,7 @@ def _refine_grid(density_fn: DensityFn, coarse: torch.Tensor, coarse_lo: np.ndar
         lo_t = torch.from_numpy(lo).float()
         values = []
         for part in index.split(chunk):
+            check(should_stop)
             points = (lo_t + part.float() * spacing).to(device)
             values.append(density_fn(points).float().cpu())
         grid[index[:, 0], index[:, 1], index[:, 2]] = torch.cat(values)
@@ -178,7 +188,8 @@ def _refine_grid(density_fn: DensityFn, coarse: torch.Tensor, coarse_lo: np.ndar
 
 
 def band_density_grid(density_fn: DensityFn, lo: np.ndarray, hi: np.ndarray, config: ExtractionConfig,
-                      device: torch.device | str = "cpu") -> tuple[np.ndarray, float, np.ndarray, np.ndarray]:
+                      device: torch.device | str = "cpu",
+                      should_stop: StopCheck = None) -> tuple[np.ndarray, float, np.ndarray, np.ndarray]:
     """The coarse-to-fine density grid of the module docstring. Its voxels are those of a
     config.resolution³ grid over [lo, hi], restricted to the object's box when `refine` is on.
 
@@ -187,7 +198,7 @@ def band_density_grid(density_fn: DensityFn, lo: np.ndarray, hi: np.ndarray, con
     # The coarsest grid: resolution / 2^k for the largest k ≤ 3 that keeps it at `coarsest` or more.
     refinements = next((k for k in (3, 2, 1) if resolution // 2**k >= config.coarsest), 0)
     coarse_res = resolution // 2**refinements
-    coarse = torch.from_numpy(density_grid(density_fn, lo, hi, coarse_res, config.chunk, device))
+    coarse = torch.from_numpy(density_grid(density_fn, lo, hi, coarse_res, config.chunk, device, should_stop))
     level = auto_threshold(coarse.numpy()) if config.threshold == "auto" else float(config.threshold)
     cells = _crossing_cells(coarse, level)
     if not cells.any() or coarse_res == resolution:
@@ -209,7 +220,7 @@ def band_density_grid(density_fn: DensityFn, lo: np.ndarray, hi: np.ndarray, con
     grid, coarse_lo, coarse_hi = coarse, lo, hi
     for i, step_shape in enumerate(shapes):
         grid = _refine_grid(density_fn, grid, coarse_lo, coarse_hi, box_lo, box_hi, step_shape, level,
-                            dilate=i == 0, chunk=config.chunk, device=device)
+                            dilate=i == 0, chunk=config.chunk, device=device, should_stop=should_stop)
         coarse_lo, coarse_hi = box_lo, box_hi
     return grid.numpy(), level, box_lo, box_hi
 
@@ -255,11 +266,12 @@ def _drop_small_components(vertices: np.ndarray, faces: np.ndarray, fraction: fl
 
 def extract_mesh(density_fn: DensityFn, bounds: tuple[np.ndarray, np.ndarray] | float,
                  config: ExtractionConfig | None = None, color_fn: ColorFn | None = None,
-                 device: torch.device | str = "cpu") -> Mesh:
+                 device: torch.device | str = "cpu", should_stop: StopCheck = None) -> Mesh:
     """A mesh of the level set {density = threshold} of `density_fn` inside `bounds`.
 
     `bounds` is (lo, hi) corners or a half-size r for the cube [-r, r]³. An empty level set gives an
     empty mesh (0 vertices), never an error: early in training the object may not exist yet.
+    `should_stop` is polled between chunks (raises `interrupt.Interrupted`).
     """
     config = config or ExtractionConfig()
     if isinstance(bounds, (int, float)):
@@ -267,16 +279,16 @@ def extract_mesh(density_fn: DensityFn, bounds: tuple[np.ndarray, np.ndarray] | 
     else:
         lo, hi = np.asarray(bounds[0], np.float64), np.asarray(bounds[1], np.float64)
     if config.method == "band":
-        grid, level, lo, hi = band_density_grid(density_fn, lo, hi, config, device)
+        grid, level, lo, hi = band_density_grid(density_fn, lo, hi, config, device, should_stop)
     else:
-        grid = density_grid(density_fn, lo, hi, config.resolution, config.chunk, device)
+        grid = density_grid(density_fn, lo, hi, config.resolution, config.chunk, device, should_stop)
         level = auto_threshold(grid) if config.threshold == "auto" else float(config.threshold)
     vertices, faces = _marching_cubes(grid, level, lo, hi)
     if config.method == "full" and config.refine and len(faces):
         pad = 2 * (hi - lo) / (config.resolution - 1)
         lo2 = np.maximum(vertices.min(0) - pad, lo)
         hi2 = np.minimum(vertices.max(0) + pad, hi)
-        grid = density_grid(density_fn, lo2, hi2, config.resolution, config.chunk, device)
+        grid = density_grid(density_fn, lo2, hi2, config.resolution, config.chunk, device, should_stop)
         vertices, faces = _marching_cubes(grid, level, lo2, hi2)
     if len(faces) and config.min_component_fraction > 0:
         vertices, faces = _drop_small_components(vertices, faces, config.min_component_fraction)
@@ -290,6 +302,10 @@ def extract_mesh(density_fn: DensityFn, bounds: tuple[np.ndarray, np.ndarray] | 
     if color_fn is not None and len(vertices):
         with torch.no_grad():
             pts = torch.from_numpy(vertices).to(device)
-            rgb = torch.cat([color_fn(pts[i:i + config.chunk]).float().cpu() for i in range(0, len(pts), config.chunk)])
+            rgb = []
+            for i in range(0, len(pts), config.chunk):
+                check(should_stop)
+                rgb.append(color_fn(pts[i:i + config.chunk]).float().cpu())
+            rgb = torch.cat(rgb)
         colors = (rgb.clamp(0, 1) * 255).round().byte().numpy()
     return Mesh(vertices.astype(np.float32), faces.astype(np.uint32), colors)

@@ -13,6 +13,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from ..interrupt import StopCheck, check
 from .cameras import CameraBatch, camera_rays
 from .field import NerfField
 from .occupancy import OccupancyGrid
@@ -56,11 +57,14 @@ class VolumeRenderer(nn.Module):
         return 2 * self.field.radius / self.samples_per_ray
 
     def forward(self, cameras: CameraBatch, height: int, width: int, *, training: bool = False,
-                generator: torch.Generator | None = None, chunk: int = 1 << 14) -> RenderOutput:
+                generator: torch.Generator | None = None, chunk: int = 1 << 14,
+                should_stop: StopCheck = None) -> RenderOutput:
         origins, dirs = camera_rays(cameras, height, width)
         o, d = origins.reshape(-1, 3), dirs.reshape(-1, 3)
-        parts = [self._render_rays(o[i:i + chunk], d[i:i + chunk], training, generator)
-                 for i in range(0, len(o), chunk)]
+        parts = []
+        for i in range(0, len(o), chunk):
+            check(should_stop)  # a big preview render takes seconds: a cancel lands between chunks
+            parts.append(self._render_rays(o[i:i + chunk], d[i:i + chunk], training, generator))
         rgb_fg, opacity, depth = (torch.cat([p[k] for p in parts]) for k in range(3))
         shape = (len(cameras), height, width)
         opacity = opacity.reshape(*shape, 1)

@@ -124,6 +124,7 @@ class Server:
 
     def start(self) -> str:
         """Bind, start workers, reload jobs from the results folder. Returns the bound address."""
+        self.store.lock()  # first: a second server on this folder stops here, before it binds anything
         self.clients = self.ctx.socket(zmq.ROUTER)
         s = self.clients
         s.setsockopt(zmq.ROUTER_MANDATORY, 1)  # full or gone peers raise instead of silently dropping
@@ -172,6 +173,7 @@ class Server:
                 self.store.save(job)
         if self.authenticator is not None:
             self.authenticator.stop()
+        self.store.unlock()
         self.ctx.destroy(linger=0)
 
     # -- the loop --------------------------------------------------------------------------------
@@ -318,8 +320,8 @@ class Server:
         from ..mesh.export import read_mesh
 
         out = []
-        for name, path in job.outputs.items():
-            path = Path(path)
+        for name in job.outputs:
+            path = self.store.output_path(job, name)
             if not path.is_file():
                 continue
             if name == "mesh":
@@ -380,7 +382,7 @@ class Server:
             self._publish(job, encoded)
         elif isinstance(msg, Done):
             worker.job_id = None
-            job.outputs = dict(msg.outputs)
+            job.outputs = self.store.relative_outputs(job.job_id, dict(msg.outputs))
             job.seconds = msg.seconds
             self._finish(job, msg)
         job.touch()

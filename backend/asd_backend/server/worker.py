@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import zmq
+from filelock import FileLock, Timeout
 
 from asd_protocol import (
     Done,
@@ -39,6 +40,7 @@ from .commands import WORKER_TYPES, CancelJob, RunJob, StopWorker, WorkerReady
 
 log = logging.getLogger("asd.worker")
 
+JOB_LOCK_WAIT = 30.0  # seconds a worker waits for another one to leave a job's folder
 PROGRESS_INTERVAL = 0.5  # seconds between progress events (the front end re-sends every second anyway)
 
 
@@ -115,7 +117,11 @@ class Worker:
                 raise JobCancelled
             spec = JobSpec.from_json(job.spec)
             run = {"generate": self.generate, "image": self.image, "edit_texture": self.edit_texture}[spec.kind]
-            outputs, summary = run(job_id, spec, job.resume)
+            lock = self._job_folder_lock(job_id)
+            try:
+                outputs, summary = run(job_id, spec, job.resume)
+            finally:
+                lock.release()
             self.emit(Done(job_id=job_id, status="completed", seconds=time.time() - started, outputs=outputs,
                            summary=summary))
         except JobCancelled:
@@ -130,6 +136,18 @@ class Worker:
                 _empty_cuda_cache()
         finally:
             self.cancelled.discard(job_id)
+
+    def _job_folder_lock(self, job_id: str) -> FileLock:
+        """One worker in a job's folder at a time: after a fast restart, a worker of the old server may
+        still be writing its last checkpoint (it stops within a second of noticing)."""
+        (self.results / job_id).mkdir(parents=True, exist_ok=True)
+        lock = FileLock(self.results / job_id / ".worker.lock", timeout=JOB_LOCK_WAIT)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise RuntimeError(f"another worker has held job {job_id}'s folder for {JOB_LOCK_WAIT:.0f} s; "
+                               "is a second server running on this results folder?") from None
+        return lock
 
     def _should_stop(self, job_id: str):
         def check() -> bool:
@@ -195,7 +213,7 @@ class Worker:
             raise JobCancelled
         if result.mesh is None or not len(result.mesh.faces):
             raise RuntimeError("the optimisation produced no surface; try more steps or another seed")
-        outputs = {"mesh": str(folder / "mesh.glb"), "preview": str(folder / "preview.png")}
+        outputs = {"mesh": "mesh.glb", "preview": "preview.png"}  # relative to the job's folder
         return outputs, {"steps": result.steps_done, "faces": len(result.mesh.faces),
                          "resumed_from": result.resumed_from, "teacher_trained": bool(teacher.trained)}
 
@@ -216,8 +234,8 @@ class Worker:
                               on_step=lambda step, m: progress(step, spec.steps, m), should_stop=stop)
         if stop():
             raise JobCancelled
-        path = write_png(folder / "image.png", final.image)
-        return {"image": str(path)}, {"steps": final.step, "teacher_trained": bool(teacher.trained)}
+        write_png(folder / "image.png", final.image)
+        return {"image": "image.png"}, {"steps": final.step, "teacher_trained": bool(teacher.trained)}
 
     def edit_texture(self, job_id: str, spec: JobSpec, resume: bool) -> tuple[dict[str, str], dict[str, Any]]:
         import numpy as np
@@ -242,8 +260,8 @@ class Worker:
                              should_stop=stop)
         if stop():
             raise JobCancelled
-        path = write_png(folder / "texture.png", final.texture)
-        return {"texture": str(path)}, {"steps": final.step, "teacher_trained": bool(teacher.trained)}
+        write_png(folder / "texture.png", final.texture)
+        return {"texture": "texture.png"}, {"steps": final.step, "teacher_trained": bool(teacher.trained)}
 
 
 def classify_failure(exc: BaseException) -> tuple[str, str]:

@@ -23,6 +23,7 @@ from asd_protocol.job_spec import RESUMABLE_CHANGES, JobSpec, NerfSpec, differen
 from ..errors import AsdError
 from ..guidance.prompts import PromptBank, ViewPromptConfig
 from ..guidance.score_distillation import ScoreDistillation
+from ..interrupt import Interrupted, StopCheck
 from ..mesh.extract import ExtractionConfig, Mesh, extract_mesh
 from ..nerf.background import EnvironmentBackground, SolidBackground
 from ..nerf.cameras import CameraConfig, orbit_cameras, sample_cameras
@@ -75,7 +76,8 @@ class Generator3D(torch.nn.Module):
                                        warmup_steps=nerf.occupancy_warmup_steps, sphere_only=fast)
         self.renderer = VolumeRenderer(self.field, self.background, self.occupancy, nerf.samples_per_ray)
 
-    def mesh(self, config: ExtractionConfig, threshold_fallback: bool = True, texture_size: int = 0) -> Mesh:
+    def mesh(self, config: ExtractionConfig, threshold_fallback: bool = True, texture_size: int = 0,
+             should_stop: StopCheck = None) -> Mesh:
         """Marching cubes of the density, coloured by albedo (and baked into a texture if asked);
         the 'auto' threshold if a fixed one finds nothing. In the field's frame (the wire and files convert).
         (Masking the density by the occupancy grid was tried: it cuts into surfaces and scores worse on
@@ -83,27 +85,28 @@ class Generator3D(torch.nn.Module):
         device = self.field.device
         if self.implementation == "reference":
             config = dataclasses.replace(config, method="full")
-        mesh = extract_mesh(self.field.density, self.field.radius, config, color_fn=self.field.albedo, device=device)
+        mesh = extract_mesh(self.field.density, self.field.radius, config, color_fn=self.field.albedo, device=device,
+                            should_stop=should_stop)
         if not len(mesh.faces) and threshold_fallback and config.threshold != "auto":
             mesh = extract_mesh(self.field.density, self.field.radius, dataclasses.replace(config, threshold="auto"),
-                                color_fn=self.field.albedo, device=device)
+                                color_fn=self.field.albedo, device=device, should_stop=should_stop)
         if texture_size and len(mesh.faces):
             from ..mesh.bake import bake_texture
 
-            mesh = bake_texture(mesh, self.field.albedo, texture_size, device=device)
+            mesh = bake_texture(mesh, self.field.albedo, texture_size, device=device, should_stop=should_stop)
         return mesh
 
     @torch.no_grad()
-    def preview(self, side: int, azimuth_deg: float = 30.0) -> np.ndarray:
+    def preview(self, side: int, azimuth_deg: float = 30.0, should_stop: StopCheck = None) -> np.ndarray:
         """A render from a fixed viewpoint (front-right, slightly above), H×W×3 uint8."""
-        return self.turntable(side, [azimuth_deg])[0]
+        return self.turntable(side, [azimuth_deg], should_stop)[0]
 
     @torch.no_grad()
-    def turntable(self, side: int, azimuths_deg: list[float]) -> list[np.ndarray]:
+    def turntable(self, side: int, azimuths_deg: list[float], should_stop: StopCheck = None) -> list[np.ndarray]:
         n = len(azimuths_deg)
         cameras = orbit_cameras(torch.full((n,), 15.0), torch.tensor(azimuths_deg, dtype=torch.float32),
                                 torch.full((n,), 1.6), torch.full((n,), 45.0)).to(self.field.device)
-        out = self.renderer(cameras, side, side, training=False)
+        out = self.renderer(cameras, side, side, training=False, should_stop=should_stop)
         return [(img.clamp(0, 1) * 255).round().byte().cpu().numpy() for img in out.rgb]
 
 
@@ -237,8 +240,9 @@ def generate(teacher: Teacher, spec: JobSpec, *, workdir: Path | None = None, re
     mesh (in the field's frame, as every mesh here: mesh/export.py converts where meshes leave).
 
     Callbacks: `on_progress(step, total, metrics)` every step, `on_snapshot` with preview and final
-    meshes, `should_stop()` polled every step (True: checkpoint and return), `on_phase(name, message)`
-    when the work changes phase after the optimisation ("extracting"). `timer` and `implementation`
+    meshes, `should_stop()` polled every step and between chunks of meshing and rendering (True:
+    checkpoint and return), `on_phase(name, message)` when the work changes phase after the
+    optimisation ("extracting"). `timer` and `implementation`
     are for benchmarks: per-phase timings in the metrics, and "reference" for the plain hash-grid
     encoding and full-grid extraction the fast paths are measured against.
     """
@@ -327,9 +331,14 @@ def _optimise(teacher: Teacher, spec: JobSpec, model: Generator3D, guidance: Sco
                      and metrics["seconds"] >= output.first_mesh_seconds)
         if (on_snapshot is not None and not (last or stopping) and output.mesh_every
                 and (step % output.mesh_every == 0 or first_due)):
-            mesh = model.mesh(preview_extraction)
-            snapshots += 1
-            on_snapshot(Snapshot(snapshots, step, mesh, model.preview(output.preview_render), metrics, final=False))
+            try:  # seconds of meshing and rendering: a cancel (or a lost server) lands inside them
+                mesh = model.mesh(preview_extraction, should_stop=should_stop)
+                preview = model.preview(output.preview_render, should_stop=should_stop)
+            except Interrupted:
+                stopping = True
+            else:
+                snapshots += 1
+                on_snapshot(Snapshot(snapshots, step, mesh, preview, metrics, final=False))
         if checkpoint is not None and (stopping or last or step % schedule.checkpoint_every == 0):
             save_checkpoint(checkpoint, step, model, optimizer, guidance, generators, spec, snapshots)
         if stopping:
@@ -340,10 +349,15 @@ def _optimise(teacher: Teacher, spec: JobSpec, model: Generator3D, guidance: Sco
             on_phase("extracting", f"marching cubes at {output.mc_resolution}³"
                      + (f", then a {output.texture_size}² texture bake" if output.texture_size else ""))
         final = ExtractionConfig(resolution=output.mc_resolution, threshold=threshold)
-        final_mesh = model.mesh(final, texture_size=output.texture_size)
-        if on_snapshot is not None:
-            snapshots += 1
-            on_snapshot(Snapshot(snapshots, step, final_mesh, model.preview(output.preview_render),
-                                 {"seconds": time.perf_counter() - began}, final=True))
+        try:  # the checkpoint of the last step is on disk: a resume goes straight to this extraction
+            final_mesh = model.mesh(final, texture_size=output.texture_size, should_stop=should_stop)
+            preview = model.preview(output.preview_render, should_stop=should_stop) if on_snapshot else None
+        except Interrupted:
+            final_mesh, stopped = None, True
+        else:
+            if on_snapshot is not None:
+                snapshots += 1
+                on_snapshot(Snapshot(snapshots, step, final_mesh, preview, {"seconds": time.perf_counter() - began},
+                                     final=True))
     return GenerationResult(final_mesh, step, time.perf_counter() - began, stopped, snapshots, model,
                             resumed_from=start)
