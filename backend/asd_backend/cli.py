@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -247,12 +248,15 @@ def _serve(args: argparse.Namespace) -> int:
     import signal
 
     from .server.frontend import Server, ServerConfig
+    from .server.limits import ServerLimits
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     gpus = [int(g) for g in args.gpus.split(",") if g.strip()] if args.gpus else None
+    limits = ServerLimits(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ServerLimits)})
     config = ServerConfig(bind=args.bind, results=args.results, teacher=args.teacher, device=args.device, gpus=gpus,
-                          curve_dir=args.curve_dir, insecure=args.insecure,
-                          max_queued_per_client=args.max_queued_per_client)
+                          curve_dir=args.curve_dir, insecure=args.insecure, limits=limits,
+                          max_queued_per_user=args.max_queued_per_user, max_queued=args.max_queued,
+                          max_pending_replies=args.max_pending_replies)
     server = Server(config)
 
     def graceful(signum: int, frame: object) -> None:
@@ -295,7 +299,9 @@ def _submit(args: argparse.Namespace) -> int:
     out = Path(args.output)
     kind = "image" if out.suffix.lower() == ".png" else "generate"
     spec = None
-    if not args.attach:
+    if args.attach and args.resume:
+        raise ValueError("--attach and --resume: give one (--resume follows the job it resumes)")
+    if not (args.attach or args.resume):
         spec = partial_from_args(args, kind)
         resolve_spec(spec)  # refused here, before connecting, as the server would; it checks again
         spec.pop("prompt")
@@ -314,8 +320,9 @@ def _submit(args: argparse.Namespace) -> int:
                 bar.set_postfix(loss="-" if p.loss is None else f"{p.loss:.3g}", refresh=False)
                 bar.refresh()
 
-        submit = None if args.attach else {"prompt": args.prompt, "kind": kind, "spec": spec}
-        result = follow(client, submit=submit, attach=args.attach, out_dir=out.parent if out.parent.name else Path("."),
+        submit = None if args.attach or args.resume else {"prompt": args.prompt, "kind": kind, "spec": spec}
+        result = follow(client, submit=submit, attach=args.attach, resume=args.resume,
+                        out_dir=out.parent if out.parent.name else Path("."),
                         final_name=out.name, keep_snapshots=args.save_snapshots, on_progress=on_progress)
         if bar is not None:
             bar.close()
@@ -340,7 +347,7 @@ def _keys(args: argparse.Namespace) -> int:
         print(f"server public key (give it to clients): {key}\n  file: {public}\n"
               f"allow clients with: asd keys allow CLIENT.key --curve-dir {folder}")
     elif args.keys == "allow":
-        print(f"allowed: {auth.allow_client(folder, args.key)}")
+        print(f"allowed: {auth.allow_client(folder, args.key, args.name, args.admin)}")
     elif args.keys == "client":
         public, secret = auth.create_client_keys(folder, args.name)
         key = public.read_text().split('public-key = "')[1].split('"')[0]
@@ -352,6 +359,7 @@ def _add_server_commands(sub: argparse._SubParsersAction) -> None:
     from asd_protocol.job_spec import DEFAULT_TEACHER
 
     from .server.auth import DEFAULT_CURVE_DIR
+    from .server.limits import ServerLimits
     from .spec_flags import add_spec_flags
 
     p = sub.add_parser("serve", help="run the backend: a ZeroMQ job server for Blender and `asd submit`")
@@ -362,7 +370,14 @@ def _add_server_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gpus", default=None, help="one worker per GPU, e.g. 0,1")
     p.add_argument("--curve-dir", default=None, help="CURVE keys (asd keys init); required off loopback")
     p.add_argument("--insecure", action="store_true", help="allow a non-loopback bind without CURVE (trusted LAN)")
-    p.add_argument("--max-queued-per-client", type=int, default=8)
+    p.add_argument("--max-queued-per-user", "--max-queued-per-client", type=int, default=8,
+                   help="queued jobs one user may have (a CURVE key's user; without CURVE, everyone is one user)")
+    p.add_argument("--max-queued", type=int, default=64, help="queued jobs on the whole server")
+    p.add_argument("--max-pending-replies", type=int, default=1000,
+                   help="replies kept for a client that does not read, before its backlog is dropped")
+    for f in dataclasses.fields(ServerLimits):
+        p.add_argument("--" + f.name.replace("_", "-"), type=int, default=f.default,
+                       help=f"the most a job may ask for: {f.metadata['doc']} (default %(default)s)")
     p.set_defaults(handler=_serve)
 
     p = sub.add_parser("submit", help="send a job to a server and stream its meshes to disk")
@@ -370,6 +385,8 @@ def _add_server_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--server", default="tcp://127.0.0.1:5555")
     p.add_argument("-o", "--output", default="model.glb", help=".glb/.obj/.ply for 3D; .png for a 2D image job")
     p.add_argument("--attach", default=None, metavar="JOB", help="follow an existing job instead of submitting")
+    p.add_argument("--resume", default=None, metavar="JOB",
+                   help="continue a failed, cancelled or interrupted job from its last checkpoint, and follow it")
     p.add_argument("--save-snapshots", action="store_true", help="keep every streamed mesh beside the output")
     p.add_argument("--server-key", default=None, help="server public key (Z85 or file): turns CURVE on")
     p.add_argument("--client-key", default=None, help=f"client secret key file (default {DEFAULT_CURVE_DIR}/"
@@ -383,6 +400,8 @@ def _add_server_commands(sub: argparse._SubParsersAction) -> None:
     k.add_argument("--force", action="store_true", help="replace an existing keypair")
     k = actions.add_parser("allow", help="allow a client's public key (file or Z85 text)")
     k.add_argument("key")
+    k.add_argument("--name", default=None, help="the user its jobs belong to (default: the key file's name)")
+    k.add_argument("--admin", action="store_true", help="it may see and cancel every user's jobs")
     k = actions.add_parser("client", help="create a client keypair on this machine")
     k.add_argument("--name", default="client")
     for k in actions.choices.values():

@@ -48,15 +48,17 @@ def _error_text(msg: Error) -> str:
 
 
 def follow(client: AsdClient, *, submit: dict[str, Any] | None = None, attach: str | None = None,
+           resume: str | None = None,
            out_dir: Path | Callable[[str], Path], final_name: str = "mesh.glb", keep_snapshots: bool = True,
            on_progress: Callable[[Progress], None] | None = None,
            on_message: Callable[[Message], None] | None = None, timeout: float = 24 * 3600) -> RemoteResult:
-    """Submit a job (or attach to one) and stream it to `out_dir` (or `out_dir(job_id)`) until it is done."""
+    """Submit a job (or attach to one, or resume one) and stream it to `out_dir` (or `out_dir(job_id)`)
+    until it is done."""
     started = time.monotonic()
-    if (submit is None) == (attach is None):
-        raise ValueError("give exactly one of submit (the job) or attach (a job id)")
-    if submit is not None:
-        request = client.submit(**submit)
+    if sum(x is not None for x in (submit, attach, resume)) != 1:
+        raise ValueError("give exactly one of submit (the job), attach or resume (a job id)")
+    if submit is not None or resume is not None:
+        request = client.submit(**submit) if submit is not None else client.resume(resume)
         reply = client.wait_for(lambda m: m.parent_id == request and isinstance(m, (Accepted, Error)), timeout=30)
         if isinstance(reply, Error):
             raise RemoteJobError(_error_text(reply))

@@ -17,6 +17,7 @@ def classes() -> tuple:
         ASD_OT_generate_client_key,
         ASD_OT_random_seed,
         ASD_OT_refresh_jobs,
+        ASD_OT_resume,
         ASD_OT_revert_texture,
         ASD_OT_start_backend,
         ASD_OT_test_connection,
@@ -26,9 +27,9 @@ def classes() -> tuple:
     from .properties import ASD_JobItem, ASD_SceneProperties
 
     return (ASD_AddonPreferences, ASD_JobItem, ASD_SceneProperties, ASD_OT_generate, ASD_OT_cancel, ASD_OT_attach,
-            ASD_OT_refresh_jobs, ASD_OT_test_connection, ASD_OT_start_backend, ASD_OT_generate_client_key,
-            ASD_OT_random_seed, ASD_OT_edit_texture, ASD_OT_revert_texture, ASD_UL_jobs, VIEW3D_PT_asd,
-            VIEW3D_PT_asd_texture, VIEW3D_PT_asd_jobs, VIEW3D_PT_asd_preview)
+            ASD_OT_resume, ASD_OT_refresh_jobs, ASD_OT_test_connection, ASD_OT_start_backend,
+            ASD_OT_generate_client_key, ASD_OT_random_seed, ASD_OT_edit_texture, ASD_OT_revert_texture, ASD_UL_jobs,
+            VIEW3D_PT_asd, VIEW3D_PT_asd_texture, VIEW3D_PT_asd_jobs, VIEW3D_PT_asd_preview)
 
 
 def register() -> None:

@@ -1,4 +1,4 @@
-"""Operators: generate, cancel, attach, test connection, start the local backend, keys, seed."""
+"""Operators: generate, cancel, attach, resume, test connection, start the local backend, keys, seed."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from bpy.props import StringProperty
 from bpy.types import Operator
 
 from . import connection, preferences, properties, texture_edit
+
+RESUMABLE = ("failed", "cancelled", "interrupted")
 
 
 class ASD_OT_generate(Operator):
@@ -98,6 +100,41 @@ class ASD_OT_attach(Operator):
             return {"CANCELLED"}
         connection.session(context).attach(job_id)
         props.active_job = job_id
+        return {"FINISHED"}
+
+
+class ASD_OT_resume(Operator):
+    """Continue the selected job from its last checkpoint on the backend (failed, cancelled or interrupted
+    generate jobs); it streams into its object again"""
+
+    bl_idname = "asd.resume"
+    bl_label = "Resume"
+
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        props = properties.get(context)
+        if not 0 <= props.jobs_index < len(props.jobs):
+            cls.poll_message_set("Refresh the job list and select a job first")
+            return False
+        item = props.jobs[props.jobs_index]
+        if item.kind != "generate" or item.status not in RESUMABLE:
+            cls.poll_message_set("Only a failed, cancelled or interrupted generate job resumes")
+            return False
+        return True
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        props = properties.get(context)
+        try:
+            session = connection.connected_session(context)
+        except (ValueError, RuntimeError) as exc:
+            connection.set_status(props, str(exc), error=True)
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        job_id = props.jobs[props.jobs_index].job_id
+        request = session.resume(job_id)
+        connection.remember_target(request, context)
+        props.active_request, props.active_job = request, job_id
+        connection.set_status(props, f"resuming {job_id}…")
         return {"FINISHED"}
 
 

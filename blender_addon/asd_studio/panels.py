@@ -98,6 +98,7 @@ class VIEW3D_PT_asd_jobs(Panel):
         row = layout.row(align=True)
         row.operator("asd.refresh_jobs", icon="FILE_REFRESH")
         row.operator("asd.attach", icon="IMPORT")
+        row.operator("asd.resume", icon="PLAY")
 
 
 class VIEW3D_PT_asd_preview(Panel):

@@ -126,6 +126,14 @@ class Session:
         self.jobs.setdefault(job_id, JobView(job_id=job_id))
         self.client.attach(job_id)
 
+    def resume(self, job_id: str) -> str:
+        """Continue a job from its checkpoint; its `accepted` answers this request like a submit's."""
+        job = self._job(job_id)
+        job.error, job.cancelling = "", False
+        request = self.client.resume(job_id)
+        self.requests[request] = job
+        return request
+
     def list_jobs(self) -> None:
         self.client.list_jobs()
 

@@ -25,6 +25,7 @@ from .messages import (
     MeshSnapshot,
     Message,
     Progress,
+    Resume,
     Submit,
     TeacherInfo,
     Texture,
@@ -36,5 +37,5 @@ __version__ = "0.1.0"
 __all__ = [
     "MESSAGE_TYPES", "PROTOCOL_VERSION", "Accepted", "Attach", "Cancel", "Done", "Error", "FrameLimits",
     "Heartbeat", "Hello", "Image", "JobInfo", "JobSpec", "Jobs", "ListJobs", "Log", "MeshSnapshot", "Message",
-    "Progress", "ProtocolError", "Submit", "TeacherInfo", "Texture", "Welcome", "decode", "encode",
+    "Progress", "ProtocolError", "Resume", "Submit", "TeacherInfo", "Texture", "Welcome", "decode", "encode",
 ]

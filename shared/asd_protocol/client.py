@@ -32,6 +32,7 @@ from .messages import (
     Hello,
     ListJobs,
     Message,
+    Resume,
     Submit,
     Welcome,
 )
@@ -99,6 +100,7 @@ class AsdClient:
             self._socket.curve_secretkey = _key(client_secret_key)
         # Handshake failures (a refused CURVE key, a plaintext/CURVE mismatch) arrive only as socket events.
         self.handshake_error: str | None = None
+        self.revoked: str | None = None  # set when the server says this key was removed from its allow-list
         self._monitor = self._socket.get_monitor_socket(
             zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
             | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_SUCCEEDED)
@@ -162,6 +164,10 @@ class AsdClient:
     def attach(self, job_id: str) -> str:
         return self.send(Attach(job_id=job_id))
 
+    def resume(self, job_id: str) -> str:
+        """Queue a failed, cancelled or interrupted generate job again, from its last checkpoint."""
+        return self.send(Resume(job_id=job_id))
+
     def list_jobs(self, limit: int = 100) -> str:
         return self.send(ListJobs(limit=limit))
 
@@ -192,6 +198,13 @@ class AsdClient:
             if isinstance(msg, Heartbeat):
                 self._mark_alive()
                 continue
+            if isinstance(msg, Error) and msg.code == errors.ACCESS_REVOKED:
+                # The server refuses this key from now on: say so instead of waiting for silence.
+                self.revoked = f"the backend at {self.address} no longer allows this client's key: {msg.hint}"
+                self.state = LOST
+                out.append(msg)
+                continue
+            self.revoked = None
             self._mark_alive()
             out.append(msg)
             wait_ms = 0
@@ -229,6 +242,8 @@ class AsdClient:
                 self.handshake_error = "protocol"
 
     def lost_reason(self) -> str:
+        if self.revoked:
+            return self.revoked
         if self.handshake_error == "auth":
             return (f"the backend at {self.address} refused this client's CURVE key: ask its admin to allow your "
                     "public key (asd keys allow), and check the server public key you entered")

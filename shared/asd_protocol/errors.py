@@ -17,6 +17,8 @@ JOB_FAILED = "job_failed"
 OUT_OF_MEMORY = "out_of_memory"
 WORKER_CRASHED = "worker_crashed"
 SERVER_ERROR = "server_error"
+BACKLOG_DROPPED = "backlog_dropped"  # the client did not read its replies; they were dropped
+ACCESS_REVOKED = "access_revoked"  # the client's key was removed from the allow-list
 
 
 class ProtocolError(ValueError):

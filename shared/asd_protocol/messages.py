@@ -36,7 +36,7 @@ from .fields import (
 )
 from .job_spec import JOB_KINDS, MAX_PROMPT_CHARS, PartialJobSpec
 
-PROTOCOL_VERSION = "2.0"
+PROTOCOL_VERSION = "2.1"
 PROTOCOL_MAJOR = 2
 
 # Ids become folder names on the server: keep them to a safe alphabet.
@@ -255,6 +255,9 @@ class Submit(Message):
         for name, value in geometry.items():
             if value is None:
                 raise ProtocolError(INVALID_FIELD, "is required for kind 'edit_texture'", field=f"content.{name}")
+        if not len(self.faces):
+            raise ProtocolError(INVALID_FIELD, "has no faces: there is nothing to texture",
+                                field="content.faces", hint="select a mesh object with faces")
         _check_faces(self.faces, len(self.vertices), "content.faces")
         if len(self.uvs) != len(self.faces):
             raise ProtocolError(INVALID_FIELD, f"must have one row per face ({len(self.faces)}); got {len(self.uvs)}",
@@ -280,9 +283,19 @@ class Cancel(Message):
 
 @dataclasses.dataclass(kw_only=True)
 class Attach(Message):
-    """Client → server: follow a job (any job, from any allowed client): state, newest mesh, then live."""
+    """Client → server: follow one of the user's jobs (any job, for an admin): state, newest mesh, then live."""
 
     msg_type: ClassVar[str] = "attach"
+    sender: ClassVar[str] = CLIENT
+    needs_job: ClassVar[bool] = True
+
+
+@dataclasses.dataclass(kw_only=True)
+class Resume(Message):
+    """Client → server: queue a failed, cancelled or interrupted generate job again, to continue from its
+    last checkpoint with the same spec. Answered by `accepted` (then it streams like a new job) or `error`."""
+
+    msg_type: ClassVar[str] = "resume"
     sender: ClassVar[str] = CLIENT
     needs_job: ClassVar[bool] = True
 
@@ -417,7 +430,7 @@ class Done(Message):
 
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.msg_type: cls
-    for cls in (Hello, Welcome, Heartbeat, Submit, Cancel, Attach, ListJobs, Accepted, Jobs, Progress,
+    for cls in (Hello, Welcome, Heartbeat, Submit, Cancel, Attach, Resume, ListJobs, Accepted, Jobs, Progress,
                 MeshSnapshot, Image, Texture, Log, Error, Done)
 }
 

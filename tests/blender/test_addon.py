@@ -175,6 +175,23 @@ def test_cancel_from_blender(addon, tmp_path, asd_home):
         assert "cancelling…" in seen and seen <= {"cancelling…", "cancelled"}
         assert props.status == "cancelled" and props.progress_text == "cancelled"
         assert not bpy.ops.asd.cancel.poll()  # and nothing left to cancel
+        # Resume from the job list: it continues from the checkpoint written at the cancel.
+        stopped_at = props.jobs[0].step
+        props.jobs_index = 0
+        assert bpy.ops.asd.resume.poll()
+        assert bpy.ops.asd.resume() == {"FINISHED"}
+        steps = []
+
+        def moved_on() -> bool:
+            if props.jobs[0].status == "running":
+                steps.append(props.jobs[0].step)
+            return bool(steps) and steps[-1] > stopped_at
+
+        tick_until(connection, moved_on, timeout=120)
+        assert min(s for s in steps if s > 0) >= stopped_at  # not from step 1 (0: while the model loads)
+        assert not bpy.ops.asd.resume.poll()  # running: nothing to resume
+        bpy.ops.asd.cancel()
+        tick_until(connection, lambda: props.jobs[0].status == "cancelled", timeout=60)
 
 
 def test_bad_address_gives_a_clear_report(addon):

@@ -36,6 +36,7 @@ def all_examples() -> list[m.Message]:
         m.Submit(spec={"kind": "image", "prompt": "a fox", "image": {"resolution": 64}}),
         m.Cancel(job_id=job),
         m.Attach(job_id=job),
+        m.Resume(job_id=job),
         m.ListJobs(limit=5),
         m.Accepted(job_id=job, kind="generate", queue_position=2, spec=JobSpec(prompt="a teapot", seed=1).to_json()),
         m.Jobs(jobs=[m.JobInfo(job_id=job, kind="generate", prompt="a teapot", status="running",

@@ -55,7 +55,9 @@ def test_unknown_type_is_a_protocol_error_naming_the_field():
 
 def test_newer_major_version_is_refused_with_a_hint():
     frames = [bytes(f) for f in encode(m.Hello(client="x"))]
-    frames[0] = frames[0].replace(b'"version":"2.0"', b'"version":"3.0"')
+    ours = f'"version":"{m.PROTOCOL_VERSION}"'.encode()
+    assert ours in frames[0]
+    frames[0] = frames[0].replace(ours, b'"version":"3.0"')
     with pytest.raises(ProtocolError) as info:
         decode(frames)
     assert info.value.code == "version_mismatch" and "update" in info.value.hint
@@ -63,7 +65,9 @@ def test_newer_major_version_is_refused_with_a_hint():
 
 def test_newer_minor_version_is_accepted():
     frames = [bytes(f) for f in encode(m.Hello(client="x"))]
-    frames[0] = frames[0].replace(b'"version":"2.0"', b'"version":"2.7"')
+    ours = f'"version":"{m.PROTOCOL_VERSION}"'.encode()
+    assert ours in frames[0]
+    frames[0] = frames[0].replace(ours, b'"version":"2.99"')
     assert decode(frames).client == "x"
 
 
@@ -98,6 +102,9 @@ def test_newer_minor_version_is_accepted():
         (lambda: m.Progress(job_id="j", phase="loading", step=-1), "content.step"),
         (lambda: m.Progress(job_id="j", phase="dreaming"), "content.phase"),
         (lambda: m.Submit(spec={"prompt": "a \ud800 teapot"}), "content.spec.prompt"),
+        (lambda: m.Submit(spec={"kind": "edit_texture", "prompt": "x"}, vertices=np.zeros((3, 3), np.float32),
+                          faces=np.zeros((0, 3), np.uint32), uvs=np.zeros((0, 3, 2), np.float32),
+                          texture=np.zeros((8, 8, 3), np.uint8)), "content.faces"),
         (lambda: m.Submit(spec={"prompt": "x", "negative_prompt": "bell \x07"}), "content.spec.negative_prompt"),
         (lambda: m.Log(job_id="j", text="\x1b[2J"), "content.text"),
         (lambda: m.Done(job_id="j", status="completed", outputs={"mesh": "a\udfffb"}), "content.outputs.mesh"),

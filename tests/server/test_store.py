@@ -132,3 +132,10 @@ def test_a_moved_results_folder_with_bad_records_serves_its_meshes_and_refuses_a
             stop_server(second)
             raise
         assert "another asd serve" in second.log_text() and "--results" in second.log_text()
+
+
+def test_the_store_names_the_checkpoint_the_loop_writes():
+    from asd_backend.server.store import CHECKPOINT_NAME
+    from asd_backend.train.text_to_3d import CHECKPOINT_NAME as written
+
+    assert CHECKPOINT_NAME == written

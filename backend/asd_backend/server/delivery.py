@@ -4,7 +4,9 @@
 - preview meshes, preview images, progress and heartbeats: latest wins per (job, kind) slot, so a
   slow client gets the newest, never a backlog.
 
-Nothing here blocks: `flush()` sends what each client's socket takes now and keeps the rest.
+Nothing here blocks: `flush()` sends what each client's socket takes now and keeps the rest. What is
+kept is bounded per peer (count and bytes of reliable messages): a client that stops reading has its
+backlog dropped and is told so (`backlog_dropped`), instead of growing the server without end.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from collections.abc import Callable
 
 import zmq
 
-from asd_protocol import Heartbeat, Message, encode
+from asd_protocol import Error, Heartbeat, Message, encode
+from asd_protocol import errors as codes
 
 PEER_TIMEOUT = 600.0  # forget a silent client once none of the jobs it follows is active
 
@@ -24,25 +27,42 @@ PEER_TIMEOUT = 600.0  # forget a silent client once none of the jobs it follows 
 @dataclasses.dataclass
 class Peer:
     identity: bytes
-    user: str
+    user: str  # whose jobs it sees: the allow-list's name for its CURVE key, or the one local user
     last_seen: float
+    admin: bool = False  # sees and cancels every user's jobs
+    key: str | None = None  # its CURVE public key (Z85), checked against the allow-list while it stays
     subscriptions: set[str] = dataclasses.field(default_factory=set)
     reliable: deque = dataclasses.field(default_factory=deque)  # frames lists, in order
+    reliable_bytes: int = 0
     latest: dict[tuple[str, str], list] = dataclasses.field(default_factory=dict)  # (job, kind) -> frames
+    dropped: int = 0  # reliable messages dropped because it did not read them
+
+
+def _size(frames: list) -> int:
+    return sum(len(f) for f in frames)
 
 
 class Delivery:
-    def __init__(self, socket: zmq.Socket) -> None:
+    def __init__(self, socket: zmq.Socket, max_pending: int = 1000, max_pending_bytes: int = 64 << 20) -> None:
         self.socket = socket
         self.peers: dict[bytes, Peer] = {}
+        self.max_pending = max_pending
+        self.max_pending_bytes = max_pending_bytes
 
-    def peer(self, identity: bytes, user: str | None) -> Peer:
+    def peer(self, identity: bytes, user: str, admin: bool = False, key: str | None = None) -> Peer:
         """The peer behind a routing id (new ones are remembered), marked as just heard from."""
         peer = self.peers.get(identity)
-        if peer is None:
-            peer = self.peers[identity] = Peer(identity, user or identity.hex()[:32], time.monotonic())
+        if peer is None or peer.key != key:  # a new key on a handed-over routing id is a new peer
+            peer = self.peers[identity] = Peer(identity, user, time.monotonic(), admin=admin, key=key)
+        peer.user, peer.admin = user, admin
         peer.last_seen = time.monotonic()
         return peer
+
+    def forget(self, identity: bytes) -> None:
+        self.peers.pop(identity, None)
+
+    def pending_bytes(self) -> int:
+        return sum(p.reliable_bytes + sum(_size(f) for f in p.latest.values()) for p in self.peers.values())
 
     def publish(self, job_id: str, frames: list, latest: str | None = None) -> None:
         """To every peer following the job: reliably, or in the `latest` slot of that kind."""
@@ -61,16 +81,33 @@ class Delivery:
     def send_frames(self, peer: Peer, frames: list, reliable: bool, latest: str | None = None,
                     job_id: str = "") -> None:
         if reliable:
+            size = _size(frames)
+            if (len(peer.reliable) >= self.max_pending
+                    or (peer.reliable and peer.reliable_bytes + size > self.max_pending_bytes)):
+                self._drop_backlog(peer)
             peer.reliable.append(frames)
+            peer.reliable_bytes += size
         else:
             peer.latest[(job_id, latest or "progress")] = frames
+
+    def _drop_backlog(self, peer: Peer) -> None:
+        """The peer stopped reading: forget what waits for it, and say so first thing when it reads again."""
+        count = len(peer.reliable)
+        peer.dropped += count
+        peer.reliable.clear()
+        notice = encode(Error(code=codes.BACKLOG_DROPPED, message=f"{count} replies waited unread and were dropped "
+                              f"(the server keeps at most {self.max_pending} or {self.max_pending_bytes >> 20} MiB "
+                              "per client)", hint="read replies as they come; list jobs and attach again to catch "
+                              "up (attach sends a job's state and newest results)"))
+        peer.reliable.append(notice)
+        peer.reliable_bytes = _size(notice)
 
     def flush(self) -> None:
         for identity, peer in list(self.peers.items()):
             try:
                 while peer.reliable:
                     self.socket.send_multipart([identity, *peer.reliable[0]], zmq.NOBLOCK, copy=False)
-                    peer.reliable.popleft()
+                    peer.reliable_bytes -= _size(peer.reliable.popleft())
                 for key in list(peer.latest):
                     self.socket.send_multipart([identity, *peer.latest[key]], zmq.NOBLOCK, copy=False)
                     del peer.latest[key]
@@ -79,6 +116,7 @@ class Delivery:
             except zmq.ZMQError as exc:
                 if exc.errno == zmq.EHOSTUNREACH:  # gone; it may come back (same identity) and re-attach
                     peer.reliable.clear()
+                    peer.reliable_bytes = 0
                     peer.latest.clear()
                 else:
                     raise

@@ -37,6 +37,7 @@ from asd_protocol import (
     Message,
     Progress,
     ProtocolError,
+    Resume,
     Submit,
     TeacherInfo,
     Texture,
@@ -55,18 +56,19 @@ from . import auth
 from .commands import WORKER_TYPES, WorkerReady
 from .delivery import Delivery, Peer
 from .jobs import ACTIVE, FINISHED, Job, JobTable, new_job_id
-from .store import ResultStore
+from .limits import ServerLimits
+from .store import CHECKPOINT_NAME, ResultStore
 from .workers import WorkerPool
 
 log = logging.getLogger("asd.server")
 
 KINDS = ("generate", "image", "edit_texture")
-MAX_TEXTURE_SIDE = 2048
 TEACHER_INFO = {
     "tiny": "built-in tiny random SD-shaped pipeline: UNTRAINED, outputs are noise (tests and demos)",
     "random-sd21": "SD 2.1-base architecture with random weights: UNTRAINED (speed and memory figures)",
 }
 PROGRESS_EVERY = 1.0
+LOCAL_USER = "local"  # the user of every client on a server without CURVE (loopback, or --insecure)
 
 
 def event(name: str, **fields: Any) -> None:
@@ -86,8 +88,17 @@ class ServerConfig:
     curve_dir: Path | None = None
     insecure: bool = False
     heartbeat_interval: float = 2.0
-    max_queued_per_client: int = 8
+    max_queued_per_user: int = 8
+    """Queued jobs one user may have (a CURVE key's user; on loopback without CURVE, the one local user)."""
+    max_queued: int = 64
+    """Queued jobs on the whole server."""
     max_message_bytes: int = 256 * 1024 * 1024
+    max_pending_replies: int = 1000
+    """Reliable messages kept for a client that does not read; past it (or max_pending_bytes) its backlog is
+    dropped and it is told so."""
+    max_pending_bytes: int = 64 << 20
+    limits: ServerLimits = dataclasses.field(default_factory=ServerLimits)
+    """What jobs may ask of this machine (resolutions, steps, texture sizes)."""
 
     def __post_init__(self) -> None:
         self.results = Path(self.results)
@@ -104,7 +115,7 @@ class Server:
         self.config = config
         self.server_id = uuid.uuid4().hex
         self.store = ResultStore(config.results)
-        self.table = JobTable(config.max_queued_per_client)
+        self.table = JobTable()
         self.delivery: Delivery | None = None
         self.pool: WorkerPool | None = None
         self.latest_mesh: dict[str, list] = {}
@@ -115,6 +126,8 @@ class Server:
         self.teachers = list(dict.fromkeys([config.teacher, "tiny"]))
         self.ctx = zmq.Context()
         self.authenticator = None
+        self.allow_list: auth.AllowList | None = None
+        self._refused_at: dict[bytes, float] = {}
         self.clients: zmq.Socket | None = None
         self.address = config.bind
         self._last_heartbeat = 0.0
@@ -134,13 +147,13 @@ class Server:
         s.setsockopt(zmq.RCVHWM, 256)
         s.setsockopt(zmq.LINGER, 0)
         if self.config.curve_dir is not None:
-            self.authenticator = auth.secure_socket(self.ctx, s, self.config.curve_dir)
+            self.authenticator, self.allow_list = auth.secure_socket(self.ctx, s, self.config.curve_dir)
         elif not is_loopback(self.config.bind):
             log.warning("WARNING: --insecure: listening on %s WITHOUT authentication or encryption; anyone who "
                         "can reach this port can run jobs and read results", self.config.bind)
         s.bind(self.config.bind)
         self.address = s.getsockopt_string(zmq.LAST_ENDPOINT)
-        self.delivery = Delivery(s)
+        self.delivery = Delivery(s, self.config.max_pending_replies, self.config.max_pending_bytes)
         self.pool = WorkerPool(self.ctx, self.store.root)
         for job in self.store.load_all():
             if job.status == "interrupted":
@@ -202,6 +215,7 @@ class Server:
             self._last_supervise = now
             self._supervise_workers()
             self._resend_progress(now)
+            self._end_revoked_peers()
         if now - self._last_heartbeat > self.config.heartbeat_interval:
             self._last_heartbeat = now
             self.delivery.heartbeat(now, lambda job_id: self.table.jobs.get(job_id) is not None
@@ -213,7 +227,17 @@ class Server:
 
     def _on_client(self, frames: list) -> None:
         identity = bytes(frames[0].buffer)
-        peer = self.delivery.peer(identity, frames[0].get("User-Id") if self.config.curve_dir is not None else None)
+        if self.allow_list is not None:
+            # ZAP checks a key once, at the handshake; a key removed since keeps its connection, so every
+            # message is checked against the allow-list as it is now.
+            key = frames[0].get("User-Id")
+            allowed = self.allow_list.lookup(key)
+            if allowed is None:
+                self._refuse(identity, key)
+                return
+            peer = self.delivery.peer(identity, allowed.user, allowed.admin, key)
+        else:
+            peer = self.delivery.peer(identity, LOCAL_USER, admin=True)  # one user: the machine's
         try:
             msg = decode(frames[1:], limits=FrameLimits(max_message_bytes=self.config.max_message_bytes),
                          expect_sender="client")
@@ -223,7 +247,7 @@ class Server:
             return
         try:
             handler = {Hello: self._hello, Submit: self._submit, Cancel: self._cancel, Attach: self._attach,
-                       ListJobs: self._list, Heartbeat: self._heartbeat_in}[type(msg)]
+                       Resume: self._resume, ListJobs: self._list, Heartbeat: self._heartbeat_in}[type(msg)]
             handler(peer, msg)
         except ProtocolError as exc:
             self.delivery.send(peer, Error.from_exception(exc, parent_id=msg.msg_id, job_id=msg.job_id), reliable=True)
@@ -235,6 +259,32 @@ class Server:
                                    hint="see the server log; the server is still running", parent_id=msg.msg_id,
                                    job_id=msg.job_id), reliable=True)
 
+    def _refuse(self, identity: bytes, key: str) -> None:
+        """A key no longer allowed: forget its peer (its subscriptions and backlog) and tell it, at most
+        every few seconds (it keeps saying hello)."""
+        self.delivery.forget(identity)
+        now = time.monotonic()
+        if now - self._refused_at.get(identity, -1e9) < 5.0:
+            return
+        self._refused_at[identity] = now
+        event("access_revoked", client_key=key)
+        error = Error(code=codes.ACCESS_REVOKED, message="this client's key was removed from the server's allow-list",
+                      hint="ask the server's admin to allow your key again (asd keys allow)")
+        try:
+            self.clients.send_multipart([identity, *encode(error)], zmq.NOBLOCK, copy=False)
+        except zmq.ZMQError:
+            pass  # gone or not reading: it is refused either way
+
+    def _end_revoked_peers(self) -> None:
+        if self.allow_list is None:
+            return
+        for identity, peer in list(self.delivery.peers.items()):
+            if peer.key is not None and self.allow_list.lookup(peer.key) is None:
+                self._refuse(identity, peer.key)
+
+    def _visible(self, peer: Peer, job: Job) -> bool:
+        return peer.admin or job.client == peer.user
+
     def _hello(self, peer: Peer, msg: Hello) -> None:
         event("hello", client=peer.user, client_name=msg.client, protocol=msg.protocol_version)
         teachers = [TeacherInfo(name=t, description=TEACHER_INFO.get(t, f"diffusers model {t}"),
@@ -243,8 +293,10 @@ class Server:
             Welcome, server=f"asd-backend/{__version__}", server_id=self.server_id, protocol_version=PROTOCOL_VERSION,
             capabilities=list(KINDS), teachers=teachers, default_teacher=self.config.teacher,
             methods=list(METHODS), presets=list(PRESETS), heartbeat_interval=self.config.heartbeat_interval,
-            limits={"max_queued_per_client": self.config.max_queued_per_client,
-                    "max_message_bytes": self.config.max_message_bytes}), reliable=True)
+            limits={"max_queued_per_user": self.config.max_queued_per_user, "max_queued": self.config.max_queued,
+                    "max_message_bytes": self.config.max_message_bytes,
+                    "max_pending_replies": self.config.max_pending_replies, **self.config.limits.to_json()}),
+            reliable=True)
 
     def _heartbeat_in(self, peer: Peer, msg: Heartbeat) -> None:
         pass  # last_seen is already updated; our own heartbeats go out on a timer
@@ -253,16 +305,16 @@ class Server:
         if msg.kind not in KINDS:
             raise ProtocolError(codes.UNSUPPORTED, f"this server does not run {msg.kind!r} jobs yet",
                                 field="content.spec.kind", hint=f"supported: {', '.join(KINDS)}")
-        if self.table.queued_by(peer.user) >= self.config.max_queued_per_client:
-            raise ProtocolError(codes.QUEUE_FULL, f"you already have {self.config.max_queued_per_client} queued jobs",
-                                hint="wait for one to start, or cancel one")
+        self._check_quotas(peer)
         # Everything is checked here, before the job is queued: a queued job runs with exactly this spec.
         spec = resolve_spec(merge({"model": {"teacher": self.config.teacher}}, msg.spec), path="content.spec")
         if spec.model.teacher not in self.teachers:
             raise ProtocolError(codes.INVALID_FIELD, f"teacher {spec.model.teacher!r} is not offered by this server",
                                 field="content.spec.model.teacher", hint=f"use one of {', '.join(self.teachers)}")
-        if msg.kind == "edit_texture" and max(msg.texture.shape[:2]) > MAX_TEXTURE_SIDE:
-            raise ProtocolError(codes.TOO_LARGE, f"textures up to {MAX_TEXTURE_SIDE}² are edited; got "
+        self.config.limits.check(spec)
+        side = self.config.limits.max_edit_texture_side
+        if msg.kind == "edit_texture" and max(msg.texture.shape[:2]) > side:
+            raise ProtocolError(codes.TOO_LARGE, f"textures up to {side}² are edited here; got "
                                 f"{msg.texture.shape[1]}×{msg.texture.shape[0]}", field="content.texture",
                                 hint="scale the image down in Blender first")
         resolved = spec.to_json()
@@ -279,15 +331,55 @@ class Server:
                                    queue_position=self.table.position(job.job_id) or 0, spec=resolved),
                    reliable=True)
 
-    def _job(self, msg: Message) -> Job:
+    def _check_quotas(self, peer: Peer) -> None:
+        if self.table.queued_by(peer.user) >= self.config.max_queued_per_user:
+            raise ProtocolError(codes.QUEUE_FULL, f"you already have {self.config.max_queued_per_user} queued jobs",
+                                hint="wait for one to start, or cancel one")
+        if len(self.table.queue) >= self.config.max_queued:
+            raise ProtocolError(codes.QUEUE_FULL, f"the server's queue is full ({self.config.max_queued} jobs)",
+                                hint="try again when some have started")
+
+    def _resume(self, peer: Peer, msg: Resume) -> None:
+        job = self._job(peer, msg)
+        if job.kind != "generate":
+            raise ProtocolError(codes.UNSUPPORTED, f"job {job.job_id} is an {job.kind} job; only generate jobs keep "
+                                "checkpoints", field="header.job_id", hint="submit it again")
+        if job.status not in ("failed", "cancelled", "interrupted"):
+            raise ProtocolError(codes.INVALID_FIELD, f"job {job.job_id} is {job.status}; only failed, cancelled or "
+                                "interrupted jobs resume", field="header.job_id")
+        if not self._has_checkpoint(job):
+            raise ProtocolError(codes.INVALID_FIELD, f"job {job.job_id} stopped before its first checkpoint",
+                                field="header.job_id", hint="submit it again")
+        self._check_quotas(peer)
+        job.status, job.resume, job.error = "queued", True, ""
+        job.touch()
+        self.table.add(job)
+        self.store.save(job)
+        peer.subscriptions.add(job.job_id)
+        event("resume", job=job.job_id, client=peer.user, step=job.step)
+        self.delivery.send(peer, msg.reply(Accepted, job_id=job.job_id, kind=job.kind,
+                                           queue_position=self.table.position(job.job_id) or 0, spec=job.spec),
+                           reliable=True)
+
+    def _has_checkpoint(self, job: Job) -> bool:
+        return (self.store.job_dir(job.job_id) / CHECKPOINT_NAME).is_file()
+
+    def resume_hint(self, job: Job) -> str:
+        """What to tell the artist about a failed job: resuming, when it can; otherwise nothing."""
+        if job.kind == "generate" and self._has_checkpoint(job):
+            return (f"it can continue from its last checkpoint: `asd submit --resume {job.job_id}`, or Resume in "
+                    "Blender's job list")
+        return ""
+
+    def _job(self, peer: Peer, msg: Message) -> Job:
         job = self.table.jobs.get(msg.job_id)
-        if job is None:
+        if job is None or not self._visible(peer, job):  # another user's job is not there for this one
             raise ProtocolError(codes.UNKNOWN_JOB, f"no job {msg.job_id!r} on this server", field="header.job_id",
                                 hint="list jobs to see their ids")
         return job
 
     def _cancel(self, peer: Peer, msg: Cancel) -> None:
-        job = self._job(msg)
+        job = self._job(peer, msg)
         event("cancel", job=job.job_id, client=peer.user, status=job.status)
         if job.status in FINISHED:
             raise ProtocolError(codes.INVALID_FIELD, f"job {job.job_id} has already {job.status}",
@@ -298,7 +390,7 @@ class Server:
         self.pool.cancel(job.job_id)
 
     def _attach(self, peer: Peer, msg: Attach) -> None:
-        job = self._job(msg)
+        job = self._job(peer, msg)
         peer.subscriptions.add(job.job_id)
         event("attach", job=job.job_id, client=peer.user, status=job.status)
         self.delivery.send(peer, msg.reply(Jobs, jobs=[job.info(self.table.position(job.job_id))]), reliable=True)
@@ -339,7 +431,8 @@ class Server:
         return out
 
     def _list(self, peer: Peer, msg: ListJobs) -> None:
-        self.delivery.send(peer, msg.reply(Jobs, jobs=self.table.listing(msg.limit)), reliable=True)
+        listing = self.table.listing(msg.limit, None if peer.admin else peer.user)
+        self.delivery.send(peer, msg.reply(Jobs, jobs=listing), reliable=True)
 
     # -- workers -----------------------------------------------------------------------------------
 
@@ -378,6 +471,9 @@ class Server:
         elif isinstance(msg, (Log, Error)):
             if isinstance(msg, Error):
                 job.error = msg.message
+                if resume := self.resume_hint(job):  # the worker does not know what the front end offers
+                    msg = dataclasses.replace(msg, hint=f"{msg.hint}; or {resume}" if msg.hint else resume)
+                    encoded = encode(msg)
             event("job_" + msg.msg_type, job=job.job_id, text=getattr(msg, "text", None) or msg.message[:500])
             self._publish(job, encoded)
         elif isinstance(msg, Done):
@@ -419,10 +515,11 @@ class Server:
             job = self.table.jobs.get(worker.job_id or "")
             if job is not None and job.status == "running":
                 job.error = f"the worker process died ({worker.death()}) while running this job"
+                resume = self.resume_hint(job)
                 self._publish(job, encode(Error(
                     job_id=job.job_id, code=codes.WORKER_CRASHED, message=job.error,
-                    hint="the server restarted the worker; submit the job again, or use a lighter preset if it "
-                         "ran out of memory")))
+                    hint="the server restarted the worker; " + (resume or "submit the job again")
+                         + " (a lighter preset if it ran out of memory)")))
                 self._finish(job, Done(job_id=job.job_id, status="failed"))
             replacement = self.pool.workers[worker.identity]
             event("worker_started", worker=replacement.index, pid=replacement.process.pid, device=replacement.device)

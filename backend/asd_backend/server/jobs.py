@@ -35,7 +35,7 @@ class Job:
     kind: str
     prompt: str
     spec: dict[str, Any]  # the resolved job spec (asd_protocol.job_spec) the worker runs, as JSON
-    client: str  # who submitted (CURVE public key, or the routing id on loopback)
+    client: str  # whose job: the user of the submitting CURVE key, or "local" without CURVE
     status: str = "queued"
     created: str = dataclasses.field(default_factory=utc_now)
     updated: str = dataclasses.field(default_factory=utc_now)
@@ -71,10 +71,9 @@ class Job:
 class JobTable:
     """All jobs of this server, and the FIFO of queued ones."""
 
-    def __init__(self, max_queued_per_client: int = 8) -> None:
+    def __init__(self) -> None:
         self.jobs: dict[str, Job] = {}
         self.queue: deque[str] = deque()
-        self.max_queued_per_client = max_queued_per_client
 
     def add(self, job: Job, front: bool = False) -> None:
         self.jobs[job.job_id] = job
@@ -106,6 +105,8 @@ class JobTable:
         except ValueError:
             return False
 
-    def listing(self, limit: int) -> list[JobInfo]:
-        newest = sorted(self.jobs.values(), key=lambda j: j.created, reverse=True)[:limit]
+    def listing(self, limit: int, user: str | None = None) -> list[JobInfo]:
+        """The newest `limit` jobs, of `user` only unless None (an admin)."""
+        jobs = [j for j in self.jobs.values() if user is None or j.client == user]
+        newest = sorted(jobs, key=lambda j: j.created, reverse=True)[:limit]
         return [j.info(self.position(j.job_id)) for j in newest]

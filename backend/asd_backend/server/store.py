@@ -35,6 +35,7 @@ from .jobs import ACTIVE, Job
 
 log = logging.getLogger("asd.server")
 
+CHECKPOINT_NAME = "checkpoint.pt"  # what train/text_to_3d.py writes (kept torch-free here: a test checks)
 QUARANTINE = ".quarantine"
 LOCK_NAME = ".asd-serve.lock"
 OWNER_NAME = ".asd-serve.owner"
