@@ -256,7 +256,7 @@ def _serve(args: argparse.Namespace) -> int:
     config = ServerConfig(bind=args.bind, results=args.results, teacher=args.teacher, device=args.device, gpus=gpus,
                           curve_dir=args.curve_dir, insecure=args.insecure, limits=limits,
                           max_queued_per_user=args.max_queued_per_user, max_queued=args.max_queued,
-                          max_pending_replies=args.max_pending_replies)
+                          max_pending_replies=args.max_pending_replies, max_pending_bytes=args.max_pending_mib << 20)
     server = Server(config)
 
     def graceful(signum: int, frame: object) -> None:
@@ -375,6 +375,7 @@ def _add_server_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-queued", type=int, default=64, help="queued jobs on the whole server")
     p.add_argument("--max-pending-replies", type=int, default=1000,
                    help="replies kept for a client that does not read, before its backlog is dropped")
+    p.add_argument("--max-pending-mib", type=int, default=64, help="the same cap in MiB of waiting replies")
     for f in dataclasses.fields(ServerLimits):
         p.add_argument("--" + f.name.replace("_", "-"), type=int, default=f.default,
                        help=f"the most a job may ask for: {f.metadata['doc']} (default %(default)s)")
@@ -500,7 +501,22 @@ def _bench_edit(args: argparse.Namespace) -> int:
 def _bench_serve(args: argparse.Namespace) -> int:
     from .bench import serve
 
-    _print_json(serve.run(clients=args.clients, steps=args.steps, mesh_every=args.mesh_every))
+    for scenario in _names(args.scenario):
+        if scenario == "latency":
+            _print_json(serve.run(clients=args.clients, steps=args.steps, mesh_every=args.mesh_every))
+        elif scenario == "cancel":
+            _print_json(serve.cancel_latency())
+        elif scenario == "slow-reader":
+            _print_json(serve.slow_reader(args.requests, args.jobs))
+            if args.compare:  # the same without the cap: what it prevents
+                _print_json(serve.slow_reader(args.requests, args.jobs, ("--max-pending-replies", str(10**9),
+                                                                         "--max-pending-mib", str(10**6))))
+        elif scenario == "soak":
+            from .bench import soak
+
+            _print_json(soak.run(seconds=args.soak_seconds, seed=args.seed))
+        else:
+            raise ValueError(f"--scenario {scenario!r}: choose from latency, cancel, slow-reader, soak")
     return 0
 
 
@@ -618,6 +634,14 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--clients", type=int, default=20)
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--mesh-every", type=int, default=5)
+    p.add_argument("--scenario", default="latency",
+                   help="latency | cancel (cancel to done, in long phases too) | slow-reader (memory with a client "
+                        "that never reads) | soak (random jobs, fuzz, slow readers, worker kills); comma-separated")
+    p.add_argument("--requests", type=int, default=4000, help="slow-reader: unread list_jobs requests")
+    p.add_argument("--jobs", type=int, default=500, help="slow-reader: finished jobs the server lists")
+    p.add_argument("--compare", action="store_true", help="slow-reader: also run with the backlog cap off")
+    p.add_argument("--soak-seconds", type=float, default=180.0)
+    p.add_argument("--seed", type=int, default=0)
     p.set_defaults(handler=_bench_serve)
 
     p = kinds.add_parser("speed", help="seconds per step by phase, extraction time and peak GPU memory of a preset")

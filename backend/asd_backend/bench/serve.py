@@ -8,6 +8,12 @@ Latency is arrival time minus the message's header timestamp (same machine, same
 `time_to_first_mesh` is what an artist waits after pressing Generate: from the submit to the first
 mesh in the client, for a `preview` job, cold (the server's first job: the worker loads the
 teacher) and warm (the next one, teacher loaded); each is cancelled once its first mesh is in.
+
+`cancel_latency` (with `--cancel`): seconds from a cancel to the job's `done`, sent while the job
+optimises and while it is inside a long final phase (a 512³ extraction and a 1024² preview render).
+`slow_reader` (with `--slow-reader`): a client that sends list_jobs requests and never reads the
+replies, on a server holding many jobs; reports the front end's resident memory before and at its
+peak (VmHWM), which the per-client backlog cap bounds.
 """
 
 from __future__ import annotations
@@ -54,16 +60,150 @@ def _time_to_first_mesh(client: AsdClient, timeout: float = 300.0) -> float:
     return round(seconds, 2)
 
 
+def start_server(folder: Path, *extra: str) -> tuple[subprocess.Popen, str, Path]:
+    """An `asd serve` subprocess on a free loopback port, tiny teacher, CPU; (process, address, log)."""
+    address = f"tcp://127.0.0.1:{free_port()}"
+    log = folder / f"server-{time.time_ns()}.log"
+    with open(log, "wb") as handle:
+        server = subprocess.Popen([sys.executable, "-m", "asd_backend.cli", "serve", "--bind", address,
+                                   "--results", str(folder / "results"), "--teacher", "tiny", "--device", "cpu",
+                                   *extra], stdout=handle, stderr=subprocess.STDOUT)
+    return server, address, log
+
+
+def wait_for_server(log: Path, server: subprocess.Popen, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while "asd serve: listening on" not in log.read_text():
+        if server.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"asd serve did not start:\n{log.read_text()[-2000:]}")
+        time.sleep(0.1)
+
+
+def stop(server: subprocess.Popen) -> None:
+    server.send_signal(signal.SIGINT)
+    try:
+        server.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
+
+
+def memory_mib(pid: int) -> dict[str, float]:
+    """Resident memory of a process now and at its peak (Linux /proc), MiB."""
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            out["rss" if key == "VmRSS" else "peak"] = round(int(value.split()[0]) / 1024, 1)
+    return out
+
+
+def _cancel_latency(client: AsdClient, phase: str) -> tuple[float, str]:
+    """Seconds from a cancel to `done`, sent once the job reports `phase`, and how the job ended (a job
+    that ignores the cancel ends `completed`)."""
+    if phase == "optimizing":
+        spec = {"preset": "preview"}
+    else:  # a long last phase: a big extraction, then a big preview render
+        spec = {"preset": "smoke", "steps": 2, "mesh_every": 0, "mc_resolution": 512, "preview_render": 1024}
+    request = client.submit(f"a cancelled teapot ({phase})", **spec)
+    job = client.wait_for(lambda m: m.parent_id == request and isinstance(m, Accepted), 30).job_id
+    client.wait_for(lambda m: m.job_id == job and isinstance(m, Progress) and m.phase == phase
+                    and (phase != "optimizing" or m.step >= 2), 300)
+    started = time.monotonic()
+    client.cancel(job)
+    done = client.wait_for(lambda m: m.job_id == job and isinstance(m, Done), 300)
+    return round(time.monotonic() - started, 3), done.status
+
+
+def cancel_latency(repeats: int = 3) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="asd-bench-cancel-") as tmp:
+        server, address, log = start_server(Path(tmp))
+        try:
+            wait_for_server(log, server)
+            with AsdClient(address, client_name="bench-cancel", dead_after=60.0) as client:
+                out = {}
+                for phase in ("optimizing", "extracting"):
+                    runs = [_cancel_latency(client, phase) for _ in range(repeats)]
+                    times = [t for t, _ in runs]
+                    out[phase] = {"median_s": statistics.median(times), "max_s": max(times), "runs": times,
+                                  "ended": sorted({status for _, status in runs})}
+        finally:
+            stop(server)
+    return {"benchmark": "serve.cancel_latency", **out,
+            "note": "cancel sent → done received; 'extracting': during a 512³ final extraction and 1024² render"}
+
+
+def _settled_memory(pid: int, quiet: float = 4.0, timeout: float = 180.0) -> dict[str, float]:
+    """Memory once it has stopped growing for `quiet` seconds (the server is through its requests)."""
+    deadline = time.monotonic() + timeout
+    last, since = memory_mib(pid), time.monotonic()
+    while time.monotonic() < deadline and time.monotonic() - since < quiet:
+        time.sleep(0.5)
+        now = memory_mib(pid)
+        if now["rss"] > last["rss"] + 1.0:
+            last, since = now, time.monotonic()
+    return memory_mib(pid)
+
+
+def _seed_jobs(results: Path, count: int) -> None:
+    """`count` finished job records in a results folder, so that each list_jobs reply is large."""
+    from ..server.jobs import Job
+    from ..server.store import ResultStore
+    from ..train.presets import resolve_spec
+
+    store = ResultStore(results)
+    spec = resolve_spec({"prompt": "x", "preset": "smoke", "model": {"teacher": "tiny"}}).to_json()
+    for i in range(count):
+        job = Job(job_id=f"20260101-000000-{i:08x}", kind="generate", prompt=f"seeded job {i} " + "x" * 200,
+                  spec=spec, client="local", status="completed", total=12, step=12)
+        store.save(job)
+
+
+def slow_reader(requests: int = 4000, jobs: int = 500, extra: tuple[str, ...] = ()) -> dict[str, Any]:
+    """`extra`: more `asd serve` flags (e.g. a cap so high it is off, to see what it prevents)."""
+    import zmq
+
+    from asd_protocol import ListJobs, encode
+
+    with tempfile.TemporaryDirectory(prefix="asd-bench-slow-") as tmp:
+        _seed_jobs(Path(tmp) / "results", jobs)
+        server, address, log = start_server(Path(tmp), *extra)
+        try:
+            wait_for_server(log, server)
+            before = memory_mib(server.pid)
+            ctx = zmq.Context.instance()
+            slow = ctx.socket(zmq.DEALER)
+            slow.setsockopt(zmq.LINGER, 0)
+            slow.setsockopt(zmq.RCVHWM, 1)
+            slow.connect(address)
+            reply_bytes = 0
+            try:
+                slow.send_multipart(encode(ListJobs(limit=10_000)))
+                reply_bytes = sum(len(f) for f in slow.recv_multipart())  # one reply, read, for its size
+                for _ in range(requests):
+                    slow.send_multipart(encode(ListJobs(limit=10_000)))
+                after = _settled_memory(server.pid)  # the server answers everything it was asked; nobody reads
+                with AsdClient(address, client_name="bench-other", dead_after=30.0) as other:
+                    started = time.monotonic()
+                    other.wait_for(lambda m: m.msg_type == "welcome", 30)
+                    other_ms = round(1000 * (time.monotonic() - started), 1)
+            finally:
+                slow.close()
+            alive = server.poll() is None
+        finally:
+            stop(server)
+    return {"benchmark": "serve.slow_reader", "server_flags": list(extra), "requests_unread": requests,
+            "jobs_listed": jobs,
+            "reply_kib": round(reply_bytes / 1024, 1), "unread_mib_if_kept": round(requests * reply_bytes / 2**20, 1),
+            "server_rss_mib": {"before": before["rss"], "after": after["rss"], "peak": after["peak"]},
+            "another_client_welcomed_ms": other_ms, "server_alive": alive}
+
+
 def run(clients: int = 20, steps: int = 60, mesh_every: int = 5, timeout: float = 600.0) -> dict[str, Any]:
     if clients < 1:
         raise ValueError("clients must be at least 1")
-    address = f"tcp://127.0.0.1:{free_port()}"
     with tempfile.TemporaryDirectory(prefix="asd-bench-serve-") as tmp:
-        log = Path(tmp) / "server.log"
-        with open(log, "wb") as handle:
-            server = subprocess.Popen([sys.executable, "-m", "asd_backend.cli", "serve", "--bind", address,
-                                       "--results", str(Path(tmp) / "results"), "--teacher", "tiny",
-                                       "--device", "cpu"], stdout=handle, stderr=subprocess.STDOUT)
+        server, address, log = start_server(Path(tmp))
         followers = [AsdClient(address, client_name=f"bench-{i}", dead_after=60.0) for i in range(clients)]
         try:
             deadline = time.monotonic() + 120
@@ -102,11 +242,7 @@ def run(clients: int = 20, steps: int = 60, mesh_every: int = 5, timeout: float 
         finally:
             for c in followers:
                 c.close()
-            server.send_signal(signal.SIGINT)
-            try:
-                server.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                server.kill()
+            stop(server)
     per_client = [len(s) for s in snapshots_seen]
     return {"benchmark": "serve", "clients": clients, "steps": steps, "mesh_every": mesh_every,
             "job_seconds": round(seconds, 2), "progress_latency": _summary(progress_ms),
