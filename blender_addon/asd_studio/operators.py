@@ -13,6 +13,17 @@ from . import connection, preferences, properties, texture_edit
 RESUMABLE = ("failed", "cancelled", "interrupted")
 
 
+def _connected_or_report(operator: Operator, context: bpy.types.Context):
+    """The session if its backend has answered; otherwise None, with the reason reported as an error
+    and shown in the panel (nothing is sent later)."""
+    try:
+        return connection.connected_session(context)
+    except (ValueError, RuntimeError) as exc:
+        connection.set_status(properties.get(context), str(exc), error=True)
+        operator.report({"ERROR"}, str(exc))
+        return None
+
+
 class ASD_OT_generate(Operator):
     """Generate a 3D object from the prompt on the backend; it streams into the scene at the 3D cursor"""
 
@@ -30,11 +41,8 @@ class ASD_OT_generate(Operator):
     def execute(self, context: bpy.types.Context) -> set[str]:
         props = properties.get(context)
         prompt = props.prompt.strip()
-        try:
-            session = connection.connected_session(context)
-        except (ValueError, RuntimeError) as exc:
-            connection.set_status(props, str(exc), error=True)
-            self.report({"ERROR"}, str(exc))
+        session = _connected_or_report(self, context)
+        if session is None:
             return {"CANCELLED"}
         options = {"negative_prompt": props.negative_prompt, "method": props.method, "preset": props.preset,
                    "cfg": props.cfg, "seed": props.seed}
@@ -124,11 +132,8 @@ class ASD_OT_resume(Operator):
 
     def execute(self, context: bpy.types.Context) -> set[str]:
         props = properties.get(context)
-        try:
-            session = connection.connected_session(context)
-        except (ValueError, RuntimeError) as exc:
-            connection.set_status(props, str(exc), error=True)
-            self.report({"ERROR"}, str(exc))
+        session = _connected_or_report(self, context)
+        if session is None:
             return {"CANCELLED"}
         job_id = props.jobs[props.jobs_index].job_id
         request = session.resume(job_id)

@@ -35,6 +35,13 @@ def _bad(path: str, message: str, hint: str = "", code: str = INVALID_FIELD) -> 
 _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 
+def clean_text(value: str) -> str:
+    """Text made to pass `check_text`, for what a program writes (exception messages, library warnings
+    with terminal colours): lone surrogates become '?', control characters are dropped."""
+    value = value.encode("utf-8", "replace").decode("utf-8")
+    return _CONTROL.sub("", value)
+
+
 def check_text(path: str, value: str) -> str:
     """Text every reply can carry: valid Unicode that encodes as UTF-8 (no lone surrogates, which JSON's
     \\ud800 escapes let through) and no control characters. Stored strings pass here first, so a stored

@@ -2,6 +2,8 @@ import dataclasses
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from asd_protocol import MESSAGE_TYPES, ProtocolError, decode, encode
 from asd_protocol import messages as m
@@ -202,3 +204,15 @@ def test_loopback_addresses(address, loopback):
     from asd_protocol.client import is_loopback
 
     assert is_loopback(address) is loopback
+
+
+@given(st.text(alphabet=st.characters(exclude_categories=())))
+def test_text_a_program_wrote_is_cleaned_into_text_every_reply_carries(value):
+    """Exception messages and library warnings (terminal colours, stray bytes decoded as surrogates) go out
+    in `error` and `log`: cleaned, they always pass the rules a stored prompt must pass."""
+    from asd_protocol.fields import check_text, clean_text
+
+    cleaned = check_text("content.message", clean_text(value))
+    assert cleaned.encode("utf-8").decode("utf-8") == cleaned
+    if all(c.isprintable() or c in "\t\n\r" for c in value):
+        assert cleaned == value  # ordinary text is left alone

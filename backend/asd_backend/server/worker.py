@@ -34,6 +34,7 @@ from asd_protocol import (
     encode,
 )
 from asd_protocol import errors as codes
+from asd_protocol.fields import clean_text
 from asd_protocol.job_spec import JobSpec
 
 from .commands import WORKER_TYPES, CancelJob, RunJob, StopWorker, WorkerReady
@@ -129,7 +130,8 @@ class Worker:
         except Exception as exc:  # one job's failure must not take the worker down
             code, hint = classify_failure(exc)
             log.error("job %s failed: %s", job_id, traceback.format_exc())
-            self.emit(Error(job_id=job_id, code=code, message=f"{type(exc).__name__}: {exc}"[:4000], hint=hint))
+            message = clean_text(f"{type(exc).__name__}: {exc}")[:4000]  # any text a library raised
+            self.emit(Error(job_id=job_id, code=code, message=message, hint=hint))
             self.emit(Done(job_id=job_id, status="failed", seconds=time.time() - started))
             if code == codes.OUT_OF_MEMORY:
                 self.teachers.clear()
@@ -182,7 +184,7 @@ class Worker:
         teacher = self.teacher(name)
         for notice in (teacher_notice(teacher), teacher.truncation_warning(spec.prompt)):
             if notice:
-                self.emit(Log(job_id=job_id, level="warning", text=notice))
+                self.emit(Log(job_id=job_id, level="warning", text=clean_text(notice)[:4000]))
         return teacher
 
     def generate(self, job_id: str, spec: JobSpec, resume: bool) -> tuple[dict[str, str], dict[str, Any]]:
