@@ -16,6 +16,7 @@ import dataclasses
 import logging
 import os
 import re
+import time
 from pathlib import Path
 
 import zmq
@@ -31,6 +32,7 @@ DEFAULT_CURVE_DIR = Path(os.environ.get("ASD_CURVE_DIR", Path.home() / ".config"
 AUTHORIZED = "authorized_clients"
 
 
+RECHECK_SECONDS = 0.5
 USER_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
@@ -145,9 +147,14 @@ class AllowList:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self._stamp: tuple | None = None
+        self._checked = 0.0
         self._keys: dict[bytes, AllowedClient] = {}
 
     def _reload(self) -> None:
+        now = time.monotonic()
+        if self._stamp is not None and now - self._checked < RECHECK_SECONDS:
+            return  # every message asks; the folder is looked at twice a second at most
+        self._checked = now
         files = sorted(self.folder.glob("*.key")) if self.folder.exists() else []
         try:  # the folder's mtime sees files come and go; each file's sees an edited role
             stamp = tuple((f.name, f.stat().st_mtime_ns) for f in files)

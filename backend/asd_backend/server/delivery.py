@@ -35,7 +35,6 @@ class Peer:
     reliable: deque = dataclasses.field(default_factory=deque)  # frames lists, in order
     reliable_bytes: int = 0
     latest: dict[tuple[str, str], list] = dataclasses.field(default_factory=dict)  # (job, kind) -> frames
-    dropped: int = 0  # reliable messages dropped because it did not read them
 
 
 def _size(frames: list) -> int:
@@ -60,9 +59,6 @@ class Delivery:
 
     def forget(self, identity: bytes) -> None:
         self.peers.pop(identity, None)
-
-    def pending_bytes(self) -> int:
-        return sum(p.reliable_bytes + sum(_size(f) for f in p.latest.values()) for p in self.peers.values())
 
     def publish(self, job_id: str, frames: list, latest: str | None = None) -> None:
         """To every peer following the job: reliably, or in the `latest` slot of that kind."""
@@ -93,7 +89,6 @@ class Delivery:
     def _drop_backlog(self, peer: Peer) -> None:
         """The peer stopped reading: forget what waits for it, and say so first thing when it reads again."""
         count = len(peer.reliable)
-        peer.dropped += count
         peer.reliable.clear()
         notice = encode(Error(code=codes.BACKLOG_DROPPED, message=f"{count} replies waited unread and were dropped "
                               f"(the server keeps at most {self.max_pending} or {self.max_pending_bytes >> 20} MiB "

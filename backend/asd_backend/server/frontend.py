@@ -278,6 +278,8 @@ class Server:
     def _end_revoked_peers(self) -> None:
         if self.allow_list is None:
             return
+        now = time.monotonic()
+        self._refused_at = {i: t for i, t in self._refused_at.items() if now - t < 60.0}  # bounded
         for identity, peer in list(self.delivery.peers.items()):
             if peer.key is not None and self.allow_list.lookup(peer.key) is None:
                 self._refuse(identity, peer.key)
