@@ -435,3 +435,16 @@ def test_text_that_no_reply_could_carry_is_refused_and_the_job_list_keeps_workin
         listing = client.wait_for(lambda m: m.parent_id == request, timeout=10)
         assert isinstance(listing, Jobs), listing
         assert all("PLACEHOLDER" not in j.prompt and "\ufffd" not in j.prompt for j in listing.jobs)
+
+
+def test_a_cancel_while_the_teacher_loads_ends_the_job_at_once_and_the_model_stays_for_the_next(tmp_path, asd_home):
+    with running_server(tmp_path / "results", free_port()) as server, server.client() as client:
+        job = submit(client, steps=400)  # the server's first job: the worker loads the teacher (cold)
+        client.wait_for(lambda m: m.job_id == job and isinstance(m, Progress) and m.phase == "loading", timeout=60)
+        client.cancel(job)
+        got = [m for _, m in follow(client, job, timeout=60)]
+        assert got[-1].status == "cancelled"
+        assert not [m for m in got if isinstance(m, Progress) and m.phase == "optimizing"]  # never started
+        nxt = submit(client, "the next one", steps=4)  # the load went on: this job gets the model
+        assert follow(client, nxt)[-1][1].status == "completed"
+        assert server.log_text().count("job_failed") == 0

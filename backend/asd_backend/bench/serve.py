@@ -9,9 +9,10 @@ Latency is arrival time minus the message's header timestamp (same machine, same
 mesh in the client, for a `preview` job, cold (the server's first job: the worker loads the
 teacher) and warm (the next one, teacher loaded); each is cancelled once its first mesh is in.
 
-`cancel_latency` (with `--cancel`): seconds from a cancel to the job's `done`, sent while the job
-optimises and while it is inside a long final phase (a 512³ extraction and a 1024² preview render).
-`slow_reader` (with `--slow-reader`): a client that sends list_jobs requests and never reads the
+`cancel_latency` (`--scenario cancel`): seconds from a cancel to the job's `done`, sent while the
+worker loads its teacher (the server's first job), while the job optimises, and while it is inside
+a long final phase (a 512³ extraction and a 1024² preview render).
+`slow_reader` (`--scenario slow-reader`): a client that sends list_jobs requests and never reads the
 replies, on a server holding many jobs; reports the front end's resident memory before and at its
 peak (VmHWM), which the per-client backlog cap bounds.
 """
@@ -101,7 +102,7 @@ def memory_mib(pid: int) -> dict[str, float]:
 def _cancel_latency(client: AsdClient, phase: str) -> tuple[float, str]:
     """Seconds from a cancel to `done`, sent once the job reports `phase`, and how the job ended (a job
     that ignores the cancel ends `completed`)."""
-    if phase == "optimizing":
+    if phase in ("loading", "optimizing"):
         spec = {"preset": "preview"}
     else:  # a long last phase: a big extraction, then a big preview render
         spec = {"preset": "smoke", "steps": 2, "mesh_every": 0, "mc_resolution": 512, "preview_render": 1024}
@@ -122,8 +123,8 @@ def cancel_latency(repeats: int = 3) -> dict[str, Any]:
             wait_for_server(log, server)
             with AsdClient(address, client_name="bench-cancel", dead_after=60.0) as client:
                 out = {}
-                for phase in ("optimizing", "extracting"):
-                    runs = [_cancel_latency(client, phase) for _ in range(repeats)]
+                for phase in ("loading", "optimizing", "extracting"):  # loading: once, the worker's cold start
+                    runs = [_cancel_latency(client, phase) for _ in range(1 if phase == "loading" else repeats)]
                     times = [t for t, _ in runs]
                     out[phase] = {"median_s": statistics.median(times), "max_s": max(times), "runs": times,
                                   "ended": sorted({status for _, status in runs})}

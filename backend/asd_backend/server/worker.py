@@ -9,6 +9,7 @@ by the front end.
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import multiprocessing
 import os
@@ -60,6 +61,8 @@ class Worker:
         self.sock.setsockopt(zmq.LINGER, 2000)
         self.sock.connect(address)
         self.teachers: dict[str, Any] = {}
+        self._loader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="teacher-loader")
+        self._loading: tuple[str, concurrent.futures.Future] | None = None
         self.cancelled: set[str] = set()
         self.stopping = False
 
@@ -102,12 +105,30 @@ class Worker:
 
     # -- jobs -------------------------------------------------------------------------------------
 
-    def teacher(self, spec: str):
+    @property
+    def still_loading(self) -> bool:
+        return self._loading is not None
+
+    def teacher(self, spec: str, should_stop=None):
+        """The teacher `spec`, loaded once and kept for the next jobs. Loading (seconds to minutes for a
+        real model) runs in a thread while this one watches `should_stop`: a cancel ends the job at once,
+        and the load carries on for whichever job needs the model next."""
         from ..teachers import load_teacher
 
-        if spec not in self.teachers:
+        if spec in self.teachers:
+            return self.teachers[spec]
+        if self._loading is not None and self._loading[0] != spec:
+            concurrent.futures.wait([self._loading[1]])  # a thread cannot be stopped: let the other load end
+            self._loading = None
+        if self._loading is None:
             self.teachers.clear()  # one model in memory at a time
-            self.teachers[spec] = load_teacher(spec, self.device)
+            self._loading = (spec, self._loader.submit(load_teacher, spec, self.device))
+        future = self._loading[1]
+        while not concurrent.futures.wait([future], timeout=0.1).done:
+            if should_stop is not None and should_stop():
+                raise JobCancelled
+        self._loading = None
+        self.teachers[spec] = future.result()  # a failed load raises here, for the job that asked
         return self.teachers[spec]
 
     def run(self, job: RunJob) -> None:
@@ -181,7 +202,7 @@ class Worker:
 
         name = spec.model.teacher
         self.emit(Progress(job_id=job_id, phase="loading", message=f"loading teacher {name}"))
-        teacher = self.teacher(name)
+        teacher = self.teacher(name, self._should_stop(job_id))
         for notice in (teacher_notice(teacher), teacher.truncation_warning(spec.prompt)):
             if notice:
                 self.emit(Log(job_id=job_id, level="warning", text=clean_text(notice)[:4000]))
@@ -299,4 +320,8 @@ def worker_main(index: int, device: str, address: str, results: str,
     """Entry point of a spawned worker process."""
     os.environ.update(env or {})
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    Worker(index, device, address, results).serve()
+    worker = Worker(index, device, address, results)
+    worker.serve()
+    if worker.still_loading:  # a model still loading for nobody: do not wait for it to finish
+        logging.shutdown()
+        os._exit(0)
