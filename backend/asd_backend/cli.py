@@ -256,7 +256,9 @@ def _serve(args: argparse.Namespace) -> int:
     config = ServerConfig(bind=args.bind, results=args.results, teacher=args.teacher, device=args.device, gpus=gpus,
                           curve_dir=args.curve_dir, insecure=args.insecure, limits=limits,
                           max_queued_per_user=args.max_queued_per_user, max_queued=args.max_queued,
-                          max_pending_replies=args.max_pending_replies, max_pending_bytes=args.max_pending_mib << 20)
+                          max_pending_replies=args.max_pending_replies, max_pending_bytes=args.max_pending_mib << 20,
+                          ray=args.ray, min_workers=args.min_workers, max_workers=args.max_workers,
+                          ray_resource=args.ray_resource)
     server = Server(config)
 
     def graceful(signum: int, frame: object) -> None:
@@ -376,6 +378,13 @@ def _add_server_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-pending-replies", type=int, default=1000,
                    help="replies kept for a client that does not read, before its backlog is dropped")
     p.add_argument("--max-pending-mib", type=int, default=64, help="the same cap in MiB of waiting replies")
+    p.add_argument("--ray", default=None, metavar="auto|ray://HOST:PORT|local",
+                   help="run the workers as Ray actors on a cluster (pip install 'asd-studio[cluster]'; "
+                        "docs/cluster.md)")
+    p.add_argument("--min-workers", type=int, default=1, help="--ray: actors kept even when idle")
+    p.add_argument("--max-workers", type=int, default=1, help="--ray: actors at most, started while jobs wait")
+    p.add_argument("--ray-resource", default="GPU",
+                   help="--ray: what each actor asks for: GPU (one each), CPU, or a custom resource's name")
     for f in dataclasses.fields(ServerLimits):
         p.add_argument("--" + f.name.replace("_", "-"), type=int, default=f.default,
                        help=f"the most a job may ask for: {f.metadata['doc']} (default %(default)s)")

@@ -99,6 +99,14 @@ class ServerConfig:
     max_pending_bytes: int = 64 << 20
     limits: ServerLimits = dataclasses.field(default_factory=ServerLimits)
     """What jobs may ask of this machine (resolutions, steps, texture sizes)."""
+    ray: str | None = None
+    """Workers on a Ray cluster: "local", "auto" or "ray://HOST:PORT" (ray_pool.py); None: local processes."""
+    min_workers: int = 1
+    max_workers: int = 1
+    ray_resource: str = "GPU"
+    """What each Ray worker asks for: "GPU" (one each), "CPU", or a custom resource's name."""
+    max_attempts: int = 3
+    """Times a job whose cluster worker was lost goes back to the queue before it fails."""
 
     def __post_init__(self) -> None:
         self.results = Path(self.results)
@@ -154,7 +162,13 @@ class Server:
         s.bind(self.config.bind)
         self.address = s.getsockopt_string(zmq.LAST_ENDPOINT)
         self.delivery = Delivery(s, self.config.max_pending_replies, self.config.max_pending_bytes)
-        self.pool = WorkerPool(self.ctx, self.store.root)
+        if self.config.ray is not None:
+            from .ray_pool import RayWorkerPool
+
+            self.pool = RayWorkerPool(self.ctx, self.store.root, self.config.ray, min_workers=self.config.min_workers,
+                                      max_workers=self.config.max_workers, resource=self.config.ray_resource)
+        else:
+            self.pool = WorkerPool(self.ctx, self.store.root)
         for job in self.store.load_all():
             if job.status == "interrupted":
                 job.status, job.resume = "queued", True
@@ -163,7 +177,7 @@ class Server:
             self.table.add(job)
         self.pool.start(self.config.gpus, self.config.device)
         for w in self.pool.workers.values():
-            event("worker_started", worker=w.index, pid=w.process.pid, device=w.device)
+            event("worker_started", worker=w.index, pid=w.pid, device=w.device)
         event("server_started", address=self.address, results=str(self.store.root), teacher=self.config.teacher,
               workers=len(self.pool.workers), curve=self.config.curve_dir is not None, jobs=len(self.table.jobs))
         return self.address
@@ -512,19 +526,40 @@ class Server:
             self._publish(job, encode(starting), latest="progress")
 
     def _supervise_workers(self) -> None:
+        before = {id(w) for w in self.pool.workers.values()}
         for worker in self.pool.reap():
-            event("worker_died", worker=worker.index, exitcode=worker.process.exitcode, job=worker.job_id)
+            event("worker_died", worker=worker.index, reason=worker.death(), job=worker.job_id)
             job = self.table.jobs.get(worker.job_id or "")
-            if job is not None and job.status == "running":
-                job.error = f"the worker process died ({worker.death()}) while running this job"
-                resume = self.resume_hint(job)
-                self._publish(job, encode(Error(
-                    job_id=job.job_id, code=codes.WORKER_CRASHED, message=job.error,
-                    hint="the server restarted the worker; " + (resume or "submit the job again")
-                         + " (a lighter preset if it ran out of memory)")))
-                self._finish(job, Done(job_id=job.job_id, status="failed"))
-            replacement = self.pool.workers[worker.identity]
-            event("worker_started", worker=replacement.index, pid=replacement.process.pid, device=replacement.device)
+            if job is None or job.status != "running":
+                continue
+            if self.pool.resumes_lost_jobs and job.attempts < self.config.max_attempts:
+                # A cluster worker lost with its node: the job goes back to the queue's front and continues
+                # from the last checkpoint that reached the results folder, on another worker.
+                job.attempts += 1
+                job.status, job.resume = "queued", self._has_checkpoint(job)
+                job.touch()
+                self.table.add(job, front=True)
+                self.store.save(job)
+                self.last_progress.pop(job.job_id, None)
+                event("job_requeued", job=job.job_id, reason=worker.death(), resume=job.resume, attempt=job.attempts)
+                self._publish(job, encode(Log(job_id=job.job_id, level="warning", text=(
+                    f"the worker running this job was lost ({worker.death()}); it continues on another worker "
+                    + (f"from its checkpoint (attempt {job.attempts + 1} of {self.config.max_attempts + 1})"
+                       if job.resume else "from the start")))))
+                continue
+            job.error = f"the worker process died ({worker.death()}) while running this job"
+            if self.pool.resumes_lost_jobs:
+                job.error += f"; it was lost {job.attempts + 1} times"
+            resume = self.resume_hint(job)
+            self._publish(job, encode(Error(
+                job_id=job.job_id, code=codes.WORKER_CRASHED, message=job.error,
+                hint="the server restarted the worker; " + (resume or "submit the job again")
+                     + " (a lighter preset if it ran out of memory)")))
+            self._finish(job, Done(job_id=job.job_id, status="failed"))
+        self.pool.scale(len(self.table.queue))
+        for w in self.pool.workers.values():
+            if id(w) not in before:  # replacements, and actors started for the queue
+                event("worker_started", worker=w.index, pid=w.pid, device=w.device)
 
     def _publish(self, job: Job, frames: list, latest: str | None = None) -> None:
         self.delivery.publish(job.job_id, frames, latest)

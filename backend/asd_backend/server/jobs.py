@@ -46,6 +46,7 @@ class Job:
     error: str = ""
     outputs: dict[str, str] = dataclasses.field(default_factory=dict)
     resume: bool = False  # continue from the job's checkpoint when it runs
+    attempts: int = 0  # times its (cluster) worker was lost under it
     seconds: float = 0.0
 
     def touch(self) -> None:

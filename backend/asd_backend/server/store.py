@@ -216,6 +216,9 @@ def load_record(path: Path) -> Job:
         raise BadRecord(f"seconds must be a finite number ≥ 0, got {str(seconds)[:40]}")
     if not isinstance(data.get("resume", False), bool):
         raise BadRecord("resume must be true or false")
+    attempts = data.get("attempts", 0)
+    if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 0:
+        raise BadRecord(f"attempts must be an integer ≥ 0, got {str(attempts)[:40]}")
     outputs = data.get("outputs", {})
     if not isinstance(outputs, dict):
         raise BadRecord("outputs must be an object")

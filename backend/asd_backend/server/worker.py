@@ -51,57 +51,25 @@ class JobCancelled(Exception):
 
 
 class Worker:
-    def __init__(self, index: int, device: str, address: str, results: str) -> None:
+    """Runs jobs, one at a time, keeping its teacher loaded between them. How it talks is a subclass's
+    business: `emit` sends an event, `_drain_commands` reads cancel/stop commands without blocking."""
+
+    def __init__(self, index: int, device: str, results: str | Path) -> None:
         self.index = index
         self.device = device
         self.results = Path(results)
-        self.ctx = zmq.Context()
-        self.sock = self.ctx.socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.ROUTING_ID, f"w{index}".encode())
-        self.sock.setsockopt(zmq.LINGER, 2000)
-        self.sock.connect(address)
         self.teachers: dict[str, Any] = {}
         self._loader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="teacher-loader")
         self._loading: tuple[str, concurrent.futures.Future] | None = None
         self.cancelled: set[str] = set()
         self.stopping = False
 
-    # -- messaging ----------------------------------------------------------------------------
-
-    def emit(self, msg: Message) -> None:
-        self.sock.send_multipart(encode(msg), copy=False)
-
-    def _receive(self) -> Message | None:
-        try:
-            return decode(self.sock.recv_multipart(copy=False), types=WORKER_TYPES)
-        except ProtocolError as exc:  # only the front end talks here; say so and carry on
-            log.error("worker %s: a bad command from the front end: %s", self.index, exc)
-            return None
+    def emit(self, msg: Message) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
 
     def _drain_commands(self) -> None:
-        """Read cancel/stop commands that arrived while a job runs (never blocks)."""
-        while self.sock.poll(0, zmq.POLLIN):
-            cmd = self._receive()
-            if isinstance(cmd, CancelJob):
-                self.cancelled.add(cmd.job_id)
-            elif isinstance(cmd, StopWorker):
-                self.stopping = True
+        """Commands that arrived while a job runs (a transport without its own channel has none)."""
 
-    def serve(self) -> None:
-        self.emit(WorkerReady())
-        while not self.stopping:
-            if not self.sock.poll(1000, zmq.POLLIN):
-                if _server_gone():
-                    break  # the front end died (kill -9): do not linger as an orphan
-                continue
-            cmd = self._receive()
-            if isinstance(cmd, StopWorker):
-                break
-            if isinstance(cmd, RunJob):
-                self.run(cmd)
-                self.emit(WorkerReady())
-        self.sock.close()
-        self.ctx.term()
 
     # -- jobs -------------------------------------------------------------------------------------
 
@@ -287,6 +255,53 @@ class Worker:
         return {"texture": "texture.png"}, {"steps": final.step, "teacher_trained": bool(teacher.trained)}
 
 
+class ZmqWorker(Worker):
+    """The local pool's worker process: a DEALER on the front end's loopback worker socket."""
+
+    def __init__(self, index: int, device: str, address: str, results: str) -> None:
+        super().__init__(index, device, results)
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.ROUTING_ID, f"w{index}".encode())
+        self.sock.setsockopt(zmq.LINGER, 2000)
+        self.sock.connect(address)
+
+    def emit(self, msg: Message) -> None:
+        self.sock.send_multipart(encode(msg), copy=False)
+
+    def _receive(self) -> Message | None:
+        try:
+            return decode(self.sock.recv_multipart(copy=False), types=WORKER_TYPES)
+        except ProtocolError as exc:  # only the front end talks here; say so and carry on
+            log.error("worker %s: a bad command from the front end: %s", self.index, exc)
+            return None
+
+    def _drain_commands(self) -> None:
+        """Read cancel/stop commands that arrived while a job runs (never blocks)."""
+        while self.sock.poll(0, zmq.POLLIN):
+            cmd = self._receive()
+            if isinstance(cmd, CancelJob):
+                self.cancelled.add(cmd.job_id)
+            elif isinstance(cmd, StopWorker):
+                self.stopping = True
+
+    def serve(self) -> None:
+        self.emit(WorkerReady())
+        while not self.stopping:
+            if not self.sock.poll(1000, zmq.POLLIN):
+                if _server_gone():
+                    break  # the front end died (kill -9): do not linger as an orphan
+                continue
+            cmd = self._receive()
+            if isinstance(cmd, StopWorker):
+                break
+            if isinstance(cmd, RunJob):
+                self.run(cmd)
+                self.emit(WorkerReady())
+        self.sock.close()
+        self.ctx.term()
+
+
 def classify_failure(exc: BaseException) -> tuple[str, str]:
     """An error code and what the artist can do about it."""
     import torch
@@ -320,7 +335,7 @@ def worker_main(index: int, device: str, address: str, results: str,
     """Entry point of a spawned worker process."""
     os.environ.update(env or {})
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    worker = Worker(index, device, address, results)
+    worker = ZmqWorker(index, device, address, results)
     worker.serve()
     if worker.still_loading:  # a model still loading for nobody: do not wait for it to finish
         logging.shutdown()

@@ -34,12 +34,18 @@ class WorkerHandle:
     def idle(self) -> bool:
         return self.ready and self.job_id is None and self.process.is_alive()
 
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid
+
     def death(self) -> str:
         code = self.process.exitcode
         return f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
 
 
 class WorkerPool:
+    resumes_lost_jobs = False  # a local worker dies of its job (out of memory, a crash): retrying would too
+
     def __init__(self, ctx: zmq.Context, results: Path) -> None:
         self.results = results
         self.socket = ctx.socket(zmq.ROUTER)
@@ -90,6 +96,9 @@ class WorkerPool:
             del self.workers[worker.identity]
             self.spawn(worker.index, worker.device, worker.env)
         return dead
+
+    def scale(self, queued: int) -> None:
+        """One worker per GPU, always: nothing to follow."""
 
     def stop(self) -> None:
         for w in self.workers.values():

@@ -1,0 +1,89 @@
+"""Workers as Ray actors (`asd serve --ray local`): a real local Ray instance, CPU resources only,
+started by the server under test on loopback; real actors, real jobs with the tiny teacher."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import pytest
+
+pytest.importorskip("ray")
+
+from asd_backend.loopback import free_port
+from asd_protocol import Done, Image, Log, MeshSnapshot, Progress
+
+from .live_server import running_server
+from .test_server import follow, submit
+
+RAY = ("--ray", "local", "--min-workers", "2", "--max-workers", "2", "--ray-resource", "asd_worker")
+
+
+def events(server, name: str) -> list[dict]:
+    return [json.loads(line) for line in server.log_text().splitlines()
+            if line.startswith("{") and f'"event": "{name}"' in line]
+
+
+@pytest.fixture(scope="module")
+def ray_server(tmp_path_factory, asd_home):
+    with running_server(tmp_path_factory.mktemp("ray-results"), free_port(), *RAY) as live:
+        deadline = time.monotonic() + 120
+        while len(events(live, "ray_actor_started")) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        yield live
+
+
+def kinds(messages) -> set[str]:
+    out = set()
+    for m in messages:
+        if isinstance(m, Progress):
+            out.add(f"progress:{m.phase}")
+        elif isinstance(m, MeshSnapshot):
+            out.add("mesh:final" if m.final else "mesh:preview")
+        elif isinstance(m, (Image, Done)):
+            out.add(m.msg_type)
+    return out
+
+
+def test_two_actors_take_two_jobs_at_once_and_their_files_reach_the_results_store(ray_server):
+    with ray_server.client() as first, ray_server.client() as second, ray_server.client() as watcher:
+        a = submit(first, "a vase on ray", steps=24)
+        b = submit(second, "a cup on ray", steps=24)
+        watcher.attach(a)
+        got_a, got_b = [m for _, m in follow(first, a)], [m for _, m in follow(second, b)]
+        watched = [m for _, m in follow(watcher, a)]
+    assert got_a[-1].status == "completed" and got_b[-1].status == "completed"
+    started = {e["job"]: e["ts"] for e in events(ray_server, "job_started")}
+    finished = {e["job"]: e["ts"] for e in events(ray_server, "job_completed")}
+    assert started[b] < finished[a] and started[a] < finished[b]  # they ran at the same time
+    workers = {e["job"]: e["worker"] for e in events(ray_server, "job_started")}
+    assert workers[a] != workers[b]
+    for job in (a, b):  # shipped back from the actors' scratch folders: nothing is shared on disk
+        folder = ray_server.results / job
+        assert (folder / "mesh.glb").stat().st_size > 0 and (folder / "checkpoint.pt").is_file()
+        assert list((folder / "snapshots").glob("snapshot_*.glb"))
+    # An attached client sees the stream a local worker's client sees: progress, meshes, image, done.
+    assert {"progress:optimizing", "mesh:preview", "mesh:final", "image", "done"} <= kinds(got_a)
+    assert kinds(watched) >= {"progress:optimizing", "mesh:final", "image", "done"}
+
+
+def test_a_killed_actor_s_job_resumes_from_its_checkpoint_on_another_actor(ray_server):
+    with ray_server.client() as client:
+        job = submit(client, "a survivor", steps=40)
+        client.wait_for(lambda m: m.job_id == job and isinstance(m, Progress) and m.step >= 8, timeout=180)
+        worker = next(e["worker"] for e in events(ray_server, "job_started") if e["job"] == job)
+        pid = next(e["pid"] for e in reversed(events(ray_server, "ray_actor_started")) if e["worker"] == worker)
+        os.kill(pid, signal.SIGKILL)
+        got = [m for _, m in follow(client, job, timeout=300)]
+    lost = next(i for i, m in enumerate(got) if isinstance(m, Log) and "was lost" in m.text)
+    assert "from its checkpoint" in got[lost].text
+    after = [m.step for m in got[lost:] if isinstance(m, Progress) and m.phase == "optimizing"]
+    assert after and min(after) >= 6  # continued from the checkpoint that reached the results folder
+    assert got[-1].status == "completed" and got[-1].summary["steps"] == 40
+    assert got[-1].summary["resumed_from"] >= 6
+    requeued = [e for e in events(ray_server, "job_requeued") if e["job"] == job]
+    assert requeued and requeued[0]["resume"] is True
+    again = [e for e in events(ray_server, "job_started") if e["job"] == job]
+    assert len(again) == 2 and again[1]["worker"] != worker
