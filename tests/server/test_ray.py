@@ -87,3 +87,53 @@ def test_a_killed_actor_s_job_resumes_from_its_checkpoint_on_another_actor(ray_s
     assert requeued and requeued[0]["resume"] is True
     again = [e for e in events(ray_server, "job_started") if e["job"] == job]
     assert len(again) == 2 and again[1]["worker"] != worker
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below `pid` (its Ray head: gcs_server, raylet, the actors), from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as handle:
+                    ppid = int(handle.read().rsplit(")", 1)[1].split()[1])
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def _command(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return handle.read().replace(b"\0", b" ").decode(errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
+def test_losing_the_ray_head_fails_the_running_job_cleanly_and_the_job_list_still_answers(tmp_path, asd_home):
+    with running_server(tmp_path / "results", free_port(), "--ray", "local", "--ray-resource", "asd_worker") as server:
+        with server.client(dead_after=60.0) as client:
+            job = submit(client, "a doomed vase", steps=400)
+            client.wait_for(lambda m: m.job_id == job and isinstance(m, Progress) and m.step >= 2, timeout=180)
+            head = [p for p in _descendants(server.process.pid)
+                    if "gcs_server" in _command(p) or "raylet" in _command(p)]
+            assert head, "no Ray head under the server"
+            for pid in head:
+                os.kill(pid, signal.SIGKILL)
+            got = [m for _, m in follow(client, job, timeout=120)]
+            assert got[-1].status == "failed"
+            errors = [m for m in got if m.msg_type == "error"]
+            assert errors and "Ray" in errors[-1].message
+            request = client.list_jobs()  # the front end still serves
+            listing = client.wait_for(lambda m: m.parent_id == request, timeout=20)
+            assert [(j.job_id, j.status) for j in listing.jobs] == [(job, "failed")]
+            refused = client.wait_for(lambda m, r=client.submit("another", preset="smoke"): m.parent_id == r,
+                                      timeout=20)
+            assert refused.msg_type == "error" and "Ray head" in refused.message and "cluster" in refused.hint
+        assert server.process.poll() is None

@@ -322,6 +322,9 @@ class Server:
             raise ProtocolError(codes.UNSUPPORTED, f"this server does not run {msg.kind!r} jobs yet",
                                 field="content.spec.kind", hint=f"supported: {', '.join(KINDS)}")
         self._check_quotas(peer)
+        if self.pool.cluster_error is not None:
+            raise ProtocolError(codes.SERVER_ERROR, f"no worker can take jobs now: {self.pool.cluster_error}",
+                                hint="the job list and results still work; submit again once the cluster is back")
         # Everything is checked here, before the job is queued: a queued job runs with exactly this spec.
         spec = resolve_spec(merge({"model": {"teacher": self.config.teacher}}, msg.spec), path="content.spec")
         if spec.model.teacher not in self.teachers:
@@ -532,7 +535,8 @@ class Server:
             job = self.table.jobs.get(worker.job_id or "")
             if job is None or job.status != "running":
                 continue
-            if self.pool.resumes_lost_jobs and job.attempts < self.config.max_attempts:
+            if (self.pool.resumes_lost_jobs and job.attempts < self.config.max_attempts
+                    and self.pool.cluster_error is None):
                 # A cluster worker lost with its node: the job goes back to the queue's front and continues
                 # from the last checkpoint that reached the results folder, on another worker.
                 job.attempts += 1
@@ -548,7 +552,9 @@ class Server:
                        if job.resume else "from the start")))))
                 continue
             job.error = f"the worker process died ({worker.death()}) while running this job"
-            if self.pool.resumes_lost_jobs:
+            if self.pool.cluster_error is not None:
+                job.error += f"; {self.pool.cluster_error}"
+            elif self.pool.resumes_lost_jobs:
                 job.error += f"; it was lost {job.attempts + 1} times"
             resume = self.resume_hint(job)
             self._publish(job, encode(Error(
@@ -556,10 +562,25 @@ class Server:
                 hint="the server restarted the worker; " + (resume or "submit the job again")
                      + " (a lighter preset if it ran out of memory)")))
             self._finish(job, Done(job_id=job.job_id, status="failed"))
+        if self.pool.cluster_error is not None:
+            self._fail_lost_jobs(self.pool.cluster_error)
         self.pool.scale(len(self.table.queue))
         for w in self.pool.workers.values():
             if id(w) not in before:  # replacements, and actors started for the queue
                 event("worker_started", worker=w.index, pid=w.pid, device=w.device)
+
+    def _fail_lost_jobs(self, reason: str) -> None:
+        """The cluster is unreachable: jobs put back in the queue when their workers were lost fail now,
+        with the reason, instead of waiting for it (jobs that never started wait for it to come back)."""
+        for job_id in list(self.table.queue):
+            job = self.table.jobs[job_id]
+            if job.attempts == 0:
+                continue
+            self.table.remove_from_queue(job_id)
+            job.error = f"{reason}; this job's worker was lost with it"
+            self._publish(job, encode(Error(job_id=job_id, code=codes.WORKER_CRASHED, message=job.error,
+                                            hint=self.resume_hint(job) or "submit it again once the cluster is back")))
+            self._finish(job, Done(job_id=job_id, status="failed"))
 
     def _publish(self, job: Job, frames: list, latest: str | None = None) -> None:
         self.delivery.publish(job.job_id, frames, latest)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import threading
 import time
 import uuid
@@ -35,6 +36,9 @@ from .ray_worker import SKIP, StreamingWorker
 log = logging.getLogger("asd.server")
 
 ACTOR_START_TIMEOUT = 600.0  # an autoscaling cluster may need minutes to bring a GPU node up
+HEAD_PROBE_EVERY = 5.0
+HEAD_TIMEOUT = 10.0
+HEAD_LOST = "lost the Ray head"
 
 
 @dataclasses.dataclass
@@ -90,11 +94,16 @@ class RayWorkerPool:
         self.workers: dict[bytes, RayWorkerHandle] = {}
         self._next_index = 0
         self._actor_class = None
+        self.cluster_error: str | None = None  # set while the cluster cannot be reached
+        self._stopped = threading.Event()
 
     # -- life cycle --------------------------------------------------------------------------------
 
     def start(self, gpus: list[int] | None = None, device: str = "auto") -> None:
         ray = self.ray
+        # A Ray driver exits its process when the head (GCS) stays unreachable for 60 s; this process is
+        # the front end, which must keep serving the job list: let it wait instead, and watch the head.
+        os.environ.setdefault("RAY_gcs_rpc_server_reconnect_timeout_s", str(10 * 365 * 24 * 3600))
         if not ray.is_initialized():
             if self.address == "local":
                 # A private instance on loopback, sized for max_workers actors.
@@ -115,17 +124,51 @@ class RayWorkerPool:
         self._device = "cuda" if self.resource == "GPU" else "cpu"
         for _ in range(self.min_workers or 1):
             self.spawn()
+        threading.Thread(target=self._watch_head, name="ray-head-watch", daemon=True).start()
 
-    def spawn(self) -> RayWorkerHandle:
+    def _probe(self, answered: threading.Event) -> None:
+        try:
+            self.ray.nodes()
+            answered.set()
+        except Exception:  # unreachable: the event stays unset
+            pass
+
+    def _watch_head(self) -> None:
+        """Every few seconds, a call the head must answer; no answer within HEAD_TIMEOUT sets
+        `cluster_error` (running jobs whose actors are lost then fail instead of waiting)."""
+        while not self._stopped.is_set():
+            answered = threading.Event()
+            threading.Thread(target=self._probe, args=(answered,), daemon=True).start()
+            if answered.wait(HEAD_TIMEOUT):
+                if self.cluster_error and self.cluster_error.startswith(HEAD_LOST):
+                    self.cluster_error = None
+                    log.warning(json.dumps({"event": "ray_head_back"}))
+            elif self.cluster_error is None:
+                self.cluster_error = f"{HEAD_LOST} (no answer from it for {HEAD_TIMEOUT:.0f} s)"
+                log.error(json.dumps({"event": "ray_head_lost", "address": self.address}))
+            self._stopped.wait(HEAD_PROBE_EVERY)
+
+    def spawn(self) -> RayWorkerHandle | None:
+        """A new actor; None (and `cluster_error` set) when the cluster cannot be asked for one."""
+        try:
+            actor = self._actor_class.remote(self._next_index, self._device)
+        except Exception as exc:  # the head or the connection to it is gone: keep serving, say why
+            if self.cluster_error is None:
+                log.error(json.dumps({"event": "ray_unavailable", "error": str(exc)[:500]}))
+            self.cluster_error = f"the Ray cluster cannot be reached ({type(exc).__name__}: {str(exc)[:200]})"
+            return None
         index = self._next_index
         self._next_index += 1
         identity = f"w{index}".encode()
-        actor = self._actor_class.remote(index, self._device)
         handle = self.workers[identity] = RayWorkerHandle(index, identity, actor, self._device)
         threading.Thread(target=self._bridge, args=(handle,), name=f"ray-bridge-{index}", daemon=True).start()
         return handle
 
     def stop(self) -> None:
+        self._stopped.set()
+        if self.cluster_error is not None:  # calls to a lost head would wait for it: leave without them
+            self.workers.clear()
+            return
         for handle in list(self.workers.values()):
             self._retire(handle)
         self.workers.clear()
@@ -201,6 +244,7 @@ class RayWorkerPool:
         sock.connect(self.endpoint)
         try:
             handle.pid = ray.get(handle.actor.pid.remote(), timeout=ACTOR_START_TIMEOUT)
+            self.cluster_error = None
             log.info(json.dumps({"ts": round(time.time(), 3), "event": "ray_actor_started", "worker": handle.index,
                                  "pid": handle.pid}))
             sock.send_multipart(encode(WorkerReady()))

@@ -45,6 +45,7 @@ class WorkerHandle:
 
 class WorkerPool:
     resumes_lost_jobs = False  # a local worker dies of its job (out of memory, a crash): retrying would too
+    cluster_error: str | None = None
 
     def __init__(self, ctx: zmq.Context, results: Path) -> None:
         self.results = results
