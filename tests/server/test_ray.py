@@ -3,6 +3,7 @@ started by the server under test on loopback; real actors, real jobs with the ti
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -117,12 +118,13 @@ def _command(pid: int) -> str:
 
 
 def test_losing_the_ray_head_fails_the_running_job_cleanly_and_the_job_list_still_answers(tmp_path, asd_home):
+    ray_processes: list[int] = []
     with running_server(tmp_path / "results", free_port(), "--ray", "local", "--ray-resource", "asd_worker") as server:
         with server.client(dead_after=60.0) as client:
             job = submit(client, "a doomed vase", steps=400)
             client.wait_for(lambda m: m.job_id == job and isinstance(m, Progress) and m.step >= 2, timeout=180)
-            head = [p for p in _descendants(server.process.pid)
-                    if "gcs_server" in _command(p) or "raylet" in _command(p)]
+            ray_processes = _descendants(server.process.pid)
+            head = [p for p in ray_processes if "gcs_server" in _command(p) or "raylet" in _command(p)]
             assert head, "no Ray head under the server"
             for pid in head:
                 os.kill(pid, signal.SIGKILL)
@@ -137,3 +139,6 @@ def test_losing_the_ray_head_fails_the_running_job_cleanly_and_the_job_list_stil
                                       timeout=20)
             assert refused.msg_type == "error" and "Ray head" in refused.message and "cluster" in refused.hint
         assert server.process.poll() is None
+    for pid in ray_processes:  # the head's helpers, orphaned by its loss: not left behind by the test
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
