@@ -520,12 +520,14 @@ def _bench_serve(args: argparse.Namespace) -> int:
             if args.compare:  # the same without the cap: what it prevents
                 _print_json(serve.slow_reader(args.requests, args.jobs, ("--max-pending-replies", str(10**9),
                                                                          "--max-pending-mib", str(10**6))))
+        elif scenario == "ray":
+            _print_json(serve.ray_throughput())
         elif scenario == "soak":
             from .bench import soak
 
             _print_json(soak.run(seconds=args.soak_seconds, seed=args.seed))
         else:
-            raise ValueError(f"--scenario {scenario!r}: choose from latency, cancel, slow-reader, soak")
+            raise ValueError(f"--scenario {scenario!r}: choose from latency, cancel, slow-reader, soak, ray")
     return 0
 
 
@@ -645,7 +647,8 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mesh-every", type=int, default=5)
     p.add_argument("--scenario", default="latency",
                    help="latency | cancel (cancel to done, in long phases too) | slow-reader (memory with a client "
-                        "that never reads) | soak (random jobs, fuzz, slow readers, worker kills); comma-separated")
+                        "that never reads) | soak (random jobs, fuzz, slow readers, worker kills) | ray (jobs per "
+                        "minute on local workers and on 1 and 2 Ray actors); comma-separated")
     p.add_argument("--requests", type=int, default=4000, help="slow-reader: unread list_jobs requests")
     p.add_argument("--jobs", type=int, default=500, help="slow-reader: finished jobs the server lists")
     p.add_argument("--compare", action="store_true", help="slow-reader: also run with the backlog cap off")

@@ -134,6 +134,50 @@ def cancel_latency(repeats: int = 3) -> dict[str, Any]:
             "note": "cancel sent → done received; 'extracting': during a 512³ final extraction and 1024² render"}
 
 
+def _throughput(extra: tuple[str, ...], jobs: int, steps: int) -> dict[str, Any]:
+    """Jobs per minute on a fresh server with `extra` flags (once its workers are up and warm), and the
+    latency of mesh snapshots (arrival minus the worker's header timestamp)."""
+    with tempfile.TemporaryDirectory(prefix="asd-bench-ray-") as tmp:
+        server, address, log = start_server(Path(tmp), *extra)
+        try:
+            wait_for_server(log, server)
+            with AsdClient(address, client_name="bench-ray", dead_after=120.0) as client:
+                warm = client.submit("a warm-up teapot", preset="smoke", steps=2, mesh_every=0)
+                warm_id = client.wait_for(lambda m: m.parent_id == warm and isinstance(m, Accepted), 60).job_id
+                client.wait_for(lambda m: m.job_id == warm_id and isinstance(m, Done), 300)
+                started = time.monotonic()
+                ids = []
+                for i in range(jobs):
+                    request = client.submit(f"a throughput teapot {i}", preset="smoke", steps=steps, mesh_every=3)
+                    ids.append(client.wait_for(lambda m, r=request: m.parent_id == r and isinstance(m, Accepted),
+                                               60).job_id)
+                left, mesh_ms = set(ids), []
+
+                def note(msg) -> None:
+                    if isinstance(msg, MeshSnapshot) and msg.job_id in left:
+                        mesh_ms.append(_age_ms(msg.timestamp))
+
+                while left:
+                    done = client.wait_for(lambda m: isinstance(m, Done) and m.job_id in left, 600, on_message=note)
+                    left.discard(done.job_id)
+                seconds = time.monotonic() - started
+        finally:
+            stop(server)
+    return {"jobs": jobs, "seconds": round(seconds, 2), "jobs_per_minute": round(60 * jobs / seconds, 2),
+            "mesh_latency": _summary(mesh_ms)}
+
+
+def ray_throughput(jobs: int = 6, steps: int = 24) -> dict[str, Any]:
+    """`asd bench serve --scenario ray`: the same jobs on local workers (one process) and on Ray actors
+    (`--ray local`, 1 and 2 actors, CPU resources): jobs per minute and the cost per shipped snapshot."""
+    ray_flags = ("--ray", "local", "--ray-resource", "asd_worker")
+    out = {"benchmark": "serve.ray", "steps_per_job": steps, "local_1_worker": _throughput((), jobs, steps)}
+    for n in (1, 2):
+        out[f"ray_{n}_actors"] = _throughput((*ray_flags, "--min-workers", str(n), "--max-workers", str(n)), jobs,
+                                             steps)
+    return out
+
+
 def _settled_memory(pid: int, quiet: float = 4.0, timeout: float = 180.0) -> dict[str, float]:
     """Memory once it has stopped growing for `quiet` seconds (the server is through its requests)."""
     deadline = time.monotonic() + timeout

@@ -122,7 +122,7 @@ class RayWorkerPool:
             options.update(num_cpus=1, resources={self.resource: 1})
         self._actor_class = ray.remote(**options)(StreamingWorker)
         self._device = "cuda" if self.resource == "GPU" else "cpu"
-        for _ in range(self.min_workers or 1):
+        for _ in range(self.min_workers):  # 0: none until a job waits (an autoscaler adds the node then)
             self.spawn()
         threading.Thread(target=self._watch_head, name="ray-head-watch", daemon=True).start()
 
