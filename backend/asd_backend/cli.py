@@ -510,7 +510,9 @@ def _bench_edit(args: argparse.Namespace) -> int:
 def _bench_serve(args: argparse.Namespace) -> int:
     from .bench import serve
 
-    for scenario in _names(args.scenario):
+    if args.ray is not None and args.ray != "local":
+        raise ValueError("asd bench serve --ray: only 'local' (the benchmark starts its own Ray instances)")
+    for scenario in _names("ray" if args.ray else args.scenario):
         if scenario == "latency":
             _print_json(serve.run(clients=args.clients, steps=args.steps, mesh_every=args.mesh_every))
         elif scenario == "cancel":
@@ -653,6 +655,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--jobs", type=int, default=500, help="slow-reader: finished jobs the server lists")
     p.add_argument("--compare", action="store_true", help="slow-reader: also run with the backlog cap off")
     p.add_argument("--soak-seconds", type=float, default=180.0)
+    p.add_argument("--ray", default=None, metavar="local", help="the same as --scenario ray")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(handler=_bench_serve)
 

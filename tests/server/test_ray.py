@@ -7,6 +7,8 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -68,6 +70,25 @@ def test_two_actors_take_two_jobs_at_once_and_their_files_reach_the_results_stor
     # An attached client sees the stream a local worker's client sees: progress, meshes, image, done.
     assert {"progress:optimizing", "mesh:preview", "mesh:final", "image", "done"} <= kinds(got_a)
     assert kinds(watched) >= {"progress:optimizing", "mesh:final", "image", "done"}
+
+
+def test_asd_submit_to_a_ray_server_writes_the_mesh(ray_server, tmp_path):
+    out = tmp_path / "smoke.glb"
+    result = subprocess.run([sys.executable, "-m", "asd_backend.cli", "submit", "a smoke teapot", "--server",
+                             ray_server.address, "--preset", "smoke", "-o", str(out)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert out.stat().st_size > 0 and "completed" in result.stdout
+
+
+def test_a_cancel_reaches_the_actor_while_its_job_streams(ray_server):
+    with ray_server.client() as client:
+        job = submit(client, "a cancelled vase", steps=400)
+        client.wait_for(lambda m: m.job_id == job and isinstance(m, Progress) and m.step >= 2, timeout=180)
+        client.cancel(job)
+        got = [m for _, m in follow(client, job, timeout=60)]
+    assert got[-1].status == "cancelled"
+    assert (ray_server.results / job / "checkpoint.pt").is_file()  # written at the stop, shipped back
 
 
 def test_a_killed_actor_s_job_resumes_from_its_checkpoint_on_another_actor(ray_server):
