@@ -58,7 +58,7 @@ from .delivery import Delivery, Peer
 from .jobs import ACTIVE, FINISHED, Job, JobTable, new_job_id
 from .limits import ServerLimits
 from .store import CHECKPOINT_NAME, ResultStore
-from .workers import WorkerPool
+from .workers import Pool, WorkerPool
 
 log = logging.getLogger("asd.server")
 
@@ -125,7 +125,7 @@ class Server:
         self.store = ResultStore(config.results)
         self.table = JobTable()
         self.delivery: Delivery | None = None
-        self.pool: WorkerPool | None = None
+        self.pool: Pool | None = None
         self.latest_mesh: dict[str, list] = {}
         self.latest_image: dict[str, list] = {}
         # job id -> (the worker's newest progress, when it arrived, when it was last sent): re-sent every

@@ -32,6 +32,7 @@ from ..artifacts import atomic_path
 from ..errors import AsdError
 from .commands import WORKER_TYPES, RunJob, StopWorker, WorkerReady
 from .ray_worker import SKIP, StreamingWorker
+from .workers import Pool
 
 log = logging.getLogger("asd.server")
 
@@ -63,7 +64,7 @@ class RayWorkerHandle:
         return self.dead or "stopped"
 
 
-class RayWorkerPool:
+class RayWorkerPool(Pool):
     """`address`: "local" (start a Ray instance in this process, loopback only), "auto" (the cluster this
     machine belongs to) or "ray://HOST:PORT" (Ray Client). `resource`: what each actor asks for, "GPU"
     (one GPU each) or a custom resource name (CPU clusters and tests)."""
@@ -188,18 +189,8 @@ class RayWorkerPool:
 
     # -- what the front end calls ------------------------------------------------------------------
 
-    def get(self, identity: bytes) -> RayWorkerHandle | None:
-        return self.workers.get(identity)
-
-    def idle(self) -> RayWorkerHandle | None:
-        return next((w for w in self.workers.values() if w.idle), None)
-
-    def run(self, worker: RayWorkerHandle, job_id: str, spec: dict, resume: bool) -> None:
-        worker.ready, worker.job_id = False, job_id
-        self.socket.send_multipart([worker.identity, *encode(RunJob(job_id=job_id, spec=spec, resume=resume))])
-
     def cancel(self, job_id: str) -> bool:
-        worker = next((w for w in self.workers.values() if w.job_id == job_id), None)
+        worker = self.running(job_id)
         if worker is None:
             return False
         worker.actor.cancel.remote(job_id)  # a method call that runs beside the job (threaded actor)

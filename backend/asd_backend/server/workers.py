@@ -43,9 +43,53 @@ class WorkerHandle:
         return f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
 
 
-class WorkerPool:
-    resumes_lost_jobs = False  # a local worker dies of its job (out of memory, a crash): retrying would too
+class Pool:
+    """What the front end needs of a worker pool, whatever runs the workers: `socket` (a ROUTER its loop
+    polls; each worker a routing id on it), `workers` (identity → handle with `ready`, `job_id`, `idle`,
+    `pid`, `death()`), and the methods below. Implementations: `WorkerPool` (local processes) and
+    ray_pool.RayWorkerPool (Ray actors)."""
+
+    socket: zmq.Socket
+    workers: dict[bytes, Any]
+    resumes_lost_jobs = False
+    """Whether a lost worker's job goes back to the queue (a cluster node lost) or fails (a local
+    worker dies of its job: out of memory, a crash, which a retry would repeat)."""
     cluster_error: str | None = None
+    """Why no worker can be had now (a lost cluster head), or None."""
+
+    def start(self, gpus: list[int] | None, device: str) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def get(self, identity: bytes) -> Any | None:
+        return self.workers.get(identity)
+
+    def idle(self) -> Any | None:
+        return next((w for w in self.workers.values() if w.idle), None)
+
+    def running(self, job_id: str) -> Any | None:
+        return next((w for w in self.workers.values() if w.job_id == job_id), None)
+
+    def run(self, worker: Any, job_id: str, spec: dict, resume: bool) -> None:
+        worker.ready, worker.job_id = False, job_id
+        self.socket.send_multipart([worker.identity, *encode(RunJob(job_id=job_id, spec=spec, resume=resume))])
+
+    def cancel(self, job_id: str) -> bool:  # pragma: no cover - abstract
+        """Ask the worker running `job_id` to stop it; False when no worker runs it."""
+        raise NotImplementedError
+
+    def reap(self) -> list[Any]:  # pragma: no cover - abstract
+        """Workers lost since the last call (replaced as the pool sees fit), with their job ids."""
+        raise NotImplementedError
+
+    def scale(self, queued: int) -> None:
+        """Follow the queue's length (a fixed pool does nothing)."""
+
+    def stop(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class WorkerPool(Pool):
+    """One spawned process per GPU (or one on `device`)."""
 
     def __init__(self, ctx: zmq.Context, results: Path) -> None:
         self.results = results
@@ -72,19 +116,8 @@ class WorkerPool:
         handle = self.workers[identity] = WorkerHandle(index, identity, process, env, device)
         return handle
 
-    def get(self, identity: bytes) -> WorkerHandle | None:
-        return self.workers.get(identity)
-
-    def idle(self) -> WorkerHandle | None:
-        return next((w for w in self.workers.values() if w.idle), None)
-
-    def run(self, worker: WorkerHandle, job_id: str, spec: dict, resume: bool) -> None:
-        worker.ready, worker.job_id = False, job_id
-        self.socket.send_multipart([worker.identity, *encode(RunJob(job_id=job_id, spec=spec, resume=resume))])
-
     def cancel(self, job_id: str) -> bool:
-        """Ask the worker running `job_id` to stop it; False when no worker runs it."""
-        worker = next((w for w in self.workers.values() if w.job_id == job_id), None)
+        worker = self.running(job_id)
         if worker is None:
             return False
         self.socket.send_multipart([worker.identity, *encode(CancelJob(job_id=job_id))])
@@ -97,9 +130,6 @@ class WorkerPool:
             del self.workers[worker.identity]
             self.spawn(worker.index, worker.device, worker.env)
         return dead
-
-    def scale(self, queued: int) -> None:
-        """One worker per GPU, always: nothing to follow."""
 
     def stop(self) -> None:
         for w in self.workers.values():
