@@ -121,6 +121,9 @@ class RayWorkerPool(Pool):
             options["num_cpus"] = 1
         else:
             options.update(num_cpus=1, resources={self.resource: 1})
+        if self.resource == "GPU" and not ray.cluster_resources().get("GPU"):
+            log.warning(json.dumps({"event": "ray_no_gpu", "message": "the Ray cluster has no GPU (yet): actors wait "
+                                    "for one (an autoscaler may add a node); for CPU workers pass --ray-resource CPU"}))
         self._actor_class = ray.remote(**options)(StreamingWorker)
         self._device = "cuda" if self.resource == "GPU" else "cpu"
         for _ in range(self.min_workers):  # 0: none until a job waits (an autoscaler adds the node then)
