@@ -32,18 +32,32 @@ def versions() -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
+def atomic_path(path: Path, durable: bool = False) -> Iterator[Path]:
     """A temporary name beside `path` to write to; renamed to `path` when the block ends, removed when it
-    raises (an error, Ctrl-C): a file under the final name is always whole, and nothing half-written stays."""
+    raises (an error, Ctrl-C): a file under the final name is always whole, and nothing half-written stays.
+    `durable`: the file and the rename are also on disk when the block ends (fsync of the file and of its
+    folder), so after a power cut it is the old file or the new one, never an empty one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.part{path.suffix}")  # the suffix keeps writers' formats
     try:
         yield tmp
+        if durable:
+            _fsync(tmp)
         tmp.replace(path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    if durable and hasattr(os, "O_DIRECTORY"):  # POSIX: a rename is durable once its folder is
+        _fsync(path.parent, os.O_DIRECTORY)
+
+
+def _fsync(path: Path, flags: int = 0) -> None:
+    fd = os.open(path, os.O_RDONLY | flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_png(path: Path, image: np.ndarray, metadata: dict[str, str] | None = None) -> Path:
@@ -59,10 +73,11 @@ def write_png(path: Path, image: np.ndarray, metadata: dict[str, str] | None = N
 
 
 def write_json(path: Path, data: dict[str, Any]) -> Path:
-    """Atomic: a crash never leaves half a JSON file behind. NaN and infinities are refused (not JSON)."""
+    """Atomic and durable: a crash or a power cut never leaves half a JSON file behind. NaN and
+    infinities are refused (not JSON)."""
     text = json.dumps(data, indent=2, default=str, allow_nan=False) + "\n"
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
+    with atomic_path(path, durable=True) as tmp:
+        tmp.write_text(text, encoding="utf-8")
     return path
 
 

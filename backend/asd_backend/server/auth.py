@@ -24,6 +24,7 @@ import zmq.auth
 import zmq.utils.z85
 from zmq.auth.thread import ThreadAuthenticator
 
+from ..artifacts import atomic_path
 from ..errors import AsdError
 
 log = logging.getLogger("asd.server")
@@ -52,8 +53,8 @@ def _private_dir(path: Path) -> Path:
 
 def _write_certificate(path: Path, public: bytes, secret: bytes | None = None,
                        metadata: dict[str, str] | None = None) -> Path:
-    """A zmq.auth certificate file. A secret one is created 0600 (under a temporary name, renamed into
-    place): no moment exists when another user could read it."""
+    """A zmq.auth certificate file, written whole (artifacts.atomic_path); a secret one is 0600 from its
+    creation: no moment exists when another user could read it."""
     lines = ["#   ZeroMQ CURVE " + ("**Secret** Certificate" if secret else "Public Certificate"),
              "#   written by asd-studio" + ("; DO NOT give this file to anyone" if secret else ""), "",
              "metadata"]
@@ -61,15 +62,11 @@ def _write_certificate(path: Path, public: bytes, secret: bytes | None = None,
     lines += ["curve", f'    public-key = "{public.decode()}"']
     if secret is not None:
         lines.append(f'    secret-key = "{secret.decode()}"')
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if secret is not None else 0o644)
-    try:
+    with atomic_path(path, durable=True) as tmp:
+        # Created with its final mode (umask can only narrow it): never readable by others, even briefly.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if secret is not None else 0o644)
         with os.fdopen(fd, "w") as handle:
             handle.write("\n".join(lines) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path
 
 
@@ -126,12 +123,17 @@ def check_permissions(curve_dir: Path) -> None:
         return
     secret = curve_dir / "server.key_secret"
     checks = [(curve_dir, 0o022, "700"), (curve_dir / AUTHORIZED, 0o022, "700"), (secret, 0o077, "600")]
-    checks += [(f, 0o022, "644") for f in sorted((curve_dir / AUTHORIZED).glob("*.key"))]
+    checks += [(f, 0o022, "644") for f in allowed_key_files(curve_dir / AUTHORIZED)]
     for path, forbidden, fix in checks:
         if path.exists() and path.stat().st_mode & forbidden:
             mode = oct(path.stat().st_mode & 0o777)[2:]
             raise UnsafeKeys(f"{path} has mode {mode}: other users could "
                              f"{'read' if path == secret else 'change'} it; run `chmod {fix} {path}`")
+
+
+def allowed_key_files(folder: Path) -> list[Path]:
+    """The allow-list's key files; hidden ones are files being written (artifacts.atomic_path)."""
+    return sorted(f for f in folder.glob("*.key") if not f.name.startswith(".")) if folder.exists() else []
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,7 +157,7 @@ class AllowList:
         if self._stamp is not None and now - self._checked < RECHECK_SECONDS:
             return  # every message asks; the folder is looked at twice a second at most
         self._checked = now
-        files = sorted(self.folder.glob("*.key")) if self.folder.exists() else []
+        files = allowed_key_files(self.folder)
         try:  # the folder's mtime sees files come and go; each file's sees an edited role
             stamp = tuple((f.name, f.stat().st_mtime_ns) for f in files)
         except OSError:

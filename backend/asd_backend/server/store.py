@@ -1,6 +1,6 @@
 """The results folder: one sub-folder per job, everything a restart needs to carry on.
 
-    RESULTS/<job_id>/job.json          settings, status, timestamps (written atomically, fsync-ed)
+    RESULTS/<job_id>/job.json          settings, status, timestamps (artifacts.write_json: atomic, durable)
     RESULTS/<job_id>/checkpoint.pt     latest training state (resume)
     RESULTS/<job_id>/snapshots/        preview meshes and renders, as they streamed
     RESULTS/<job_id>/mesh.glb          the final mesh; image.png / texture.png for other kinds
@@ -29,7 +29,7 @@ from asd_protocol import JobInfo, ProtocolError
 from asd_protocol.fields import check_record, check_text
 from asd_protocol.job_spec import JobSpec
 
-from ..artifacts import atomic_path
+from ..artifacts import atomic_path, write_json
 from ..errors import AsdError
 from .jobs import ACTIVE, Job
 
@@ -87,17 +87,15 @@ class ResultStore:
     def save(self, job: Job) -> None:
         folder = self.job_dir(job.job_id)
         folder.mkdir(parents=True, exist_ok=True)
-        write_durable_json(folder / "job.json", job.to_json())
+        write_json(folder / "job.json", job.to_json())
 
     def save_arrays(self, job_id: str, name: str, **arrays) -> Path:
         """Arrays in a .npz (no pickle: read back with allow_pickle=False), written atomically."""
         import numpy as np
 
         path = self.job_dir(job_id) / name
-        with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        with atomic_path(path, durable=True) as tmp, open(tmp, "wb") as handle:
             np.savez(handle, **arrays)
-            handle.flush()
-            os.fsync(handle.fileno())
         return path
 
     def relative_outputs(self, job_id: str, outputs: dict[str, str]) -> dict[str, str]:
@@ -149,23 +147,6 @@ class ResultStore:
         log.warning(json.dumps({"ts": round(time.time(), 3), "event": "record_quarantined", "folder": folder.name,
                                 "moved_to": str(target), "reason": reason}))
         return target
-
-
-def write_durable_json(path: Path, data: dict[str, Any]) -> Path:
-    """Atomic and durable: temp file, fsync, rename, fsync of the folder. After a power cut the record is
-    the old one or the new one, never empty (a rename without fsync can leave a zero-length file)."""
-    text = json.dumps(data, indent=2, allow_nan=False) + "\n"
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    if hasattr(os, "O_DIRECTORY"):  # POSIX: the rename itself is durable once the folder is
-        fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    return path
 
 
 def _timestamp(value: Any, name: str) -> str:
