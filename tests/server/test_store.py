@@ -68,6 +68,15 @@ def test_a_bad_record_is_quarantined_with_its_reason_and_the_rest_load(tmp_path,
     assert [j.job_id for j in store.load_all()] == ["20261201-110000-00000000"]  # the quarantine is not loaded
 
 
+def test_a_failed_job_with_a_long_error_loads(tmp_path):
+    """A worker's error may hold 4,000 characters; the listing shows 2,000. The record is not bad for it."""
+    store = ResultStore(tmp_path)
+    store.save(good_job(status="failed", error="RuntimeError: " + "x" * 3500))
+    (job,) = store.load_all()
+    assert job.status == "failed" and len(job.error) > 3000 and len(job.info().error) == 2000
+    assert not (tmp_path / QUARANTINE).exists()
+
+
 def test_a_record_written_with_absolute_paths_still_finds_its_files_after_a_move(tmp_path):
     old = tmp_path / "old" / "20261201-120000-aaaaaaaa"
     new_root = tmp_path / "new"

@@ -13,6 +13,7 @@ can carry); output paths are stored relative to the job's folder, so the results
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -173,7 +174,9 @@ def load_record(path: Path) -> Job:
     if data.get("job_id") != folder.name:
         raise BadRecord(f"job_id {str(data.get('job_id'))[:80]!r} differs from its folder {folder.name!r}")
     try:
-        info = check_record(JobInfo, {k: v for k, v in data.items() if k != "queue_position"}, "job")
+        # Checked as replies will carry it (Job.info: the listing's view, its error shortened), so a record
+        # that loads is one every reply can encode.
+        info = check_record(JobInfo, dataclasses.asdict(Job.from_json(data).info()), "job")
         spec = JobSpec.from_json(data.get("spec"), path="job.spec") if isinstance(data.get("spec"), dict) else None
         if spec is None:
             raise BadRecord("spec must be a JSON object")
@@ -181,7 +184,6 @@ def load_record(path: Path) -> Job:
         if not isinstance(client, str) or not client:
             raise BadRecord("client must be a non-empty text")
         check_text("job.client", client)
-        check_text("job.error", str(data.get("error", "")))
     except (ProtocolError, ValueError, TypeError) as exc:  # BadRecord is a ValueError: its text stays
         raise BadRecord(str(exc)) from None
     if info["status"] not in (*ACTIVE, "completed", "cancelled", "failed", "interrupted"):
