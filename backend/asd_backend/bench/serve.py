@@ -19,12 +19,15 @@ peak (VmHWM), which the per-client backlog cap bounds.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -61,23 +64,42 @@ def _time_to_first_mesh(client: AsdClient, timeout: float = 300.0) -> float:
     return round(seconds, 2)
 
 
-def start_server(folder: Path, *extra: str) -> tuple[subprocess.Popen, str, Path]:
-    """An `asd serve` subprocess on a free loopback port, tiny teacher, CPU; (process, address, log)."""
-    address = f"tcp://127.0.0.1:{free_port()}"
-    log = folder / f"server-{time.time_ns()}.log"
-    with open(log, "wb") as handle:
-        server = subprocess.Popen([sys.executable, "-m", "asd_backend.cli", "serve", "--bind", address,
-                                   "--results", str(folder / "results"), "--teacher", "tiny", "--device", "cpu",
-                                   *extra], stdout=handle, stderr=subprocess.STDOUT)
-    return server, address, log
+@dataclasses.dataclass
+class BenchServer:
+    process: subprocess.Popen
+    address: str
+    log: Path
+
+    def log_text(self) -> str:
+        return self.log.read_text()
 
 
-def wait_for_server(log: Path, server: subprocess.Popen, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while "asd serve: listening on" not in log.read_text():
-        if server.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"asd serve did not start:\n{log.read_text()[-2000:]}")
-        time.sleep(0.1)
+@contextlib.contextmanager
+def serving(*extra: str, prepare: Callable[[Path], None] | None = None,
+            wait: bool = True) -> Iterator[BenchServer]:
+    """An `asd serve` subprocess on a free loopback port (tiny teacher, CPU, `extra` flags) over a fresh
+    results folder (`prepare(results)` fills it first), stopped when the block ends."""
+    with tempfile.TemporaryDirectory(prefix="asd-bench-") as tmp:
+        folder = Path(tmp)
+        if prepare is not None:
+            prepare(folder / "results")
+        address = f"tcp://127.0.0.1:{free_port()}"
+        log = folder / "server.log"
+        with open(log, "wb") as handle:
+            process = subprocess.Popen([sys.executable, "-m", "asd_backend.cli", "serve", "--bind", address,
+                                        "--results", str(folder / "results"), "--teacher", "tiny", "--device",
+                                        "cpu", *extra], stdout=handle, stderr=subprocess.STDOUT)
+        server = BenchServer(process, address, log)
+        try:
+            if wait:
+                deadline = time.monotonic() + 120
+                while "asd serve: listening on" not in server.log_text():
+                    if process.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError(f"asd serve did not start:\n{server.log_text()[-2000:]}")
+                    time.sleep(0.1)
+            yield server
+        finally:
+            stop(process)
 
 
 def stop(server: subprocess.Popen) -> None:
@@ -117,19 +139,13 @@ def _cancel_latency(client: AsdClient, phase: str) -> tuple[float, str]:
 
 
 def cancel_latency(repeats: int = 3) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory(prefix="asd-bench-cancel-") as tmp:
-        server, address, log = start_server(Path(tmp))
-        try:
-            wait_for_server(log, server)
-            with AsdClient(address, client_name="bench-cancel", dead_after=60.0) as client:
-                out = {}
-                for phase in ("loading", "optimizing", "extracting"):  # loading: once, the worker's cold start
-                    runs = [_cancel_latency(client, phase) for _ in range(1 if phase == "loading" else repeats)]
-                    times = [t for t, _ in runs]
-                    out[phase] = {"median_s": statistics.median(times), "max_s": max(times), "runs": times,
-                                  "ended": sorted({status for _, status in runs})}
-        finally:
-            stop(server)
+    with serving() as server, AsdClient(server.address, client_name="bench-cancel", dead_after=60.0) as client:
+        out = {}
+        for phase in ("loading", "optimizing", "extracting"):  # loading: once, the worker's cold start
+            runs = [_cancel_latency(client, phase) for _ in range(1 if phase == "loading" else repeats)]
+            times = [t for t, _ in runs]
+            out[phase] = {"median_s": statistics.median(times), "max_s": max(times), "runs": times,
+                          "ended": sorted({status for _, status in runs})}
     return {"benchmark": "serve.cancel_latency", **out,
             "note": "cancel sent → done received; 'extracting': during a 512³ final extraction and 1024² render"}
 
@@ -137,32 +153,26 @@ def cancel_latency(repeats: int = 3) -> dict[str, Any]:
 def _throughput(extra: tuple[str, ...], jobs: int, steps: int) -> dict[str, Any]:
     """Jobs per minute on a fresh server with `extra` flags (once its workers are up and warm), and the
     latency of mesh snapshots (arrival minus the worker's header timestamp)."""
-    with tempfile.TemporaryDirectory(prefix="asd-bench-ray-") as tmp:
-        server, address, log = start_server(Path(tmp), *extra)
-        try:
-            wait_for_server(log, server)
-            with AsdClient(address, client_name="bench-ray", dead_after=120.0) as client:
-                warm = client.submit("a warm-up teapot", preset="smoke", steps=2, mesh_every=0)
-                warm_id = client.wait_for(lambda m: m.parent_id == warm and isinstance(m, Accepted), 60).job_id
-                client.wait_for(lambda m: m.job_id == warm_id and isinstance(m, Done), 300)
-                started = time.monotonic()
-                ids = []
-                for i in range(jobs):
-                    request = client.submit(f"a throughput teapot {i}", preset="smoke", steps=steps, mesh_every=3)
-                    ids.append(client.wait_for(lambda m, r=request: m.parent_id == r and isinstance(m, Accepted),
-                                               60).job_id)
-                left, mesh_ms = set(ids), []
+    with serving(*extra) as server, AsdClient(server.address, client_name="bench-ray", dead_after=120.0) as client:
+        warm = client.submit("a warm-up teapot", preset="smoke", steps=2, mesh_every=0)
+        warm_id = client.wait_for(lambda m: m.parent_id == warm and isinstance(m, Accepted), 60).job_id
+        client.wait_for(lambda m: m.job_id == warm_id and isinstance(m, Done), 300)
+        started = time.monotonic()
+        ids = []
+        for i in range(jobs):
+            request = client.submit(f"a throughput teapot {i}", preset="smoke", steps=steps, mesh_every=3)
+            ids.append(client.wait_for(lambda m, r=request: m.parent_id == r and isinstance(m, Accepted),
+                                       60).job_id)
+        left, mesh_ms = set(ids), []
 
-                def note(msg) -> None:
-                    if isinstance(msg, MeshSnapshot) and msg.job_id in left:
-                        mesh_ms.append(_age_ms(msg.timestamp))
+        def note(msg) -> None:
+            if isinstance(msg, MeshSnapshot) and msg.job_id in left:
+                mesh_ms.append(_age_ms(msg.timestamp))
 
-                while left:
-                    done = client.wait_for(lambda m: isinstance(m, Done) and m.job_id in left, 600, on_message=note)
-                    left.discard(done.job_id)
-                seconds = time.monotonic() - started
-        finally:
-            stop(server)
+        while left:
+            done = client.wait_for(lambda m: isinstance(m, Done) and m.job_id in left, 600, on_message=note)
+            left.discard(done.job_id)
+        seconds = time.monotonic() - started
     return {"jobs": jobs, "seconds": round(seconds, 2), "jobs_per_minute": round(60 * jobs / seconds, 2),
             "mesh_latency": _summary(mesh_ms)}
 
@@ -210,33 +220,26 @@ def slow_reader(requests: int = 4000, jobs: int = 500, extra: tuple[str, ...] = 
 
     from asd_protocol import ListJobs, encode
 
-    with tempfile.TemporaryDirectory(prefix="asd-bench-slow-") as tmp:
-        _seed_jobs(Path(tmp) / "results", jobs)
-        server, address, log = start_server(Path(tmp), *extra)
+    with serving(*extra, prepare=lambda results: _seed_jobs(results, jobs)) as server:
+        pid = server.process.pid
+        before = memory_mib(pid)
+        slow = zmq.Context.instance().socket(zmq.DEALER)
+        slow.setsockopt(zmq.LINGER, 0)
+        slow.setsockopt(zmq.RCVHWM, 1)
+        slow.connect(server.address)
         try:
-            wait_for_server(log, server)
-            before = memory_mib(server.pid)
-            ctx = zmq.Context.instance()
-            slow = ctx.socket(zmq.DEALER)
-            slow.setsockopt(zmq.LINGER, 0)
-            slow.setsockopt(zmq.RCVHWM, 1)
-            slow.connect(address)
-            reply_bytes = 0
-            try:
+            slow.send_multipart(encode(ListJobs(limit=10_000)))
+            reply_bytes = sum(len(f) for f in slow.recv_multipart())  # one reply, read, for its size
+            for _ in range(requests):
                 slow.send_multipart(encode(ListJobs(limit=10_000)))
-                reply_bytes = sum(len(f) for f in slow.recv_multipart())  # one reply, read, for its size
-                for _ in range(requests):
-                    slow.send_multipart(encode(ListJobs(limit=10_000)))
-                after = _settled_memory(server.pid)  # the server answers everything it was asked; nobody reads
-                with AsdClient(address, client_name="bench-other", dead_after=30.0) as other:
-                    started = time.monotonic()
-                    other.wait_for(lambda m: m.msg_type == "welcome", 30)
-                    other_ms = round(1000 * (time.monotonic() - started), 1)
-            finally:
-                slow.close()
-            alive = server.poll() is None
+            after = _settled_memory(pid)  # the server answers everything it was asked; nobody reads
+            with AsdClient(server.address, client_name="bench-other", dead_after=30.0) as other:
+                started = time.monotonic()
+                other.wait_for(lambda m: m.msg_type == "welcome", 30)
+                other_ms = round(1000 * (time.monotonic() - started), 1)
         finally:
-            stop(server)
+            slow.close()
+        alive = server.process.poll() is None
     return {"benchmark": "serve.slow_reader", "server_flags": list(extra), "requests_unread": requests,
             "jobs_listed": jobs,
             "reply_kib": round(reply_bytes / 1024, 1), "unread_mib_if_kept": round(requests * reply_bytes / 2**20, 1),
@@ -247,14 +250,13 @@ def slow_reader(requests: int = 4000, jobs: int = 500, extra: tuple[str, ...] = 
 def run(clients: int = 20, steps: int = 60, mesh_every: int = 5, timeout: float = 600.0) -> dict[str, Any]:
     if clients < 1:
         raise ValueError("clients must be at least 1")
-    with tempfile.TemporaryDirectory(prefix="asd-bench-serve-") as tmp:
-        server, address, log = start_server(Path(tmp))
-        followers = [AsdClient(address, client_name=f"bench-{i}", dead_after=60.0) for i in range(clients)]
+    with serving(wait=False) as server:
+        followers = [AsdClient(server.address, client_name=f"bench-{i}", dead_after=60.0) for i in range(clients)]
         try:
             deadline = time.monotonic() + 120
             while any(c.welcome is None for c in followers):
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"the server did not greet every client:\n{log.read_text()[-2000:]}")
+                    raise TimeoutError(f"the server did not greet every client:\n{server.log_text()[-2000:]}")
                 for c in followers:
                     c.poll(timeout=0.01)
             first_mesh = {"cold": _time_to_first_mesh(followers[0])}
@@ -287,7 +289,6 @@ def run(clients: int = 20, steps: int = 60, mesh_every: int = 5, timeout: float 
         finally:
             for c in followers:
                 c.close()
-            stop(server)
     per_client = [len(s) for s in snapshots_seen]
     return {"benchmark": "serve", "clients": clients, "steps": steps, "mesh_every": mesh_every,
             "job_seconds": round(seconds, 2), "progress_latency": _summary(progress_ms),

@@ -15,7 +15,6 @@ import os
 import random
 import signal
 import statistics
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ import numpy as np
 from asd_protocol import Accepted, Error, Jobs, ListJobs, Submit, encode
 from asd_protocol.client import AsdClient
 
-from .serve import memory_mib, start_server, stop, wait_for_server
+from .serve import memory_mib, serving
 
 FINISHED = ("completed", "cancelled", "failed")
 
@@ -76,8 +75,8 @@ def run(seconds: float = 180.0, seed: int = 0, kill_every: float = 45.0,
     import zmq
 
     rng = random.Random(seed)
-    with tempfile.TemporaryDirectory(prefix="asd-bench-soak-") as tmp:
-        server, address, log = start_server(Path(tmp), "--max-pending-replies", "200", "--max-queued-per-user", "6")
+    with serving("--max-pending-replies", "200", "--max-queued-per-user", "6") as bench:
+        server, address, log = bench.process, bench.address, bench.log
         counts = {"submitted": 0, "accepted": 0, "refused": 0, "cancels": 0, "resumes": 0, "attaches": 0,
                   "lists": 0, "fuzz_frames": 0, "fuzz_replies": 0, "slow_requests": 0, "worker_kills": 0}
         memory: list[float] = []
@@ -85,7 +84,6 @@ def run(seconds: float = 180.0, seed: int = 0, kill_every: float = 45.0,
         ctx = zmq.Context.instance()
         fuzzer, slow = ctx.socket(zmq.DEALER), ctx.socket(zmq.DEALER)
         try:
-            wait_for_server(log, server)
             for s in (fuzzer, slow):
                 s.setsockopt(zmq.LINGER, 0)
                 s.connect(address)
@@ -168,7 +166,6 @@ def run(seconds: float = 180.0, seed: int = 0, kill_every: float = 45.0,
                 a.close()
             fuzzer.close()
             slow.close()
-            stop(server)
         by_status: dict[str, int] = {}
         for status in statuses.values():
             by_status[status] = by_status.get(status, 0) + 1
