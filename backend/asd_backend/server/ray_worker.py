@@ -24,7 +24,7 @@ from asd_protocol import Message, decode, encode
 from .commands import WORKER_TYPES, RunJob
 from .worker import Worker
 
-SKIP = (".worker.lock", "job.json")  # the front end's own files, never shipped either way
+SKIP = ("job.json",)  # the front end's own record, never shipped either way (nor hidden files: locks, temps)
 
 
 def shippable(folder: Path) -> dict[str, tuple[int, int]]:
