@@ -479,6 +479,7 @@ def _bench_3d(args: argparse.Namespace) -> int:
 
     cfg = shape.ShapeBenchConfig(target=args.target, method=args.method, steps=args.steps, seed=args.seed,
                                  resolution=args.resolution, cfg=args.cfg, colourways=args.colourways,
+                                 colourway_shift=args.colourway_shift, uncond_shrink=args.uncond_shrink,
                                  discriminator_lr=args.discriminator_lr, discriminator_steps=args.discriminator_steps)
     report = shape.run(cfg, device=args.device, save=args.save)
     if args.json:
@@ -497,7 +498,8 @@ def _bench_edit(args: argparse.Namespace) -> int:
     cfg = edit.EditBenchConfig(method=args.method, cfg=args.cfg, steps=args.steps, seed=args.seed,
                                variant=args.variant, modes=args.modes, mesh=args.mesh, source=args.source,
                                targets=args.target or [], discriminator_lr=args.discriminator_lr,
-                               discriminator_steps=args.discriminator_steps)
+                               discriminator_steps=args.discriminator_steps,
+                               uncond_shrink=args.uncond_shrink)
     report = edit.run(cfg, device=args.device)
     if args.json:
         _print_json(report)
@@ -619,6 +621,9 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resolution", type=int, default=48, help="render side in pixels")
     p.add_argument("--cfg", type=float, default=1.0)
     p.add_argument("--colourways", type=int, default=3, help="equally likely paints of the target (1: one)")
+    p.add_argument("--colourway-shift", type=float, default=0.6, help="phase step between paints, radians")
+    p.add_argument("--uncond-shrink", type=float, default=0.05,
+                   help="how far the unconditional's renders are pulled towards their mean (0: exactly them)")
     p.add_argument("--discriminator-lr", type=float, default=0.01, help="ε_φ's lr (VSD, ASD: its own NeRF)")
     p.add_argument("--discriminator-steps", type=int, default=4, help="ε_φ updates per generator step")
     p.add_argument("--device", default="cpu")
@@ -639,6 +644,8 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
                    help="what the edit prompt means: one or several equally likely textures")
     p.add_argument("--discriminator-lr", type=float, default=None, help="ε_φ's lr (default: keeping-up value)")
     p.add_argument("--discriminator-steps", type=int, default=None, help="ε_φ updates per step (default: 16)")
+    p.add_argument("--uncond-shrink", type=float, default=0.05,
+                   help="how far the unconditional's textures are pulled towards their mean (0: exactly them)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_bench_edit)

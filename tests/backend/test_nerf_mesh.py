@@ -381,7 +381,8 @@ def test_bench_3d_reports_its_metrics():
                              "30", "--json"], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    assert {"chamfer_l1_rel", "iou", "fscore", "seconds", "steps"} <= set(report)
+    assert {"chamfer_l1_rel", "iou", "fscore", "render_psnr", "saturated", "seconds", "steps"} <= set(report)
+    assert report["settings"]["uncond_shrink"] == 0.05 and report["settings"]["colourway_shift"] == 0.6
     assert report["steps"] == 30 and 0 < report["chamfer_l1_rel"] < 0.5 and 0 <= report["iou"] <= 1
 
 

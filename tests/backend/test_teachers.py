@@ -147,3 +147,55 @@ def test_full_size_shape_has_sd21_parameter_counts():
         unet = UNet2DConditionModel(**builders.SHAPES["sd21-base"]["unet"])
     n = sum(p.numel() for p in unet.parameters())
     assert math.isclose(n, 865_910_724, rel_tol=1e-6)
+
+
+def _texture_teacher(shrink: float):
+    from asd_backend.bench.edit import pattern, uv_sphere
+    from asd_backend.teachers.analytic import RenderedTextureTeacher
+    from asd_backend.texture.edit import to_tensor
+    from asd_backend.texture.raster import NormalisedMesh, UVRasterizer
+
+    raster = UVRasterizer.orbit(NormalisedMesh.from_world(*uv_sphere()), views=4, resolution=16, seed=0)
+    texture = lambda phase: to_tensor(pattern(16, 32, phase), "cpu")[0]  # noqa: E731
+    textures = {"edit": [texture(0.0), texture(0.6)], "source": texture(0.35), "others": [texture(0.8)]}
+    return raster, RenderedTextureTeacher(raster, textures, sigma=0.05, uncond_shrink=shrink)
+
+
+def test_the_vague_unconditional_is_exact_and_pushes_away_from_the_mean():
+    """The rendered teachers' unconditional with `uncond_shrink`: ε̂ is −√(1−ᾱ)·∇log p_t of the mixture of
+    the shrunk components (autograd on the density), and at a mode of the prompt ε_cond − ε_uncond points
+    from that mode to the mean of all components (CFG moves a generator past the mode, away from the
+    mean); without the shrink it vanishes there (CFG does nothing)."""
+    shrink = 0.05
+    raster, teacher = _texture_teacher(shrink)
+    view = raster.views(torch.tensor([0, 1]))
+    centres = torch.stack([teacher.render_component(j, view, 16, 16) * 2 - 1 for j in range(4)], 1)  # [2, 4, 3, H, W]
+    vague = centres + shrink * (centres.mean(1, keepdim=True) - centres)
+    t = torch.tensor([300, 700])
+    a = teacher.alphas_cumprod[t].reshape(-1, 1, 1, 1)
+    x = (a.sqrt() * centres[:, 1] + 0.3 * torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0)))
+    x.requires_grad_(True)
+    var = a * 0.05**2 + 1 - a
+    d2 = ((x[:, None] - a.sqrt()[:, None] * vague) ** 2).flatten(2).sum(-1)  # [2, 4]
+    (score,) = torch.autograd.grad(torch.logsumexp(-d2 / (2 * var.reshape(-1, 1)), 1).sum(), x)
+    uncond = teacher.embed_prompts(["", ""])
+    torch.testing.assert_close(teacher.predict_eps(x.detach(), t, uncond, view), -(1 - a).sqrt() * score,
+                               atol=1e-4, rtol=1e-4)
+
+    # At mode 1 of "edit", noised a little: the push is √(ᾱ(1−ᾱ))·shrink·(μ_1 − mean)/s² away from the mean.
+    t = torch.tensor([200, 200])
+    a = teacher.alphas_cumprod[t].reshape(-1, 1, 1, 1)
+    eps = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    x_t = a.sqrt() * centres[:, 1] + (1 - a).sqrt() * eps
+    cond = teacher.embed_prompts(["edit", "edit"])
+    push = teacher.predict_eps(x_t, t, cond, view) - teacher.predict_eps(x_t, t, uncond, view)
+    expected = (a * (1 - a)).sqrt() * shrink * (centres.mean(1) - centres[:, 1]) / (a * 0.05**2 + 1 - a)
+    torch.testing.assert_close(push, expected, atol=1e-4, rtol=1e-3)
+    _, exact = _texture_teacher(0.0)
+    flat = exact.predict_eps(x_t, t, cond, view) - exact.predict_eps(x_t, t, uncond, view)
+    assert float(flat.abs().max()) < 1e-4 < float(push.abs().max())
+
+
+def test_uncond_shrink_out_of_range_is_refused():
+    with pytest.raises(ValueError, match="uncond_shrink"):
+        _texture_teacher(1.0)

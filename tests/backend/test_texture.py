@@ -124,7 +124,12 @@ def test_bench_edit_scores_a_multimodal_edit_that_must_keep_half_the_texture():
     assert sds_75["psnr_edit"] < sds_1["psnr_edit"] - 3  # the teacher is CFG-sensitive
     asd_75 = bench_edit("--method", "asd", "--cfg", "7.5")
     assert asd_75["spec"]["guidance"]["discriminator_steps"] == 16  # keeping up (docs/method.md)
-    assert asd_75["psnr_edit"] > sds_75["psnr_edit"] + 2 and asd_75["psnr_keep"] >= 25, (asd_75, sds_75)
+    # ASD ahead of SDS at the product's CFG, on the case its settings were chosen on and on one they
+    # were not: a better edit, less over-saturation, the rest of the texture kept.
+    for variant, (asd, sds) in {"0": (asd_75, sds_75), "2": (bench_edit("--method", "asd", "--variant", "2"),
+                                                            bench_edit("--method", "sds", "--variant", "2"))}.items():
+        assert asd["psnr_edit"] > sds["psnr_edit"] + 2 and asd["saturated"] < sds["saturated"] / 2, (variant, asd, sds)
+        assert asd["psnr_keep"] >= 25, (variant, asd)
 
 
 def test_bench_edit_reads_a_mesh_and_textures_from_files(tmp_path):

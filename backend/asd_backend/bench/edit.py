@@ -2,7 +2,8 @@
 
 The teacher (`RenderedTextureTeacher`) is exact and behaves under CFG as real ones do: the edit
 prompt is several equally likely textures (modes), the source prompt the source texture, and the
-unconditional is broad (every mode, the source and other textures). Each mode changes only the
+unconditional is broad and vague (every mode, the source and other textures, each pulled
+`uncond_shrink` towards their mean, so CFG over-saturates: docs/method.md). Each mode changes only the
 edit region; elsewhere every mode equals the source, so an edit must leave it alone. Scores, over
 the texels some view sees:
 
@@ -47,6 +48,8 @@ class EditBenchConfig:
     views: int = 24
     resolution: int = 64
     sigma: float = 0.05
+    uncond_shrink: float = 0.05
+    """How far the unconditional's textures are pulled towards their mean (0: exactly them)."""
     lr: float = 0.02
     discriminator_lr: float | None = None
     """ε_φ's rate (ASD and VSD): unset, the keeping-up values measured for this teacher family."""
@@ -175,7 +178,8 @@ def run(cfg: EditBenchConfig, device: str = "cpu") -> dict[str, Any]:
                                 resolution=cfg.resolution, seed=cfg.seed, device=device)
     tensor = lambda image: to_tensor(image, device)[0]  # noqa: E731
     teacher = RenderedTextureTeacher(raster, {"edit": [tensor(t) for t in targets], "source": tensor(source),
-                                              "others": [tensor(o) for o in others]}, sigma=cfg.sigma, device=device)
+                                              "others": [tensor(o) for o in others]}, sigma=cfg.sigma, device=device,
+                                     uncond_shrink=cfg.uncond_shrink)
     guidance: dict[str, Any] = {"method": cfg.method, "cfg": cfg.cfg}
     if cfg.method in ("asd", "vsd"):
         guidance |= {k: v if getattr(cfg, k) is None else getattr(cfg, k) for k, v in KEEPING_UP.items()}

@@ -1,7 +1,9 @@
 """`asd bench 3d`: text-to-3D against a teacher that knows the answer, through the real training loop.
 
 The teacher (RenderedShapeTeacher) is an exact Gaussian in pixel space around ray-cast renders of a
-target mesh from each sampled camera, with a position-dependent albedo so the shape is well posed.
+target mesh from each sampled camera, with a position-dependent albedo so the shape is well posed;
+the prompt is the target in several paints, the unconditional every paint of the target, a sphere
+and a box, made vague (`uncond_shrink`) so that CFG over-saturates as on a real teacher.
 The NeRF is optimised with the same `generate()` the product runs; its final mesh is compared with
 the target:
 
@@ -118,7 +120,11 @@ class ShapeBenchConfig:
     samples: int = 20_000
     iou_grid: int = 96
     colourways: int = 3
-    """Equally likely paints of the target (and of each distractor): a CFG-sensitive teacher."""
+    """Equally likely paints of the target (and of each distractor): the prompt is a distribution."""
+    colourway_shift: float = 0.6
+    """Phase step between paints, radians (2.4: paints so far apart that no render is near two)."""
+    uncond_shrink: float = 0.05
+    """How far the unconditional's renders are pulled towards their mean: what CFG pushes away from."""
     views: int = 8
     """Held-out views for render_psnr and saturated."""
     discriminator_lr: float = 0.01
@@ -200,7 +206,8 @@ def run(cfg: ShapeBenchConfig, device: str = "cpu", save: str | None = None) -> 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     target = load_target(cfg.target)
     teacher = RenderedShapeTeacher(target, distractor_for(target), resolution=cfg.resolution, sigma=cfg.sigma,
-                                   device=device, colourways=cfg.colourways)
+                                   device=device, colourways=cfg.colourways,
+                                   colourway_shift=cfg.colourway_shift, uncond_shrink=cfg.uncond_shrink)
     import sys
 
     from tqdm import tqdm

@@ -98,14 +98,14 @@ class GaussianMixtureTeacher(Teacher):
         return int(self.means.shape[0])
 
 
-def positional_albedo(points: Tensor, colourway: int = 0) -> Tensor:
+def positional_albedo(points: Tensor, colourway: int = 0, shift: float = 2.4) -> Tensor:
     """A smooth, view-independent colour pattern over space (sRGB in [0.1, 0.9]); each colourway
-    shifts the channels' phases (the same object in another paint).
+    shifts the channels' phases by `shift` radians (the same object in another paint).
 
     Constant albedo would leave only silhouettes, which cannot show concavities; a pattern that
     varies with position makes the shape recoverable from photo-consistency across views.
     """
-    phase = torch.tensor([0.0, 2.1, 4.2], device=points.device) + 2.4 * colourway * torch.tensor(
+    phase = torch.tensor([0.0, 2.1, 4.2], device=points.device) + shift * colourway * torch.tensor(
         [1.0, -0.7, 0.4], device=points.device)
     freq = torch.tensor([[3.0, 1.0, 2.0], [1.0, 3.0, 1.5], [2.0, 1.5, 3.0]], device=points.device)
     return 0.5 + 0.4 * torch.sin(points.float() @ freq.T + phase)
@@ -116,9 +116,18 @@ class RenderedGaussianTeacher(Teacher):
 
     Each component j belongs to one prompt; for prompt k and camera c the data distribution is the
     equal mixture of N(render_j(c), σ²I) over k's components (images in [-1, 1]), and the
-    unconditional one (prompt '') the equal mixture over every component. As for the Gaussian
-    mixture, ε̂ is exact: √(1−ᾱ) Σ_j r_j (x_t − √ᾱ μ_j) / s², s² = ᾱσ² + 1 − ᾱ. Subclasses say what
-    each component's render is; by default one component per prompt.
+    unconditional one (prompt '') the equal mixture over every component, each pulled the fraction
+    `uncond_shrink` of the way towards the mean of them all. As for the Gaussian mixture, ε̂ is exact:
+    √(1−ᾱ) Σ_j r_j (x_t − √ᾱ μ_j) / s², s² = ᾱσ² + 1 − ᾱ. Subclasses say what each component's
+    render is; by default one component per prompt.
+
+    Why the shrink: with the unconditional exactly the mixture of the prompts' components, near a
+    prompt's mode its posterior sits on that same component (thousands of pixels make it sharp at
+    almost every noise level), so ε_uncond = ε_cond and CFG does nothing. A real teacher's
+    unconditional prediction is a vaguer, greyer version of every prompt's; with the shrink
+    ε_cond − ε_uncond ∝ shrink·(mean − μ_j) near mode j, and CFG at scale s moves a point-mass
+    generator (s − 1)·shrink·(μ_j − mean) past the mode: over-saturation growing with s, as the
+    paper shows.
     """
 
     prompts: tuple[str, ...] = ()
@@ -135,8 +144,12 @@ class RenderedGaussianTeacher(Teacher):
         """Several components' renders from the same cameras (subclasses share work between them)."""
         return {j: self.render_component(j, camera, height, width) for j in indices}
 
-    def __init__(self, *, resolution: int, sigma: float, device: str | torch.device) -> None:
+    def __init__(self, *, resolution: int, sigma: float, device: str | torch.device,
+                 uncond_shrink: float = 0.0) -> None:
+        if not 0 <= uncond_shrink < 1:
+            raise ValueError(f"uncond_shrink={uncond_shrink} must be in [0, 1)")
         self.device = torch.device(device)
+        self.uncond_shrink = uncond_shrink
         self.alphas_cumprod = scaled_linear_alphas_cumprod().to(self.device)
         self.prediction_type = EPSILON
         self.trained = True
@@ -166,13 +179,19 @@ class RenderedGaussianTeacher(Teacher):
         centres = {j: image * 2 - 1 for j, image in self.render_components(keys, camera, h, w).items()}
         a = self.alpha_bar(t, x_t).reshape(-1, 1, 1, 1)
         s2 = a * self.sigma**2 + (1 - a)
-        diffs = torch.stack([x_t - a.sqrt() * centres[j] for j in keys], dim=1)  # [B, J, 3, H, W]
+        uncond = cond == UNCONDITIONAL
+        centre = torch.stack([centres[j] for j in keys], dim=1)  # [B, J, 3, H, W]
+        if self.uncond_shrink:
+            vague = centre + self.uncond_shrink * (centre.mean(1, keepdim=True) - centre)
+            centre = torch.where(uncond.reshape(-1, 1, 1, 1, 1), vague, centre)
+        diffs = x_t[:, None] - a.sqrt()[:, None] * centre
         logits = -(diffs**2).flatten(2).sum(-1) / (2 * s2.reshape(-1, 1))  # [B, J]
         # A conditional row keeps only its own prompt's components; unconditional rows all of them.
         own = cond[:, None] == torch.tensor([prompt_of[j] for j in keys], device=x_t.device)[None]
-        logits = torch.where((cond == UNCONDITIONAL)[:, None] | own, logits, torch.full_like(logits, float("-inf")))
+        logits = torch.where(uncond[:, None] | own, logits, torch.full_like(logits, float("-inf")))
         resp = torch.softmax(logits, dim=1)
-        return (1 - a).sqrt() * (resp[:, :, None, None, None] * diffs).sum(1) / s2
+        eps = (1 - a).sqrt() * (resp[:, :, None, None, None] * diffs).sum(1) / s2
+        return eps
 
     @property
     def prompt_count(self) -> int:
@@ -191,13 +210,14 @@ class RenderedShapeTeacher(RenderedGaussianTeacher):
 
     def __init__(self, target, distractor, *, resolution: int, sigma: float = 0.05,
                  background: tuple[float, float, float] = (1.0, 1.0, 1.0), device: str | torch.device = "cpu",
-                 colourways: int = 1) -> None:
-        super().__init__(resolution=resolution, sigma=sigma, device=device)
+                 colourways: int = 1, colourway_shift: float = 2.4, uncond_shrink: float = 0.0) -> None:
+        super().__init__(resolution=resolution, sigma=sigma, device=device, uncond_shrink=uncond_shrink)
         distractors = distractor if isinstance(distractor, (list, tuple)) else [distractor]
         # Components: (mesh, colourway, prompt) — the target's colourways first.
         self.components = [(target, k, 0) for k in range(colourways)] + [
             (mesh, k, 1) for mesh in distractors for k in range(colourways)]
         self.colourways = colourways
+        self.colourway_shift = colourway_shift
         self.target = target
         self.name = "rendered-shape"
         self.description = "exact Gaussian around ray-cast renders of a target mesh"
@@ -219,7 +239,7 @@ class RenderedShapeTeacher(RenderedGaussianTeacher):
 
     def _paint(self, hits, colourway: int) -> Tensor:
         points, mask = hits
-        color = positional_albedo(points.reshape(-1, 3), colourway).reshape(*points.shape)
+        color = positional_albedo(points.reshape(-1, 3), colourway, self.colourway_shift).reshape(*points.shape)
         return torch.where(mask, color, self.background).permute(0, 3, 1, 2)
 
     def render_components(self, indices: Sequence[int], camera, height: int, width: int) -> dict[int, Tensor]:
@@ -248,8 +268,8 @@ class RenderedTextureTeacher(RenderedGaussianTeacher):
     three colourways); prompts nobody asks for (other objects' textures) only widen the unconditional."""
 
     def __init__(self, rasterizer, textures: dict[str, Tensor | Sequence[Tensor]], *, sigma: float = 0.05,
-                 device: str | torch.device = "cpu") -> None:
-        super().__init__(resolution=rasterizer.resolution, sigma=sigma, device=device)
+                 device: str | torch.device = "cpu", uncond_shrink: float = 0.0) -> None:
+        super().__init__(resolution=rasterizer.resolution, sigma=sigma, device=device, uncond_shrink=uncond_shrink)
         self.rasterizer = rasterizer
         self.prompts = tuple(textures)
         self.textures: list[Tensor] = []
