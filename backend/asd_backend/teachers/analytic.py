@@ -190,8 +190,7 @@ class RenderedGaussianTeacher(Teacher):
         own = cond[:, None] == torch.tensor([prompt_of[j] for j in keys], device=x_t.device)[None]
         logits = torch.where(uncond[:, None] | own, logits, torch.full_like(logits, float("-inf")))
         resp = torch.softmax(logits, dim=1)
-        eps = (1 - a).sqrt() * (resp[:, :, None, None, None] * diffs).sum(1) / s2
-        return eps
+        return (1 - a).sqrt() * (resp[:, :, None, None, None] * diffs).sum(1) / s2
 
     @property
     def prompt_count(self) -> int:
