@@ -174,12 +174,12 @@ class RenderedGaussianTeacher(Teacher):
         h, w = x_t.shape[-2:]
         cond = cond.to(x_t.device)
         prompt_of = self.component_prompts
-        wanted = None if bool((cond == UNCONDITIONAL).any()) else set(cond.tolist())
+        uncond = cond == UNCONDITIONAL
+        wanted = None if bool(uncond.any()) else set(cond.tolist())
         keys = [j for j, k in enumerate(prompt_of) if wanted is None or k in wanted]
         centres = {j: image * 2 - 1 for j, image in self.render_components(keys, camera, h, w).items()}
         a = self.alpha_bar(t, x_t).reshape(-1, 1, 1, 1)
         s2 = a * self.sigma**2 + (1 - a)
-        uncond = cond == UNCONDITIONAL
         centre = torch.stack([centres[j] for j in keys], dim=1)  # [B, J, 3, H, W]
         if self.uncond_shrink:
             vague = centre + self.uncond_shrink * (centre.mean(1, keepdim=True) - centre)
