@@ -62,8 +62,9 @@ class Discriminator(nn.Module):
     def trainable_parameters(self) -> list[nn.Parameter]:
         return list(self.parameters())
 
-    def observe(self, z: Tensor, base: Tensor, camera) -> None:
-        """See the generator's render (and ε_φ's conditioning) before a step; most need not."""
+    def observe(self, z: Tensor, base: Tensor, camera, sample_offsets: Tensor | None = None) -> None:
+        """See the generator's render (and ε_φ's conditioning, and for NeRF renders the ray samples'
+        jitter) before a step; most need not."""
 
     def close(self) -> None:
         """Undo what the discriminator did to its teacher (most did nothing)."""
@@ -257,7 +258,7 @@ class TextureGaussianDiscriminator(RenderFamilyDiscriminator):
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [self.texture]
 
-    def observe(self, z: Tensor, base: Tensor, camera) -> None:
+    def observe(self, z: Tensor, base: Tensor, camera, sample_offsets: Tensor | None = None) -> None:
         """Before the first step: M becomes the texture of ε_φ's prompt (in place: optimizers hold M)."""
         if not self.started:
             index = int(base.reshape(-1)[0])
@@ -277,7 +278,13 @@ class FieldGaussianDiscriminator(RenderFamilyDiscriminator):
     occupancy-grid schedule, white background), fitted by the discriminator loss through its renders;
     ε_φ is
     (ε_N(render_ψ(c), σ)(x_t) + γ·ε_teacher(x_t; y)) / (1 + γ). A NeRF holds one render per view
-    for every camera at once, as the texture family's learnable texture does for fixed views."""
+    for every camera at once, as the texture family's learnable texture does for fixed views.
+
+    ψ renders each step's view with the generator's own ray-sample jitter (`observe`'s
+    `sample_offsets`): the generator's render is a function of the camera and of where its samples
+    fell, and ε_φ must model both. Rendered at stratum centres instead, ψ holds the jitter's mean, the
+    generator's jitter enters no term of its gradient, and it grows unopposed into speckle and ragged
+    surfaces (docs/benchmarks.md ▸ the star)."""
 
     def __init__(self, teacher: Teacher, *, gamma: float, nerf) -> None:
         from ..nerf.background import SolidBackground
@@ -294,10 +301,13 @@ class FieldGaussianDiscriminator(RenderFamilyDiscriminator):
                                        nerf.samples_per_ray).to(teacher.device)
         self.steps = 0
         self._rng = torch.Generator().manual_seed(0)  # the occupancy refresh's own draws
+        self.sample_offsets: Tensor | None = None
 
-    def observe(self, z: Tensor, base: Tensor, camera) -> None:
-        """Once per generator step: refresh ψ's occupancy grid when it is due. ψ starts as a fresh NeRF,
-        a blob like the generator's at its first step, and skips empty space from then on."""
+    def observe(self, z: Tensor, base: Tensor, camera, sample_offsets: Tensor | None = None) -> None:
+        """Once per generator step: keep the render's ray-sample jitter and refresh ψ's occupancy grid
+        when it is due. ψ starts as a fresh NeRF, a blob like the generator's at its first step, and
+        skips empty space from then on."""
+        self.sample_offsets = sample_offsets
         field = self.renderer.field
         if self.steps == 0:
             self.renderer.occupancy.update(0, field.density, self.renderer.step_size, self._rng)
@@ -305,7 +315,10 @@ class FieldGaussianDiscriminator(RenderFamilyDiscriminator):
         self.renderer.occupancy.update(self.steps, field.density, self.renderer.step_size, self._rng)
 
     def means(self, camera, height: int, width: int) -> Tensor:
-        return self.renderer(camera, height, width, training=False).rgb.permute(0, 3, 1, 2) * 2 - 1
+        offsets = self.sample_offsets
+        if offsets is not None and offsets.shape[0] != len(camera) * height * width:
+            offsets = None  # not the observed render's rays (other views or sizes): stratum centres
+        return self.renderer(camera, height, width, offsets=offsets).rgb.permute(0, 3, 1, 2) * 2 - 1
 
 
 def build_discriminator(teacher: Teacher, gamma: float, **options) -> Discriminator:

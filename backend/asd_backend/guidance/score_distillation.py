@@ -292,15 +292,17 @@ class ScoreDistillation:
 
     def step(self, optimizer: torch.optim.Optimizer, z: Tensor, c: Conditioning, camera: Any = None, *,
              step: int = 0, generator: torch.Generator | None = None, source: Tensor | None = None,
-             extra: dict[str, Tensor] | None = None, timer: PhaseTimer | None = None) -> dict[str, float]:
+             extra: dict[str, Tensor] | None = None, timer: PhaseTimer | None = None,
+             sample_offsets: Tensor | None = None) -> dict[str, float]:
         """One training step, the same in every loop (3D, 2D, editing, benchmarks): the guidance loss on
         the render z, the weighted `extra` losses (regularisers, already multiplied by their weights),
         ε_φ's loss on the same render (detached, fresh t and ε), then one backward and one optimizer
         step over the generator's and ε_φ's parameters, which are disjoint. Returns the metrics.
-        `timer` (benchmarks) books the teacher, ε_φ, backward and optimizer phases."""
+        `timer` (benchmarks) books the teacher, ε_φ, backward and optimizer phases; `sample_offsets` (NeRF
+        renders) is where the render's ray samples fell, for an ε_φ that renders the same view."""
         phase = phases_of(timer)
         if self.discriminator is not None:
-            self.discriminator.observe(z, c.base, camera)
+            self.discriminator.observe(z, c.base, camera, sample_offsets)
         out = self.generator_loss(z, c, camera, step=step, generator=generator, source=source, timer=timer)
         loss = out.loss
         metrics = out.metrics()

@@ -26,6 +26,7 @@ class RenderOutput:
     depth: Float[Tensor, "B H W 1"]
     samples_evaluated: int = 0  # field evaluations (after empty-space skipping)
     samples_total: int = 0
+    offsets: Float[Tensor, "R S"] | None = None  # each sample's place in its stratum, in [0, 1) (training)
 
 
 def sphere_bounds(origins: Tensor, dirs: Tensor, radius: float) -> tuple[Tensor, Tensor]:
@@ -58,27 +59,35 @@ class VolumeRenderer(nn.Module):
 
     def forward(self, cameras: CameraBatch, height: int, width: int, *, training: bool = False,
                 generator: torch.Generator | None = None, chunk: int = 1 << 14,
-                should_stop: StopCheck = None) -> RenderOutput:
+                should_stop: StopCheck = None, offsets: Tensor | None = None) -> RenderOutput:
+        """Render the cameras. `training` jitters each sample within its stratum (drawn from `generator`,
+        returned as `offsets`); `offsets` [B·H·W, S] places the samples instead (a render made with
+        another render's jitter); neither: stratum centres."""
         origins, dirs = camera_rays(cameras, height, width)
         o, d = origins.reshape(-1, 3), dirs.reshape(-1, 3)
+        if offsets is None and training:
+            offsets = torch.rand(len(o), self.samples_per_ray, generator=generator).to(o.device)
+        if offsets is not None and offsets.shape != (len(o), self.samples_per_ray):
+            raise ValueError(f"offsets must be [rays, samples] = [{len(o)}, {self.samples_per_ray}]; "
+                             f"got {list(offsets.shape)}")
         parts = []
         for i in range(0, len(o), chunk):
             check(should_stop)  # a big preview render takes seconds: a cancel lands between chunks
-            parts.append(self._render_rays(o[i:i + chunk], d[i:i + chunk], training, generator))
+            parts.append(self._render_rays(o[i:i + chunk], d[i:i + chunk],
+                                           None if offsets is None else offsets[i:i + chunk]))
         rgb_fg, opacity, depth = (torch.cat([p[k] for p in parts]) for k in range(3))
         shape = (len(cameras), height, width)
         opacity = opacity.reshape(*shape, 1)
         background = self.background(dirs, augment=training, generator=generator)
         rgb = rgb_fg.reshape(*shape, 3) + (1 - opacity) * background
         return RenderOutput(rgb=rgb, opacity=opacity, depth=depth.reshape(*shape, 1),
-                            samples_evaluated=sum(p[3] for p in parts), samples_total=len(o) * self.samples_per_ray)
+                            samples_evaluated=sum(p[3] for p in parts), samples_total=len(o) * self.samples_per_ray,
+                            offsets=offsets)
 
-    def _render_rays(self, o: Tensor, d: Tensor, training: bool, generator: torch.Generator | None):
+    def _render_rays(self, o: Tensor, d: Tensor, u: Tensor | None):
         n_rays, n_samples = o.shape[0], self.samples_per_ray
         near, far = sphere_bounds(o, d, self.field.radius)
-        if training:
-            u = torch.rand(n_rays, n_samples, generator=generator).to(o.device)
-        else:
+        if u is None:
             u = torch.full((n_rays, n_samples), 0.5, device=o.device)
         span = (far - near)[:, None]
         t = near[:, None] + (torch.arange(n_samples, device=o.device)[None] + u) / n_samples * span  # [R, S]

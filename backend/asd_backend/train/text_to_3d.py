@@ -311,7 +311,7 @@ def _optimise(teacher: Teacher, spec: JobSpec, model: Generator3D, guidance: Sco
         if schedule.opaque_from_step is not None and step >= schedule.opaque_from_step:
             regularisers["opaque"] = schedule.lambda_opaque * opaque
         metrics = guidance.step(optimizer, z, conditioning, cameras, step=step, generator=dev_gen, extra=regularisers,
-                                timer=timer)
+                                timer=timer, sample_offsets=out.offsets)
         metrics["samples_evaluated"], metrics["samples_total"] = out.samples_evaluated, out.samples_total
         # 4. Refresh the record of empty space when it is due.
         with phase("occupancy"):
