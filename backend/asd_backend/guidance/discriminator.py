@@ -74,6 +74,11 @@ class Discriminator(nn.Module):
         """ε_φ(x_t; cond, camera). `teacher_cond` is the generator's own conditioning (ASD's γ term)."""
         raise NotImplementedError
 
+    def expected_loss(self, z: Tensor, camera, t_range: tuple[int, int]) -> Tensor | None:
+        """The discriminator loss averaged over its noise and timesteps in closed form, up to a constant
+        that does not depend on ε_φ, where the family allows it; None: sample t and ε (most do)."""
+        return None
+
     def trainable_state(self) -> dict[str, Tensor]:
         return {k: v.clone() for k, v in self.state_dict().items()}
 
@@ -215,6 +220,8 @@ class RenderFamilyDiscriminator(Discriminator):
     Subclasses say what holds the means (one mean image per view was tried: each learns only when its
     view comes up, V times slower than the generator; docs/method.md)."""
 
+    closed_form = False
+
     def __init__(self, teacher: Teacher, *, gamma: float) -> None:
         super().__init__()
         self._teacher = [teacher]
@@ -230,6 +237,19 @@ class RenderFamilyDiscriminator(Discriminator):
     def means(self, camera, height: int, width: int) -> Tensor:
         """The modelled render from each camera, in [-1, 1]."""
         raise NotImplementedError
+
+    def expected_loss(self, z: Tensor, camera, t_range: tuple[int, int]) -> Tensor | None:
+        """‖ε_φ − ε‖² + γ‖ε_φ − sg(ε_teacher)‖² = ‖own − ε‖²/(1+γ) + (terms free of the means), and for
+        x_t = √ᾱ·z + √(1−ᾱ)·ε, E_ε‖own − ε‖² = ᾱ(1−ᾱ)/s2²·‖z − mean‖² + (terms free of the means):
+
+            E_t,ε[loss] = E_t[ᾱ(1−ᾱ)/s2²] / (1+γ) · ‖z − mean(c)‖² + const."""
+        if not self.closed_form:
+            return None
+        a = self.teacher.alphas_cumprod.to(z.device, torch.float32)[t_range[0]:t_range[1]]
+        s2 = a * torch.exp(2 * self.log_std) + (1 - a)
+        weight = (a * (1 - a) / s2**2).mean() / (1 + self.gamma)
+        mean = self.means(camera, *z.shape[-2:])
+        return weight * torch.nn.functional.mse_loss(mean.float(), z.detach().float())
 
     def predict_eps(self, x_t: Tensor, t: Int[Tensor, " B"], cond: Tensor, camera=None,
                     use_camera: bool = True, teacher_cond: Tensor | None = None) -> Tensor:
@@ -285,6 +305,8 @@ class FieldGaussianDiscriminator(RenderFamilyDiscriminator):
     fell, and ε_φ must model both. Rendered at stratum centres instead, ψ holds the jitter's mean, the
     generator's jitter enters no term of its gradient, and it grows unopposed into speckle and ragged
     surfaces (docs/benchmarks.md ▸ the star)."""
+
+    closed_form = True
 
     def __init__(self, teacher: Teacher, *, gamma: float, nerf) -> None:
         from ..nerf.background import SolidBackground

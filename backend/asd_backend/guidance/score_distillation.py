@@ -342,12 +342,15 @@ class ScoreDistillation:
         if self.discriminator is None:
             raise RuntimeError("SDS has no discriminator to train")
         cfg, total, n = self.config, self.teacher.num_train_timesteps, self.config.discriminator_samples
+        low = int(total * cfg.discriminator_min_step_percent)
+        high = max(low + 1, int(total * cfg.discriminator_max_step_percent))
+        expected = self.discriminator.expected_loss(z.detach(), camera, (low, high))
+        if expected is not None:
+            return expected
         z = z.detach().repeat_interleave(n, dim=0) if n > 1 else z.detach()
         c = _repeat_conditioning(c, n)
         if n > 1:
             camera = map_camera(camera, lambda x: x.repeat_interleave(n, dim=0))
-        low = int(total * cfg.discriminator_min_step_percent)
-        high = max(low + 1, int(total * cfg.discriminator_max_step_percent))
         t = torch.randint(low, high, (z.shape[0],), device=z.device, generator=generator)
         noise = torch.randn(z.shape, device=z.device, dtype=z.dtype, generator=generator)
         x_t = self.teacher.add_noise(z, noise, t)
