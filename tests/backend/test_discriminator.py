@@ -246,3 +246,57 @@ def test_the_nerf_discriminator_of_the_shape_teacher_moves_towards_the_optimum()
     after = gap()
     print(f"NeRF ε_φ gap to the optimum: {before:.3f} → {after:.3f}")
     assert after < 0.7 * before, (before, after)
+
+
+def test_the_nerf_discriminator_trains_on_the_closed_form_expectation_of_its_loss():
+    """ψ's loss, E over t and ε in closed form, differs between two ψ exactly as the sampled ASD loss
+    does on average (the constants free of ψ cancel); and ψ renders the generator's view with the
+    ray-sample jitter `observe` was given."""
+    from asd_backend.bench.shape import distractor_for, load_target
+    from asd_backend.nerf.cameras import orbit_cameras
+    from asd_backend.teachers.analytic import RenderedShapeTeacher
+    from asd_protocol.job_spec import GridSpec, NerfSpec
+
+    torch.manual_seed(0)
+    target = load_target("torus")
+    teacher = RenderedShapeTeacher(target, distractor_for(target), resolution=16, colourways=2)
+    nerf = NerfSpec(grid=GridSpec(n_levels=4, log2_hashmap_size=12, per_level_scale=1.5), samples_per_ray=8,
+                    occupancy_resolution=16, background="white")
+    spec = GuidanceSpec(method="asd")
+    guidance = ScoreDistillation.from_spec(teacher, spec, nerf=nerf, discriminator_min_step_percent=0.2,
+                                           discriminator_max_step_percent=0.9)
+    disc = guidance.discriminator
+    camera = orbit_cameras(torch.tensor([20.0]), torch.tensor([30.0]), torch.tensor([1.3]), torch.tensor([50.0]))
+    z = teacher.render(target, camera, 16, 16, colourway=1) * 2 - 1
+    c = Conditioning(cond=teacher.embed_prompts(["target"]), uncond=teacher.embed_prompts([""]),
+                     base=teacher.embed_prompts(["target"]))
+    offsets = torch.rand(16 * 16, 8, generator=torch.Generator().manual_seed(3))
+    disc.observe(z, c.base, camera, offsets)
+    jittered = disc.renderer(camera, 16, 16, offsets=offsets).rgb.permute(0, 3, 1, 2) * 2 - 1
+    assert torch.equal(disc.means(camera, 16, 16), jittered)
+
+    def losses() -> tuple[float, float]:
+        with torch.no_grad():
+            closed = float(guidance.discriminator_loss(z, c, camera))
+            disc.closed_form = False  # the sampled loss, on 4000 draws of t and ε
+            n = 4000
+            cams = type(camera)(*(getattr(camera, f).expand(n, *getattr(camera, f).shape[1:])
+                                  for f in ("c2w", "fovy_deg", "elevation_deg", "azimuth_deg", "distance")))
+            sampled = float(guidance.discriminator_loss(z.expand(n, -1, -1, -1), _repeat_index(c, n), cams,
+                                                        generator=torch.Generator().manual_seed(5)))
+            disc.closed_form = True
+        return closed, sampled
+
+    disc.sample_offsets = None  # ψ at stratum centres for both estimates (n copies of the view below)
+    closed_a, sampled_a = losses()
+    with torch.no_grad():  # a second ψ: its colours moved
+        disc.renderer.field.feature_network[-1].bias.sub_(3.0)
+    closed_b, sampled_b = losses()
+    print(f"closed form {closed_a:.4f} → {closed_b:.4f}, sampled {sampled_a:.4f} → {sampled_b:.4f}")
+    assert closed_b - closed_a > 0.05, (closed_a, closed_b)
+    assert (sampled_b - sampled_a) == pytest.approx(closed_b - closed_a, rel=0.1), (
+        closed_a, closed_b, sampled_a, sampled_b)
+
+
+def _repeat_index(c: Conditioning, n: int) -> Conditioning:
+    return Conditioning(cond=c.cond.expand(n), uncond=c.uncond.expand(n), base=c.base.expand(n))

@@ -64,6 +64,22 @@ def test_a_sphere_renders_where_it_projects():
     assert (hits & volume).sum() / (hits | volume).sum() > 0.9
 
 
+def test_a_render_can_be_repeated_with_another_renders_jitter():
+    """Training renders jitter each sample in its stratum and return where they fell; a render given
+    those offsets (ε_φ's NeRF, rendering the generator's view) places its samples there."""
+    renderer = VolumeRenderer(SphereField(0.3), SolidBackground((0.0, 0.0, 1.0)), None, samples_per_ray=8)
+    cameras = orbit_cameras(torch.tensor([10.0]), torch.tensor([30.0]), torch.tensor([1.3]), torch.tensor([50.0]))
+    first = renderer(cameras, 24, 24, training=True, generator=torch.Generator().manual_seed(0))
+    second = renderer(cameras, 24, 24, training=True, generator=torch.Generator().manual_seed(1))
+    assert first.offsets.shape == (24 * 24, 8) and 0 <= float(first.offsets.min()) < float(first.offsets.max()) < 1
+    assert not torch.equal(first.rgb, second.rgb)  # 8 samples a ray: where they fall shows at the ball's edge
+    again = renderer(cameras, 24, 24, offsets=first.offsets)
+    assert torch.equal(again.rgb, first.rgb) and torch.equal(again.opacity, first.opacity)
+    assert renderer(cameras, 24, 24).offsets is None  # stratum centres
+    with pytest.raises(ValueError, match=r"offsets must be \[rays, samples\]"):
+        renderer(cameras, 12, 12, offsets=first.offsets)
+
+
 def test_random_cameras_follow_the_official_ranges():
     cams = sample_cameras(256, CameraConfig(), torch.Generator().manual_seed(0))
     assert cams.distance.min() >= 1.0 and cams.distance.max() <= 1.5

@@ -221,6 +221,7 @@ class RenderFamilyDiscriminator(Discriminator):
     view comes up, V times slower than the generator; docs/method.md)."""
 
     closed_form = False
+    """Train on the loss's closed-form expectation over t and ε (`expected_loss`) rather than on draws."""
 
     def __init__(self, teacher: Teacher, *, gamma: float) -> None:
         super().__init__()
@@ -295,8 +296,8 @@ class TextureGaussianDiscriminator(RenderFamilyDiscriminator):
 class FieldGaussianDiscriminator(RenderFamilyDiscriminator):
     """The rendered-shape teacher's family for text-to-3D: the generator's render from camera c is
     modelled as N(render_ψ(c), σ²), ψ a NeRF of ε_φ's own (the generator's architecture and
-    occupancy-grid schedule, white background), fitted by the discriminator loss through its renders;
-    ε_φ is
+    occupancy-grid schedule, white background), fitted by the discriminator loss through its renders
+    (the loss's closed-form expectation over t and ε: sampled, ψ lagged the generator); ε_φ is
     (ε_N(render_ψ(c), σ)(x_t) + γ·ε_teacher(x_t; y)) / (1 + γ). A NeRF holds one render per view
     for every camera at once, as the texture family's learnable texture does for fixed views.
 

@@ -338,7 +338,8 @@ class ScoreDistillation:
 
     def discriminator_loss(self, z: Tensor, c: Conditioning, camera: Any = None,
                            generator: torch.Generator | None = None) -> Tensor:
-        """‖ε_φ − ε‖² + γ·‖ε_φ − sg(ε_teacher(x_t; y))‖² on detached renders, fresh t and ε."""
+        """‖ε_φ − ε‖² + γ·‖ε_φ − sg(ε_teacher(x_t; y))‖² on detached renders, fresh t and ε (or, for an
+        ε_φ whose family allows it, the loss's closed-form expectation over them)."""
         if self.discriminator is None:
             raise RuntimeError("SDS has no discriminator to train")
         cfg, total, n = self.config, self.teacher.num_train_timesteps, self.config.discriminator_samples
