@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from asd_backend.guidance.prompts import Conditioning
-from asd_backend.guidance.score_distillation import ScoreDistillation
+from asd_backend.guidance.score_distillation import ScoreDistillation, map_camera
 from asd_backend.teachers.builders import saved_pipeline
 from asd_backend.teachers.stable_diffusion import StableDiffusionTeacher
 from asd_protocol.job_spec import GuidanceSpec, ModelSpec
@@ -29,7 +29,9 @@ def fixed_loss(guidance, z, c) -> float:
 
 
 def _repeat(c: Conditioning, n: int) -> Conditioning:
-    return Conditioning(cond=c.cond.repeat(n, 1, 1), uncond=c.uncond.repeat(n, 1, 1), base=c.base.repeat(n, 1, 1))
+    """n copies along the batch axis (text embeddings [1, L, D] or analytic prompt indices [1])."""
+    rep = lambda x: x.repeat(n, *([1] * (x.ndim - 1)))  # noqa: E731
+    return Conditioning(cond=rep(c.cond), uncond=rep(c.uncond), base=rep(c.base))
 
 
 def test_the_lora_discriminator_learns_in_bf16_with_fp32_weights(asd_home):
@@ -280,9 +282,8 @@ def test_the_nerf_discriminator_trains_on_the_closed_form_expectation_of_its_los
             closed = float(guidance.discriminator_loss(z, c, camera))
             disc.closed_form = False  # the sampled loss, on 4000 draws of t and ε
             n = 4000
-            cams = type(camera)(*(getattr(camera, f).expand(n, *getattr(camera, f).shape[1:])
-                                  for f in ("c2w", "fovy_deg", "elevation_deg", "azimuth_deg", "distance")))
-            sampled = float(guidance.discriminator_loss(z.expand(n, -1, -1, -1), _repeat_index(c, n), cams,
+            cams = map_camera(camera, lambda x: x.expand(n, *x.shape[1:]))
+            sampled = float(guidance.discriminator_loss(z.expand(n, -1, -1, -1), _repeat(c, n), cams,
                                                         generator=torch.Generator().manual_seed(5)))
             disc.closed_form = True
         return closed, sampled
@@ -296,7 +297,3 @@ def test_the_nerf_discriminator_trains_on_the_closed_form_expectation_of_its_los
     assert closed_b - closed_a > 0.05, (closed_a, closed_b)
     assert (sampled_b - sampled_a) == pytest.approx(closed_b - closed_a, rel=0.1), (
         closed_a, closed_b, sampled_a, sampled_b)
-
-
-def _repeat_index(c: Conditioning, n: int) -> Conditioning:
-    return Conditioning(cond=c.cond.expand(n), uncond=c.uncond.expand(n), base=c.base.expand(n))
