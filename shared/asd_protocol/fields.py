@@ -42,6 +42,21 @@ def clean_text(value: str) -> str:
     return _CONTROL.sub("", value)
 
 
+def shown(value: str) -> str:
+    """Client text as an error may quote it: control characters and lone surrogates written as escapes
+    (`\\x07`, `\\ud800`), so the client sees which character was refused and the reply still encodes."""
+    out = []
+    for ch in value:
+        code = ord(ch)
+        if 0xD800 <= code <= 0xDFFF:
+            out.append(f"\\u{code:04x}")
+        elif _CONTROL.match(ch) or ch in "\t\n\r":
+            out.append(f"\\x{code:02x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
 def check_text(path: str, value: str) -> str:
     """Text every reply can carry: valid Unicode that encodes as UTF-8 (no lone surrogates, which JSON's
     \\ud800 escapes let through) and no control characters. Stored strings pass here first, so a stored

@@ -34,6 +34,7 @@ from .fields import (
     integer,
     number,
     record_to_json,
+    shown,
     spec_field,
     spec_fields,
     text,
@@ -290,8 +291,8 @@ def check_partial(data: Any, path: str = "spec", cls: type = JobSpec) -> dict[st
     out: dict[str, Any] = {}
     for key, value in data.items():
         spec = known.get(key) if isinstance(key, str) else None
-        if spec is None:
-            raise _bad(f"{path}.{key}", f"is not a setting of {path}", f"known: {', '.join(known)}")
+        if spec is None:  # the key is the client's text: quoted escaped, or the error could not be sent
+            raise _bad(f"{path}.{shown(str(key))[:64]}", f"is not a setting of {path}", f"known: {', '.join(known)}")
         if isinstance(spec, Struct):
             out[key] = check_partial(value, f"{path}.{key}", spec.cls)
         else:
@@ -390,7 +391,7 @@ def partial_from_options(kind: str, **options: Any) -> dict[str, Any]:
         if value is None:
             continue
         if name not in paths:
-            raise _bad(f"spec.{name}", f"{name!r} is not a setting of {kind} jobs",
+            raise _bad(f"spec.{shown(name)[:64]}", f"{name!r} is not a setting of {kind} jobs",
                        f"settings: {', '.join(sorted(paths))}")
         set_path(partial, paths[name], value)
     return partial

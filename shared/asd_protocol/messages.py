@@ -29,6 +29,7 @@ from .fields import (
     list_of,
     mapping,
     number,
+    shown,
     spec_field,
     spec_fields,
     struct_list,
@@ -413,8 +414,9 @@ class Error(Message):
 
     @classmethod
     def from_exception(cls, exc: ProtocolError, **header: Any) -> Error:
-        return cls(code=exc.code, message=exc.message[:4000], hint=exc.hint[:4000],
-                   field=None if exc.field is None else exc.field[:256], **header)
+        # An error may quote what a client sent; escaped, so the reply always encodes.
+        return cls(code=exc.code, message=shown(exc.message)[:4000], hint=shown(exc.hint)[:4000],
+                   field=None if exc.field is None else shown(exc.field)[:256], **header)
 
 
 @dataclasses.dataclass(kw_only=True)

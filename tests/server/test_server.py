@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import signal
 import time
@@ -435,6 +436,38 @@ def test_text_that_no_reply_could_carry_is_refused_and_the_job_list_keeps_workin
         listing = client.wait_for(lambda m: m.parent_id == request, timeout=10)
         assert isinstance(listing, Jobs), listing
         assert all("PLACEHOLDER" not in j.prompt and "\ufffd" not in j.prompt for j in listing.jobs)
+
+
+@pytest.mark.parametrize("spec", [
+    b'{"prompt": "a", "schedule": {"\\u0007": 1}}',
+    b'{"prompt": "a", "\\ud800": 1}',
+    b'{"prompt": "a", "guidance": {"x\\u001b[2J": {"\\u0000": 2}}}',
+    b'{"prompt": "a", "nerf": {"grid": {"\\udfff\\u0085": 1}}}',
+])
+def test_a_poisoned_key_in_the_spec_is_refused_by_name_and_the_server_keeps_serving(server, spec):
+    """A control character or lone surrogate in a spec *key* went into the error's field path, the error
+    could not be encoded, and that exception stopped `asd serve` (exit 2), hello or not."""
+    frames = [bytes(f) for f in encode(Submit(spec={"prompt": "PLACEHOLDER"}))]
+    frames[1] = frames[1].replace(b'{"prompt": "PLACEHOLDER"}', spec).replace(b'{"prompt":"PLACEHOLDER"}', spec)
+    assert spec in frames[1]
+    ctx = zmq.Context.instance()
+    raw = ctx.socket(zmq.DEALER)  # no hello: the first thing this peer sends is the poison
+    raw.setsockopt(zmq.LINGER, 0)
+    raw.connect(server.address)
+    try:
+        raw.send_multipart(frames)
+        assert raw.poll(10_000), "no reply"
+        reply = raw.recv_multipart()
+    finally:
+        raw.close()
+    assert b'"error"' in reply[0], reply
+    error = json.loads(reply[1])
+    assert error["code"] == "invalid_field" and error["field"].startswith("content.spec."), error
+    assert "\\" in error["field"], error  # the bad character is shown escaped, not dropped
+    assert server.process.poll() is None, server.log_text()
+    with server.client() as client:  # and it still serves
+        client.wait_for(lambda m: isinstance(m, Welcome), timeout=10)
+        assert follow(client, submit(client, steps=2))[-1][1].status == "completed"
 
 
 def test_a_cancel_while_the_teacher_loads_ends_the_job_at_once_and_the_model_stays_for_the_next(tmp_path, asd_home):

@@ -240,6 +240,14 @@ class Server:
     # -- clients -----------------------------------------------------------------------------------
 
     def _on_client(self, frames: list) -> None:
+        """One client message. Nothing a client sends may leave this: the server outlives every request."""
+        try:
+            self._handle_client(frames)
+        except Exception:
+            log.exception("a client message could not be handled")
+            event("request_failed", error="a client message could not be handled (see the server log)")
+
+    def _handle_client(self, frames: list) -> None:
         identity = bytes(frames[0].buffer)
         if self.allow_list is not None:
             # ZAP checks a key once, at the handshake; a key removed since keeps its connection, so every
