@@ -53,7 +53,7 @@ def _load_teacher(spec, device: str):
 
     teacher = load_teacher(spec.model.teacher, device)
     notice = artifacts.teacher_notice(teacher)
-    for line in (notice, teacher.truncation_warning(spec.prompt)):
+    for line in (notice, teacher.prompt_warning(spec.prompt)):
         if line:
             _say(f"warning: {line}")
     return teacher, notice
@@ -363,11 +363,13 @@ def _add_server_commands(sub: argparse._SubParsersAction) -> None:
     from .server.auth import DEFAULT_CURVE_DIR
     from .server.limits import ServerLimits
     from .spec_flags import add_spec_flags
+    from .teachers.registry import usage as teacher_usage
 
     p = sub.add_parser("serve", help="run the backend: a ZeroMQ job server for Blender and `asd submit`")
     p.add_argument("--bind", default="tcp://127.0.0.1:5555", help="address to listen on (loopback by default)")
     p.add_argument("--results", default="asd-results", help="folder for jobs, meshes and checkpoints")
-    p.add_argument("--teacher", default=DEFAULT_TEACHER, help="default teacher: sd[:ID_OR_PATH] | tiny | random-sd21")
+    p.add_argument("--teacher", default=DEFAULT_TEACHER, help=f"default teacher: {teacher_usage()} (default: "
+                   f"{DEFAULT_TEACHER})")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (one worker)")
     p.add_argument("--gpus", default=None, help="one worker per GPU, e.g. 0,1")
     p.add_argument("--curve-dir", default=None, help="CURVE keys (asd keys init); required off loopback")
@@ -593,7 +595,7 @@ def _print_speed(report: dict, fast: dict | None = None, speedup: dict | None = 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
     bench = sub.add_parser("bench", help="benchmarks that print JSON")
-    kinds = bench.add_subparsers(dest="bench", required=True, metavar="{protocol,2d,3d,edit,serve,speed}")
+    kinds = bench.add_subparsers(dest="bench", required=True, metavar="{protocol,2d,3d,toy,edit,serve,speed}")
     p = kinds.add_parser("protocol", help="mesh-frame throughput over loopback ZeroMQ")
     p.add_argument("--triangles", type=int, default=1_000_000)
     p.add_argument("--messages", type=int, default=40)
@@ -630,6 +632,10 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--save", default=None, metavar="MESH", help="also write the reconstruction (.glb/.obj/.ply)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_bench_3d)
+
+    from .bench import toy
+
+    toy.add_cli(kinds)
 
     p = kinds.add_parser("edit", help="texture editing against an exact, CFG-sensitive teacher")
     p.add_argument("--method", choices=["sds", "dds", "vsd", "asd"], default="asd")
@@ -668,7 +674,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
 
     p = kinds.add_parser("speed", help="seconds per step by phase, extraction time and peak GPU memory of a preset")
     p.add_argument("--preset", default="standard", help="a preset, or several: preview,standard,paper")
-    p.add_argument("--teacher", default="random-sd21", help="random-sd21 (full size, random weights) | tiny | sd")
+    p.add_argument("--teacher", default="random-sd21", help="random-sd21 (full size, random weights) | toy | tiny | sd")
     p.add_argument("--device", default="auto")
     p.add_argument("--method", choices=["asd", "vsd", "sds"], default="asd")
     p.add_argument("--steps", type=int, default=20, help="steps timed after the warm-up")
@@ -691,6 +697,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(sub)
     _add_image(sub)
     _add_bench(sub)
+    from .toy.cli import add_toy
+
+    add_toy(sub)
     return parser
 
 

@@ -34,7 +34,8 @@ class ASD_AddonPreferences(AddonPreferences):
                                    description="A Python with the ASD backend installed (for example the "
                                                "project's .venv/bin/python), used by Start local backend")
     backend_teacher: StringProperty(name="Teacher", default="sd",
-                                    description="Teacher of the local backend: sd, sd:PATH, tiny or random-sd21")
+                                    description="Teacher of the local backend: sd, sd:PATH, toy (trained here, "
+                                                "runs on a CPU), tiny or random-sd21")
     backend_results: StringProperty(name="Results folder", default="", subtype="DIR_PATH",
                                     description="Where the local backend keeps jobs (default: a folder in the "
                                                 "user's temp directory)")

@@ -60,7 +60,8 @@ class ModelSpec:
     """Model: the diffusion teacher."""
 
     teacher: str | None = text(None, optional=True, max_len=512,
-                               doc="sd[:ID_OR_PATH] | tiny | random-sd21; unset: the server's default (SD 2.1-base)")
+                               doc="sd[:ID_OR_PATH] | toy | tiny | random-sd21 (welcome lists what a server offers); "
+                                   "unset: the server's default (SD 2.1-base)")
     discriminator_model: str | None = text(
         None, optional=True, max_len=512,
         doc="hub id or folder of a separate diffusers model for ε_φ's UNet, v-prediction models included (the "
@@ -203,7 +204,8 @@ class JobSpec:
     seed: int | None = integer(None, optional=True, lo=0, hi=2**32 - 1,
                                doc="random seed (unset: a random one, recorded in the resolved spec)")
     preset: str = text(DEFAULT_PRESET, max_len=32, pattern=NAME_PATTERN, pattern_hint="a preset name",
-                       doc="smoke | preview | standard | paper: a partial spec under the fields you set")
+                       doc="smoke | toy | preview | standard | paper: a partial spec under the fields you set "
+                           "(unset: the teacher's own preset, else preview)")
     model: ModelSpec = _section(ModelSpec)
     guidance: GuidanceSpec = _section(GuidanceSpec)
     nerf: NerfSpec = _section(NerfSpec)

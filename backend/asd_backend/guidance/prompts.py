@@ -63,6 +63,22 @@ def wrap_azimuth(azimuth_deg: Tensor) -> Tensor:
     return (azimuth_deg + 180) % 360 - 180
 
 
+def view_prompt(prompt: str, direction: int) -> str:
+    """"a red mug" → "a red mug, front view": the one place the view suffix is written."""
+    return f"{prompt}, {DIRECTIONS[direction]} view"
+
+
+def view_direction(elevation_deg: Tensor, azimuth_deg: Tensor, config: ViewPromptConfig) -> Tensor:
+    """Index into DIRECTIONS for each view; later rules win, as in the official code. The toy teacher's
+    captions use this too, so its training data names views exactly as the product asks for them."""
+    azimuth = wrap_azimuth(azimuth_deg)
+    index = torch.full_like(azimuth, SIDE, dtype=torch.long)
+    index[(azimuth > -config.front_threshold) & (azimuth < config.front_threshold)] = FRONT
+    index[(azimuth > 180 - config.back_threshold) | (azimuth < -180 + config.back_threshold)] = BACK
+    index[elevation_deg > config.overhead_threshold] = OVERHEAD
+    return index
+
+
 class PromptBank:
     """A prompt's embeddings, computed once, and the conditioning for any batch of cameras."""
 
@@ -74,21 +90,14 @@ class PromptBank:
         self.prompt = prompt
         self.negative_prompt = negative_prompt
         self.config = config or ViewPromptConfig()
-        self.view_prompts = [f"{prompt}, {d} view" for d in DIRECTIONS]
+        self.view_prompts = [view_prompt(prompt, d) for d in range(len(DIRECTIONS))]
         texts = [prompt, negative_prompt] + (self.view_prompts if self.config.view_dependent else [])
         embedded = teacher.embed_prompts(texts)
         self.base, self.uncond = embedded[0:1], embedded[1:2]
         self.views = embedded[2:] if self.config.view_dependent else None
 
     def direction(self, elevation_deg: Tensor, azimuth_deg: Tensor) -> Tensor:
-        """Index into DIRECTIONS for each view; later rules win, as in the official code."""
-        c = self.config
-        azimuth = wrap_azimuth(azimuth_deg)
-        index = torch.full_like(azimuth, SIDE, dtype=torch.long)
-        index[(azimuth > -c.front_threshold) & (azimuth < c.front_threshold)] = FRONT
-        index[(azimuth > 180 - c.back_threshold) | (azimuth < -180 + c.back_threshold)] = BACK
-        index[elevation_deg > c.overhead_threshold] = OVERHEAD
-        return index
+        return view_direction(elevation_deg, azimuth_deg, self.config)
 
     def conditioning(self, elevation_deg: Tensor | None = None, azimuth_deg: Tensor | None = None,
                      batch_size: int | None = None) -> Conditioning:

@@ -51,6 +51,7 @@ from asd_protocol.job_spec import DEFAULT_TEACHER, METHODS, merge
 from asd_protocol.messages import now_iso
 
 from .. import __version__
+from ..teachers.registry import TEACHERS, describe
 from ..train.presets import PRESETS, resolve_spec
 from . import auth
 from .commands import WORKER_TYPES, WorkerReady
@@ -63,10 +64,6 @@ from .workers import Pool, WorkerPool
 log = logging.getLogger("asd.server")
 
 KINDS = ("generate", "image", "edit_texture")
-TEACHER_INFO = {
-    "tiny": "built-in tiny random SD-shaped pipeline: UNTRAINED, outputs are noise (tests and demos)",
-    "random-sd21": "SD 2.1-base architecture with random weights: UNTRAINED (speed and memory figures)",
-}
 PROGRESS_EVERY = 1.0
 LOCAL_USER = "local"  # the user of every client on a server without CURVE (loopback, or --insecure)
 
@@ -81,7 +78,7 @@ class ServerConfig:
     bind: str = "tcp://127.0.0.1:5555"
     results: Path = Path("asd-results")
     teacher: str = DEFAULT_TEACHER
-    """Default teacher spec (see teachers/__init__.py); `tiny` is always offered as well."""
+    """Default teacher spec (teachers/registry.py); the built-in teachers are always offered as well."""
     device: str = "auto"
     gpus: list[int] | None = None
     """One worker per listed GPU; None: one worker on `device`."""
@@ -131,7 +128,8 @@ class Server:
         # job id -> (the worker's newest progress, when it arrived, when it was last sent): re-sent every
         # second with its ETA counted down from the worker's (the one place an ETA is computed).
         self.last_progress: dict[str, tuple[Progress, float, float]] = {}
-        self.teachers = list(dict.fromkeys([config.teacher, "tiny"]))
+        # The default, and the teachers that ship with the product (no download, small: the toy and tiny).
+        self.teachers = list(dict.fromkeys([config.teacher, *(e.name for e in TEACHERS.values() if e.builtin)]))
         self.ctx = zmq.Context()
         self.authenticator = None
         self.allow_list: auth.AllowList | None = None
@@ -311,8 +309,7 @@ class Server:
 
     def _hello(self, peer: Peer, msg: Hello) -> None:
         event("hello", client=peer.user, client_name=msg.client, protocol=msg.protocol_version)
-        teachers = [TeacherInfo(name=t, description=TEACHER_INFO.get(t, f"diffusers model {t}"),
-                                trained=t not in TEACHER_INFO) for t in self.teachers]
+        teachers = [TeacherInfo(name=t, description=describe(t)[0], trained=describe(t)[1]) for t in self.teachers]
         self.delivery.send(peer, msg.reply(
             Welcome, server=f"asd-backend/{__version__}", server_id=self.server_id, protocol_version=PROTOCOL_VERSION,
             capabilities=list(KINDS), teachers=teachers, default_teacher=self.config.teacher,

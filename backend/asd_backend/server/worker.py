@@ -171,7 +171,7 @@ class Worker:
         name = spec.model.teacher
         self.emit(Progress(job_id=job_id, phase="loading", message=f"loading teacher {name}"))
         teacher = self.teacher(name, self._should_stop(job_id))
-        for notice in (teacher_notice(teacher), teacher.truncation_warning(spec.prompt)):
+        for notice in (teacher_notice(teacher), teacher.prompt_warning(spec.prompt)):
             if notice:
                 self.emit(Log(job_id=job_id, level="warning", text=clean_text(notice)[:4000]))
         return teacher

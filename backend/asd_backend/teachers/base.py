@@ -67,8 +67,9 @@ class Teacher(ABC):
     def embed_prompts(self, prompts: Sequence[str]) -> Tensor:
         """Conditioning for each prompt, stacked on dim 0. The empty prompt is the unconditional."""
 
-    def truncation_warning(self, prompt: str) -> str | None:
-        """A warning when the text encoder would cut `prompt` short, or None (analytic teachers: never)."""
+    def prompt_warning(self, prompt: str) -> str | None:
+        """A one-line warning when this teacher cannot read all of `prompt` (too long for its text encoder, words
+        it never learned), or None."""
         return None
 
     @abstractmethod

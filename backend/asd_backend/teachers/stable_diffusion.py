@@ -164,7 +164,7 @@ class StableDiffusionTeacher(Teacher):
                 self._embeddings[prompt] = h
         return torch.stack([self._embeddings[p] for p in prompts])
 
-    def truncation_warning(self, prompt: str) -> str | None:
+    def prompt_warning(self, prompt: str) -> str | None:
         # The view suffix (", overhead view") comes on top of the prompt in 3D jobs.
         limit = self.tokenizer.model_max_length
         used = len(self.tokenizer(prompt + ", overhead view").input_ids)

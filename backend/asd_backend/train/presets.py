@@ -12,6 +12,8 @@ from typing import Any
 
 from asd_protocol.job_spec import JobSpec, Preset, resolve
 
+from ..teachers.registry import default_preset
+
 # A hash grid small enough for CPU tests and demos.
 CPU_GRID = {"n_levels": 8, "n_features_per_level": 2, "log2_hashmap_size": 14, "base_resolution": 16,
             "per_level_scale": 1.5}
@@ -23,6 +25,13 @@ PRESETS: dict[str, Preset] = {
         "schedule": {"steps": 12, "resolution_schedule": [[0, 32]], "checkpoint_every": 6},
         "output": {"mesh_every": 6, "preview_mc_resolution": 48, "preview_face_budget": 4000, "mc_resolution": 64,
                    "preview_render": 64, "turntable_size": 64}}),
+    # The toy teacher's own preset: its native 32² renders, and what fits 10 minutes on 2 CPU cores.
+    "toy": Preset("the toy teacher on a CPU: 32² renders, a real object in minutes", {
+        "nerf": {"grid": CPU_GRID, "samples_per_ray": 64, "occupancy_resolution": 32, "occupancy_update_every": 8,
+                 "occupancy_warmup_steps": 64},
+        "schedule": {"steps": 1200, "resolution_schedule": [[0, 32]], "checkpoint_every": 200},
+        "output": {"mesh_every": 200, "first_mesh_seconds": 20.0, "preview_mc_resolution": 64,
+                   "preview_face_budget": 8000, "mc_resolution": 128, "preview_render": 128, "turntable_size": 128}}),
     "preview": Preset("a quick look on a GPU (goal: under 3 minutes)"),
     "standard": Preset("good results on a GPU in about half an hour (fits in 16 GB)", {
         "nerf": {"samples_per_ray": 128},
@@ -38,5 +47,11 @@ PRESETS: dict[str, Preset] = {
 
 
 def resolve_spec(partial: Mapping[str, Any], seed: int | None = None, path: str = "spec") -> JobSpec:
-    """A client's partial spec resolved with this backend's presets (raises ProtocolError naming the field)."""
+    """A client's partial spec resolved with this backend's presets (raises ProtocolError naming the field).
+    A spec that names no preset gets its teacher's (the toy teacher's is sized for a CPU)."""
+    if "preset" not in partial and isinstance(partial.get("model"), Mapping):
+        teacher = partial["model"].get("teacher")
+        preset = default_preset(teacher) if isinstance(teacher, str) else None
+        if preset is not None:
+            partial = {**partial, "preset": preset}
     return resolve(partial, PRESETS, seed=seed, path=path)

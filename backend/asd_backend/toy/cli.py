@@ -1,0 +1,47 @@
+"""`asd toy …`: train the toy teacher and its judge, and sample from them."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ..dataclass_flags import add_dataclass_flags, dataclass_from_args
+
+
+def _train(args: argparse.Namespace) -> int:
+    from ..teachers.builders import cache_root
+    from .train_teacher import ToyTeacherTrainer, ToyTrainingConfig
+
+    config = dataclass_from_args(ToyTrainingConfig, args)
+    folder = ToyTeacherTrainer(config, cache=cache_root() / "toy-data").run()
+    print(json.dumps({"pipeline": str(folder)}))
+    return 0
+
+
+def _train_judge(args: argparse.Namespace) -> int:
+    from ..teachers.builders import cache_root
+    from .judge import JudgeTrainingConfig, train_judge
+
+    record = train_judge(dataclass_from_args(JudgeTrainingConfig, args), cache=cache_root() / "toy-data")
+    print(json.dumps(record))
+    return 0
+
+
+def add_toy(sub: argparse._SubParsersAction) -> None:
+    toy = sub.add_parser("toy", help="the toy teacher: a small SD-shaped model trained here on a world of known "
+                         "objects")
+    actions = toy.add_subparsers(dest="toy", required=True)
+    p = actions.add_parser("train", help="train the toy teacher from scratch (resumes from --out's checkpoint)",
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    from .train_teacher import ToyTrainingConfig
+
+    add_dataclass_flags(p, ToyTrainingConfig)
+    p.set_defaults(handler=_train)
+    from .judge import JudgeTrainingConfig
+
+    p = actions.add_parser("train-judge", help="train the judge (shape, colour, azimuth) on renders of other seeds")
+    add_dataclass_flags(p, JudgeTrainingConfig)
+    p.set_defaults(handler=_train_judge)
+
+
+__all__ = ["add_toy"]

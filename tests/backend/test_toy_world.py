@@ -1,0 +1,133 @@
+"""The toy world: exact shapes where the issue puts them, renders through the product's cameras, the
+trainer's checkpoint and resume, and the scores of `asd bench toy` on answers known exactly."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from asd_backend.nerf.cameras import orbit_cameras
+from asd_backend.toy.render import render_objects
+from asd_backend.toy.world import COLOURS, SHAPES, WorldObject, all_objects, output_to_field, parse_prompt
+
+
+def inside(shape: str, *points) -> list[bool]:
+    return (WorldObject(shape, "red").sdf(torch.tensor(points, dtype=torch.float32)) < 0).tolist()
+
+
+def test_the_shapes_are_where_the_issue_puts_them():
+    assert inside("cube", (0.24, 0.24, 0.24), (0.26, 0, 0)) == [True, False]
+    assert inside("sphere", (0, 0, 0.34), (0.25, 0.25, 0.0)) == [True, False]  # |·| = 0.354
+    assert inside("cylinder", (0.24, 0, 0.29), (0, 0, 0.31), (0.26, 0, 0)) == [True, False, False]
+    assert inside("cone", (0.29, 0, -0.29), (0, 0, 0.29), (0.2, 0, 0.1)) == [True, True, False]
+    assert inside("torus", (0.26, 0, 0.09), (0, 0, 0), (0.26, 0, 0.11)) == [True, False, False]
+    # The mug: hollow above its 0.04 base, a 0.03 wall, the handle on +X (the right, seen from the front).
+    assert inside("mug", (0, 0, -0.2), (0, 0, 0), (0.185, 0, 0), (0.3, 0, 0), (-0.3, 0, 0)) == [
+        True, False, True, True, False]
+    # The chair faces −Y: its backrest is at +Y, above the seat; legs in the corners.
+    assert inside("chair", (0, 0.2, 0.3), (0, -0.2, 0.3), (0.2, 0.2, -0.3), (0, 0, -0.3)) == [True, False, True, False]
+
+
+def test_captions_and_prompts():
+    assert len(all_objects()) == 56
+    assert WorldObject("mug", "orange").caption == "an orange mug"
+    assert WorldObject("cube", "red").caption == "a red cube"
+    assert parse_prompt("A blue chair, front view") == WorldObject("chair", "blue")
+    assert parse_prompt("a ceramic teapot") is None
+    assert parse_prompt("a red blue cube") is None
+
+
+def covered_columns(shape: str, azimuth: float, size: int = 64) -> torch.Tensor:
+    cameras = orbit_cameras(torch.tensor([0.0]), torch.tensor([azimuth]), torch.tensor([1.3]), torch.tensor([50.0]))
+    coverage = render_objects([WorldObject(shape, "red")], cameras, size).coverage[0, 0]
+    return coverage.sum(0)  # covered pixels per image column
+
+
+def test_renders_use_the_product_cameras_and_frame():
+    # Seen from the front (azimuth 0 in the NeRF's frame), the mug's handle is on the right of the image.
+    columns = covered_columns("mug", 0.0)
+    centre = columns.argmax()  # the cup is the tallest part
+    occupied = torch.nonzero(columns > 0.5).flatten()
+    assert occupied.max() - centre > centre - occupied.min() + 3
+    # The sphere's silhouette has the radius the pinhole camera predicts: tan(asin(r/d)) / tan(fov/2) · S/2.
+    size, d, r = 64, 1.3, 0.35
+    area = float(render_objects([WorldObject("sphere", "red")], orbit_cameras(
+        torch.tensor([10.0]), torch.tensor([33.0]), torch.tensor([d]), torch.tensor([50.0])), size).coverage.sum())
+    radius_px = math.tan(math.asin(r / d)) / math.tan(math.radians(25)) * size / 2
+    assert area == pytest.approx(math.pi * radius_px**2, rel=0.03)
+    # The frame: the chair's backrest (+Y, the output frame's back) is at the field's −X.
+    assert output_to_field(torch.tensor([[0.0, 1.0, 0.0]])).tolist() == [[-1.0, 0.0, 0.0]]
+
+
+def test_shading_follows_the_fixed_light_and_paints_are_exact():
+    cameras = orbit_cameras(torch.zeros(2), torch.tensor([0.0, 180.0]), torch.full((2,), 1.3), torch.full((2,), 50.0))
+    render = render_objects([WorldObject("cube", "blue")] * 2, cameras, 32)
+    image = render.over(torch.ones(3))
+    centre = image[:, :, 14:18, 14:18].mean((2, 3))
+    # Front face lit by the front light; the back face gets the ambient only: same hue, darker.
+    assert (centre[0] > centre[1]).all()
+    blue = torch.tensor(COLOURS["blue"]) / 255
+    assert torch.argmax(centre[0]) == torch.argmax(blue) == torch.argmax(centre[1])
+
+
+def test_the_trainer_runs_checkpoints_resumes_and_saves_a_pipeline_the_product_loads(tmp_path, asd_home):
+    from asd_backend.teachers import load_teacher
+    from asd_backend.toy.train_teacher import ToyTeacherTrainer, ToyTrainingConfig
+
+    def config(steps: int) -> ToyTrainingConfig:
+        return ToyTrainingConfig(out=tmp_path / "run", views_per_object=1, vae_steps=4, vae_batch=4, steps=steps,
+                                 batch=4, checkpoint_every=2, validate_every=100, warmup_steps=2,
+                                 validation_steps=2)
+
+    first = ToyTeacherTrainer(config(3), cache=tmp_path / "cache", progress=False)
+    first.run()
+    log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()] if (
+        tmp_path / "run" / "train_log.jsonl").exists() else []
+    assert all(math.isfinite(r["loss"]) for r in log)
+    second = ToyTeacherTrainer(config(5), cache=tmp_path / "cache", progress=False)
+    assert second.load_checkpoint() and second.stage == "unet" and second.step == 3
+    folder = second.run()
+    assert second.step == 5 and (tmp_path / "run" / "validation" / "step_000005.png").is_file()
+    record = json.loads((folder / "training.json").read_text())
+    assert record["unet_steps"] == 5 and record["data_version"] >= 1
+    teacher = load_teacher(f"sd:{folder}", "cpu")  # the same from_pretrained as Stable Diffusion
+    assert teacher.native_resolution == 32 and teacher.trained
+    # A run with other data settings refuses the checkpoint instead of mixing them.
+    other = ToyTeacherTrainer(ToyTrainingConfig(out=tmp_path / "run", views_per_object=2), cache=tmp_path / "cache",
+                              progress=False)
+    with pytest.raises(ValueError, match="other settings"):
+        other.load_checkpoint()
+
+
+def test_bench_scores_are_right_on_known_answers():
+    from asd_backend.bench.toy import ToyBenchConfig, held_out_cameras, render_scores, shape_scores
+    from asd_backend.mesh.extract import Mesh
+    from asd_backend.toy.render import render_objects as render
+
+    cfg = ToyBenchConfig(prompt="a green cone", exact_resolution=96, samples=4000, iou_grid=32)
+    from asd_backend.bench.toy import exact_mesh
+
+    cone = exact_mesh("cone", 128)
+    mesh = Mesh(vertices=cone.vertices.astype("float32"), faces=cone.faces.astype("int64"))
+    scores = shape_scores(mesh, WorldObject("cone", "green"), cfg)
+    assert scores["nearest_shape"] == "cone" and scores["chamfer_l1_rel"] < 0.012 and scores["iou"] > 0.95
+    cameras = held_out_cameras(4)
+    exact = render([WorldObject("cone", "green")] * 4, cameras, 32).over(torch.ones(3))
+    good = render_scores(exact, WorldObject("cone", "green"), cameras, 32)
+    assert good["nearest_colour"] == "green" and good["render_psnr"] > 40 and good["saturated"] == 0
+    wrong = render([WorldObject("cone", "purple")] * 4, cameras, 32).over(torch.ones(3))
+    bad = render_scores(wrong, WorldObject("cone", "green"), cameras, 32)
+    assert bad["nearest_colour"] == "purple" and bad["render_psnr"] < good["render_psnr"] - 15
+    with pytest.raises(ValueError, match="names no world object"):
+        ToyBenchConfig(prompt="a ceramic teapot")
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_every_shape_renders_something_inside_its_bounds(shape):
+    cameras = orbit_cameras(torch.tensor([20.0]), torch.tensor([40.0]), torch.tensor([1.3]), torch.tensor([50.0]))
+    coverage = render_objects([WorldObject(shape, "white")], cameras, 32).coverage
+    assert 0.05 < float(coverage.mean()) < 0.6
+    assert float(coverage[..., 0, :].sum() + coverage[..., -1, :].sum()) == 0  # nothing touches the frame
