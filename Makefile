@@ -5,7 +5,7 @@ TORCH ?= torch==2.13.0
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.asd-installed
-PROMPT ?= a ceramic teapot
+PROMPT ?= a red mug
 
 .PHONY: test demo addon lint bench-protocol clean
 

@@ -258,7 +258,7 @@ def _serve(args: argparse.Namespace) -> int:
                           max_queued_per_user=args.max_queued_per_user, max_queued=args.max_queued,
                           max_pending_replies=args.max_pending_replies, max_pending_bytes=args.max_pending_mib << 20,
                           ray=args.ray, min_workers=args.min_workers, max_workers=args.max_workers,
-                          ray_resource=args.ray_resource)
+                          ray_resource=args.ray_resource, discriminator_models=tuple(args.discriminator_model))
     server = Server(config)
 
     def graceful(signum: int, frame: object) -> None:
@@ -385,6 +385,8 @@ def _add_server_commands(sub: argparse._SubParsersAction) -> None:
                         "docs/cluster.md)")
     p.add_argument("--min-workers", type=int, default=1, help="--ray: actors kept even when idle")
     p.add_argument("--max-workers", type=int, default=1, help="--ray: actors at most, started while jobs wait")
+    p.add_argument("--discriminator-model", action="append", default=[], metavar="ID_OR_PATH",
+                   help="a model jobs may name as model.discriminator_model (repeatable; default: none)")
     p.add_argument("--ray-resource", default="GPU",
                    help="--ray: what each actor asks for: GPU (one each), CPU, or a custom resource's name")
     for f in dataclasses.fields(ServerLimits):
@@ -434,7 +436,8 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="end to end: a local backend, a prompt, streamed meshes under outputs/")
-    p.add_argument("--prompt", default="a ceramic teapot")
+    p.add_argument("--prompt", default="a red mug", help="what to make (without SD weights: a world prompt, "
+                   "a colour and a shape)")
     p.add_argument("--outputs", default="outputs")
     p.set_defaults(handler=_demo)
 

@@ -470,6 +470,22 @@ def test_a_poisoned_key_in_the_spec_is_refused_by_name_and_the_server_keeps_serv
         assert follow(client, submit(client, steps=2))[-1][1].status == "completed"
 
 
+def test_a_client_cannot_make_the_server_open_a_discriminator_model_it_does_not_offer(server, tmp_path):
+    """model.discriminator_model loaded any server path or hub id, and the error said whether a path existed."""
+    existing = tmp_path / "a-real-folder"
+    existing.mkdir()
+    answers = []
+    with server.client() as client:
+        client.wait_for(lambda m: isinstance(m, Welcome), timeout=10)
+        for name in ("/etc", "../../etc", str(existing), "/no/such/folder", "someone/some-repo"):
+            request = client.submit("a teapot", preset="smoke", steps=2, discriminator_model=name)
+            reply = client.wait_for(lambda m, r=request: m.parent_id == r, timeout=30)
+            assert isinstance(reply, Error), reply
+            answers.append((reply.code, reply.field, reply.message, reply.hint))
+    assert answers[0][1] == "content.spec.model.discriminator_model"
+    assert len(set(answers)) == 1, answers  # the same answer whether or not the path exists
+
+
 def test_a_cancel_while_the_teacher_loads_ends_the_job_at_once_and_the_model_stays_for_the_next(tmp_path, asd_home):
     with running_server(tmp_path / "results", free_port()) as server, server.client() as client:
         job = submit(client, steps=400)  # the server's first job: the worker loads the teacher (cold)

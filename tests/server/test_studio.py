@@ -64,6 +64,21 @@ def test_keys_are_private_from_the_moment_they_exist_whatever_the_umask(tmp_path
     auth.check_permissions(curve)  # as created: accepted
 
 
+def test_the_results_folder_is_private_whatever_the_umask(tmp_path, asd_home):
+    """Under umask 000 the results folder was 0777 and job.json 0666: any local user could rewrite a job's owner."""
+    results = tmp_path / "results"
+    results.mkdir(mode=0o777)
+    os.chmod(results, 0o777)  # an existing, open folder is closed too
+    with umask(0), running_server(results, free_port()) as server, server.client() as client:
+        job = reply_to(client, client.submit("a teapot", preset="smoke", steps=2))
+        assert isinstance(job, Accepted), job
+        client.wait_for(lambda m: m.job_id == job.job_id and isinstance(m, Done), timeout=120)
+    paths = [results, *results.rglob("*")]
+    assert len(paths) > 5, paths
+    widened = [(str(p.relative_to(tmp_path)), oct(mode(p))) for p in paths if mode(p) & 0o077]
+    assert not widened
+
+
 @pytest.mark.parametrize(("target", "bad_mode", "fix"), [
     ("server.key_secret", 0o644, "chmod 600"),
     (auth.AUTHORIZED, 0o777, "chmod 700"),
@@ -226,3 +241,24 @@ def test_a_short_soak_ends_with_every_job_finished_and_the_server_never_restarte
     assert report["unfinished"] == 0 and sum(report["jobs_by_status"].values()) >= report["accepted"]
     assert report["server_restarts"] == 0 and report["server_alive_at_end"]
     assert report["request_failures"] == 0
+
+
+def test_edit_work_is_bounded_by_views_times_pixels():
+    """edit.views 256 × edit.resolution 1024 was accepted and a worker reached 3.6 GB in 5 s."""
+    from asd_backend.server.limits import ServerLimits
+    from asd_backend.train.presets import resolve_spec
+    from asd_protocol import ProtocolError
+
+    def edit(views: int, resolution: int | None):
+        return resolve_spec({"kind": "edit_texture", "prompt": "a blue mug",
+                             "edit": {"views": views, "resolution": resolution}})
+
+    limits = ServerLimits()
+    limits.check(edit(24, None))  # the default edit fits
+    limits.check(edit(64, 512))
+    with pytest.raises(ProtocolError) as refused:
+        limits.check(edit(256, 1024))
+    assert refused.value.code == "too_large" and refused.value.field == "content.spec.edit.views"
+    assert "max_edit_pixels" in refused.value.message
+    with pytest.raises(ProtocolError):
+        limits.check(edit(65, None))  # an unset side counts as SD's 512

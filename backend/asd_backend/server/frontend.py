@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import time
 import uuid
 from pathlib import Path
@@ -79,6 +80,9 @@ class ServerConfig:
     results: Path = Path("asd-results")
     teacher: str = DEFAULT_TEACHER
     """Default teacher spec (teachers/registry.py); the built-in teachers are always offered as well."""
+    discriminator_models: tuple[str, ...] = ()
+    """Models a job may name as `model.discriminator_model` (hub ids or folders on this server); none by
+    default: a client must not make the server open paths or download repositories of its choosing."""
     device: str = "auto"
     gpus: list[int] | None = None
     """One worker per listed GPU; None: one worker on `device`."""
@@ -143,6 +147,9 @@ class Server:
 
     def start(self) -> str:
         """Bind, start workers, reload jobs from the results folder. Returns the bound address."""
+        # Everything this server and the workers it spawns write (records, locks, checkpoints, meshes) is
+        # private to its user whatever umask it was started with: a record says who owns a job.
+        os.umask(0o077)
         self.store.lock()  # first: a second server on this folder stops here, before it binds anything
         self.clients = self.ctx.socket(zmq.ROUTER)
         s = self.clients
@@ -335,6 +342,13 @@ class Server:
         if spec.model.teacher not in self.teachers:
             raise ProtocolError(codes.INVALID_FIELD, f"teacher {spec.model.teacher!r} is not offered by this server",
                                 field="content.spec.model.teacher", hint=f"use one of {', '.join(self.teachers)}")
+        model = spec.model.discriminator_model
+        if model is not None and model not in self.config.discriminator_models:
+            # Refused before anything looks at the name: the answer says nothing of what exists here.
+            offered = ", ".join(self.config.discriminator_models) or "none (asd serve --discriminator-model offers one)"
+            raise ProtocolError(codes.INVALID_FIELD, "this server does not offer that discriminator model",
+                                field="content.spec.model.discriminator_model",
+                                hint=f"leave it unset (ε_φ is a LoRA on the teacher), or use one of: {offered}")
         self.config.limits.check(spec)
         side = self.config.limits.max_edit_texture_side
         if msg.kind == "edit_texture" and max(msg.texture.shape[:2]) > side:

@@ -27,6 +27,8 @@ class ServerLimits:
     max_steps: int = _limit(50_000, "optimisation steps of one job")
     max_texture_size: int = _limit(4096, "side of a baked texture")
     max_edit_texture_side: int = _limit(2048, "side of a texture sent for editing")
+    max_edit_pixels: int = _limit(64 * 512 * 512, "views × side² of an edit's ray-cast views (its memory grows "
+                                  "with it; an unset side counts as 512)")
 
     def __post_init__(self) -> None:
         for name, value in self.to_json().items():
@@ -53,8 +55,11 @@ class ServerLimits:
         elif spec.kind == "image" and spec.image.resolution is not None:
             checks.append(("image.resolution", spec.image.resolution, self.max_image_resolution,
                            "max_image_resolution"))
-        elif spec.kind == "edit_texture" and spec.edit.resolution is not None:
-            checks.append(("edit.resolution", spec.edit.resolution, self.max_render_side, "max_render_side"))
+        elif spec.kind == "edit_texture":
+            side = spec.edit.resolution or 512  # unset: the teacher's native side, 512 for SD 2.1-base
+            if spec.edit.resolution is not None:
+                checks.append(("edit.resolution", side, self.max_render_side, "max_render_side"))
+            checks.append(("edit.views", spec.edit.views * side * side, self.max_edit_pixels, "max_edit_pixels"))
         for field, value, limit, name in checks:
             if value > limit:
                 raise ProtocolError(codes.TOO_LARGE, f"{value} is more than this server runs ({name} = {limit})",

@@ -53,7 +53,9 @@ class BadRecord(ValueError):
 class ResultStore:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).expanduser().resolve()
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # Job records name their owners: only the server's user may enter, as for keys (whatever the umask).
+        os.chmod(self.root, 0o700)
         self._lock: FileLock | None = None
 
     # -- the folder's one server -----------------------------------------------------------------

@@ -6,16 +6,7 @@ from __future__ import annotations
 import torch
 
 from ..teachers.stable_diffusion import StableDiffusionTeacher
-from .world import COLOURS, SHAPES, parse_prompt
-
-
-def vocabulary_warning(prompt: str) -> str | None:
-    """None for a world prompt ("a red mug"); otherwise one line naming what the toy teacher knows."""
-    if parse_prompt(prompt) is not None:
-        return None
-    return (f"the toy teacher knows only {len(SHAPES)} shapes ({', '.join(SHAPES)}) in {len(COLOURS)} colours "
-            f"({', '.join(COLOURS)}), e.g. \"a red mug\"; {prompt[:60]!r} is outside that world, so expect "
-            "a blob: going ahead")
+from .world import vocabulary_warning
 
 
 class ToyTeacher(StableDiffusionTeacher):

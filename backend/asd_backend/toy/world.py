@@ -66,6 +66,15 @@ def parse_prompt(prompt: str) -> WorldObject | None:
     return WorldObject(shapes[0], colours[0])
 
 
+def vocabulary_warning(prompt: str) -> str | None:
+    """None for a world prompt ("a red mug"); otherwise one line naming what the toy teacher knows."""
+    if parse_prompt(prompt) is not None:
+        return None
+    return (f"the toy teacher knows only {len(SHAPES)} shapes ({', '.join(SHAPES)}) in {len(COLOURS)} colours "
+            f"({', '.join(COLOURS)}), e.g. \"a red mug\"; {prompt[:60]!r} is outside that world, so expect "
+            "a blob: going ahead")
+
+
 def field_to_output(points: Tensor) -> Tensor:
     """Field frame (front +X) → output frame (front −Y): the rotation of mesh/export.to_blender_frame."""
     return torch.stack([points[..., 1], -points[..., 0], points[..., 2]], dim=-1)
