@@ -148,3 +148,35 @@ def test_the_store_names_the_checkpoint_the_loop_writes():
     from asd_backend.train.text_to_3d import CHECKPOINT_NAME as written
 
     assert CHECKPOINT_NAME == written
+
+
+def test_a_symlinked_job_folder_is_set_aside_and_what_it_points_at_is_untouched(tmp_path):
+    """A job folder linking outside --results, with a running record, stopped the server from starting."""
+    results, outside = tmp_path / "results", tmp_path / "elsewhere"
+    store = ResultStore(results)
+    store.save(good_job("20261201-110000-00000000"))
+    outside.mkdir()
+    (outside / "job.json").write_text(json.dumps(good_job("20261201-120000-aaaaaaaa", status="running").to_json()))
+    (results / "20261201-120000-aaaaaaaa").symlink_to(outside, target_is_directory=True)
+
+    assert [j.job_id for j in store.load_all()] == ["20261201-110000-00000000"]
+    assert not (results / "20261201-120000-aaaaaaaa").exists()
+    assert (outside / "job.json").is_file()  # the link was moved aside, not followed
+    reasons = list((results / QUARANTINE).glob("*.reason.txt"))
+    assert reasons and "symbolic link" in reasons[0].read_text()
+
+
+def test_a_queued_record_past_the_server_limits_is_failed_on_restart_not_run(tmp_path, asd_home):
+    """Records were not re-checked against the server's limits on load: a queued 1024³ mesh ran."""
+    results = tmp_path / "results"
+    store = ResultStore(results)
+    spec = resolve_spec({"prompt": "a teapot", "preset": "smoke", "model": {"teacher": "tiny"},
+                         "output": {"mc_resolution": 1024}})
+    job = good_job("20261201-120000-aaaaaaaa", status="queued", spec=spec.to_json())
+    store.save(job)
+    with running_server(results, free_port()) as server, server.client() as client:
+        request = client.list_jobs()
+        listing = client.wait_for(lambda m: m.parent_id == request, timeout=10)
+        (info,) = listing.jobs
+        assert info.status == "failed" and "max_mc_resolution" in info.error, info
+    assert json.loads((results / job.job_id / "job.json").read_text())["status"] == "failed"

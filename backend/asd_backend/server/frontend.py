@@ -48,7 +48,7 @@ from asd_protocol import (
 )
 from asd_protocol import errors as codes
 from asd_protocol.client import is_loopback
-from asd_protocol.job_spec import DEFAULT_TEACHER, METHODS, merge
+from asd_protocol.job_spec import DEFAULT_TEACHER, METHODS, JobSpec, merge
 from asd_protocol.messages import now_iso
 
 from .. import __version__
@@ -175,6 +175,13 @@ class Server:
         else:
             self.pool = WorkerPool(self.ctx, self.store.root)
         for job in self.store.load_all():
+            if job.status in ("queued", "interrupted"):
+                try:  # a record written under other limits (or edited by hand) must not run past this server's
+                    self.config.limits.check(JobSpec.from_json(job.spec), path="spec")
+                except ProtocolError as exc:
+                    job.status, job.error = "failed", f"not run: {exc} (this server's limits, checked on restart)"
+                    self.store.save(job)
+                    event("job_refused_on_load", job=job.job_id, reason=str(exc))
             if job.status == "interrupted":
                 job.status, job.resume = "queued", True
                 self.store.save(job)

@@ -123,7 +123,14 @@ class ResultStore:
         quarantine folder with its reason (the server starts anyway); jobs that were active when the
         server stopped are marked interrupted (to be queued again with resume)."""
         jobs = []
-        for folder in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for folder in sorted(p for p in self.root.iterdir() if not p.name.startswith(".")):
+            if folder.is_symlink():
+                # A job folder is always a real folder the server made; a link may point anywhere (outside
+                # the results folder, at another user's files), so it is moved aside, never followed.
+                self.quarantine(folder, f"{folder.name} is a symbolic link, not a job folder this server made")
+                continue
+            if not folder.is_dir():
+                continue
             record = folder / "job.json"
             if not record.is_file():
                 continue  # a folder a submit was writing when the server died, or not ours
@@ -131,6 +138,9 @@ class ResultStore:
                 job = load_record(record)
             except BadRecord as exc:
                 self.quarantine(folder, str(exc))
+                continue
+            except Exception as exc:  # whatever a record does, the server starts and says why it set it aside
+                self.quarantine(folder, f"{type(exc).__name__}: {exc}")
                 continue
             if job.status in ACTIVE:
                 job.status = "interrupted"
@@ -146,7 +156,9 @@ class ResultStore:
             n += 1
             target = target_root / f"{folder.name}-{time.strftime('%Y%m%d-%H%M%S')}-{n}"
         shutil.move(str(folder), target)
-        (target / "reason.txt").write_text(reason + "\n")
+        reason_file = (target if target.is_dir() and not target.is_symlink() else target_root) / (
+            "reason.txt" if target.is_dir() and not target.is_symlink() else f"{target.name}.reason.txt")
+        reason_file.write_text(reason + "\n")
         log.warning(json.dumps({"ts": round(time.time(), 3), "event": "record_quarantined", "folder": folder.name,
                                 "moved_to": str(target), "reason": reason}))
         return target
