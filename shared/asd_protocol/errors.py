@@ -17,6 +17,7 @@ JOB_FAILED = "job_failed"
 OUT_OF_MEMORY = "out_of_memory"
 WORKER_CRASHED = "worker_crashed"
 SERVER_ERROR = "server_error"
+DISK_FULL = "disk_full"  # the server could not write what a request needs (its disk or quota is full)
 BACKLOG_DROPPED = "backlog_dropped"  # the client did not read its replies; they were dropped
 ACCESS_REVOKED = "access_revoked"  # the client's key was removed from the allow-list
 

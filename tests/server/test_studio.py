@@ -262,3 +262,57 @@ def test_edit_work_is_bounded_by_views_times_pixels():
     assert "max_edit_pixels" in refused.value.message
     with pytest.raises(ProtocolError):
         limits.check(edit(65, None))  # an unset side counts as SD's 512
+
+
+@contextlib.contextmanager
+def small_filesystem(path, mib: int):
+    """A real tmpfs of `mib` MiB at `path` (root can mount one here; elsewhere the test is skipped)."""
+    path.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={mib}m,mode=0700", "tmpfs", str(path)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def fill(path, leave_bytes: int = 0):
+    """Fill the filesystem at `path` to within `leave_bytes` of full; returns the filler file."""
+    filler = path / ".filler"
+    free = os.statvfs(path).f_bavail * os.statvfs(path).f_frsize
+    with open(filler, "ab") as handle:
+        handle.write(b"\0" * max(0, free - leave_bytes))
+    return filler
+
+
+def test_a_full_disk_refuses_the_submit_fails_the_checkpoint_clearly_and_the_server_keeps_serving(tmp_path, asd_home):
+    """On a full disk a submit was queued without a record, a second save exited the server (rc 1), and a
+    checkpoint that did not fit failed with torch's 'unexpected pos …'."""
+    with small_filesystem(tmp_path / "disk", 48) as disk:
+        results = disk / "results"
+        with running_server(results, free_port()) as server, server.client() as client:
+            filler = fill(disk)
+            refused = try_submit(client, "a teapot", steps=2)
+            assert isinstance(refused, Error) and refused.code == "disk_full", refused
+            assert "disk is full" in refused.message and server.process.poll() is None
+            assert listed(client) == set()  # nothing queued without its record
+            filler.unlink()
+            job = try_submit(client, "a teapot", steps=12)
+            assert isinstance(job, Accepted), job
+            client.wait_for(lambda m: m.job_id == job.job_id and isinstance(m, Progress) and m.step >= 1, timeout=120)
+            fill(disk, leave_bytes=16 << 10)  # room for records, not for a checkpoint
+            got = []
+            client.wait_for(lambda m: m.job_id == job.job_id and isinstance(m, Done), timeout=120,
+                            on_message=got.append)
+            errors = [m for m in got if isinstance(m, Error)]
+            assert errors and errors[0].code == "disk_full" and "disk is full" in errors[0].hint, got
+            assert "unexpected pos" not in errors[0].message
+            (disk / ".filler").unlink()
+            again = try_submit(client, "still serving", steps=2)
+            assert isinstance(again, Accepted), again
+            client.wait_for(lambda m: m.job_id == again.job_id and isinstance(m, Done), timeout=120)
+            assert server.process.poll() is None
+        record = json.loads((results / job.job_id / "job.json").read_text())
+        assert record["status"] == "failed"

@@ -59,7 +59,7 @@ from .commands import WORKER_TYPES, WorkerReady
 from .delivery import Delivery, Peer
 from .jobs import ACTIVE, FINISHED, Job, JobTable, new_job_id
 from .limits import ServerLimits
-from .store import CHECKPOINT_NAME, ResultStore
+from .store import CHECKPOINT_NAME, ResultStore, is_disk_full
 from .workers import Pool, WorkerPool
 
 log = logging.getLogger("asd.server")
@@ -180,11 +180,11 @@ class Server:
                     self.config.limits.check(JobSpec.from_json(job.spec), path="spec")
                 except ProtocolError as exc:
                     job.status, job.error = "failed", f"not run: {exc} (this server's limits, checked on restart)"
-                    self.store.save(job)
+                    self._save(job)
                     event("job_refused_on_load", job=job.job_id, reason=str(exc))
             if job.status == "interrupted":
                 job.status, job.resume = "queued", True
-                self.store.save(job)
+                self._save(job)
                 event("job_requeued", job=job.job_id, reason="server restart", resume=True)
             self.table.add(job)
         self.pool.start(self.config.gpus, self.config.device)
@@ -209,7 +209,7 @@ class Server:
         for job in self.table.jobs.values():
             if job.status == "running":  # its checkpoint is on disk; a restart resumes it
                 job.status = "interrupted"
-                self.store.save(job)
+                self._save(job)
         if self.authenticator is not None:
             self.authenticator.stop()
         self.store.unlock()
@@ -318,6 +318,14 @@ class Server:
             if peer.key is not None and self.allow_list.lookup(peer.key) is None:
                 self._refuse(identity, peer.key)
 
+    def _save(self, job: Job) -> None:
+        """A job's record after a change. A write that fails (a full disk) is logged and the server keeps
+        serving from memory; the next change of the job writes the record again."""
+        try:
+            self.store.save(job)
+        except OSError as exc:
+            event("record_not_saved", job=job.job_id, disk_full=is_disk_full(exc), error=str(exc))
+
     def _visible(self, peer: Peer, job: Job) -> bool:
         return peer.admin or job.client == peer.user
 
@@ -365,11 +373,21 @@ class Server:
         resolved = spec.to_json()
         job = Job(job_id=new_job_id(), kind=spec.kind, prompt=spec.prompt, spec=resolved, client=peer.user,
                   total=spec.steps)
-        if msg.kind == "edit_texture":  # the inputs outlive this message: the worker (and a resume) read them
-            self.store.save_arrays(job.job_id, "inputs.npz", vertices=msg.vertices, faces=msg.faces, uvs=msg.uvs,
-                                   texture=msg.texture)
+        try:  # on disk before it is queued: a job the server accepted survives a restart
+            if msg.kind == "edit_texture":  # the inputs outlive this message: the worker (and a resume) read them
+                self.store.save_arrays(job.job_id, "inputs.npz", vertices=msg.vertices, faces=msg.faces,
+                                       uvs=msg.uvs, texture=msg.texture)
+            self.store.save(job)
+        except OSError as exc:
+            self.store.discard(job.job_id)
+            full = is_disk_full(exc)
+            event("submit_not_saved", client=peer.user, disk_full=full, error=str(exc))
+            raise ProtocolError(codes.DISK_FULL if full else codes.SERVER_ERROR,
+                                ("the server's disk is full: " if full else "the server could not save the job: ")
+                                + f"{type(exc).__name__}: {exc}",
+                                hint="nothing was queued; ask the server's admin to free space, then submit again"
+                                if full else "nothing was queued; see the server log") from None
         self.table.add(job)
-        self.store.save(job)
         peer.subscriptions.add(job.job_id)
         event("submit", job=job.job_id, client=peer.user, kind=job.kind, prompt=job.prompt[:200], spec=msg.spec)
         self.delivery.send(peer, msg.reply(Accepted, job_id=job.job_id, kind=job.kind,
@@ -399,7 +417,7 @@ class Server:
         job.status, job.resume, job.error = "queued", True, ""
         job.touch()
         self.table.add(job)
-        self.store.save(job)
+        self._save(job)
         peer.subscriptions.add(job.job_id)
         event("resume", job=job.job_id, client=peer.user, step=job.step)
         self.delivery.send(peer, msg.reply(Accepted, job_id=job.job_id, kind=job.kind,
@@ -531,7 +549,7 @@ class Server:
     def _finish(self, job: Job, done: Done) -> None:
         job.status = done.status
         job.touch()
-        self.store.save(job)
+        self._save(job)
         self.last_progress.pop(job.job_id, None)
         # The final mesh and image are on disk now (attach reads them there): keep no copy in memory.
         self.latest_mesh.pop(job.job_id, None)
@@ -546,7 +564,7 @@ class Server:
                 return
             job.status, job.started_at, job.error = "running", time.time(), ""
             job.touch()
-            self.store.save(job)
+            self._save(job)
             event("job_started", job=job.job_id, worker=worker.index, resume=job.resume)
             self.pool.run(worker, job.job_id, job.spec, job.resume)
             starting = Progress(job_id=job.job_id, phase="starting", step=job.step, total=job.total)
@@ -569,7 +587,7 @@ class Server:
                 job.status, job.resume = "queued", self._has_checkpoint(job)
                 job.touch()
                 self.table.add(job, front=True)
-                self.store.save(job)
+                self._save(job)
                 self.last_progress.pop(job.job_id, None)
                 event("job_requeued", job=job.job_id, reason=worker.death(), resume=job.resume, attempt=job.attempts)
                 self._publish(job, encode(Log(job_id=job.job_id, level="warning", text=(

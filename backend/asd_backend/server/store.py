@@ -14,6 +14,7 @@ can carry); output paths are stored relative to the job's folder, so the results
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import logging
 import math
@@ -48,6 +49,18 @@ class ResultsInUse(AsdError):
 
 class BadRecord(ValueError):
     """A job.json that must not be loaded; the message says why."""
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """ENOSPC or EDQUOT anywhere in the exception's chain (torch wraps them in its own errors)."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(exc) or "Disk quota exceeded" in str(exc):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
 
 
 class ResultStore:
@@ -91,6 +104,10 @@ class ResultStore:
         folder = self.job_dir(job.job_id)
         folder.mkdir(parents=True, exist_ok=True)
         write_json(folder / "job.json", job.to_json())
+
+    def discard(self, job_id: str) -> None:
+        """Remove the folder of a job that was never accepted (its record could not be written)."""
+        shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
 
     def save_arrays(self, job_id: str, name: str, **arrays) -> Path:
         """Arrays in a .npz (no pickle: read back with allow_pickle=False), written atomically."""

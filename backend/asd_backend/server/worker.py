@@ -311,6 +311,11 @@ def classify_failure(exc: BaseException) -> tuple[str, str]:
     if isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower():
         return codes.OUT_OF_MEMORY, ("the GPU ran out of memory: choose a lighter preset (preview), a lower "
                                      "marching-cubes resolution, or free the GPU of other programs")
+    from .store import is_disk_full
+
+    if is_disk_full(exc):
+        return codes.DISK_FULL, ("the server's disk is full: free space there, then resume the job (its last "
+                                 "checkpoint is kept)")
     if isinstance(exc, AsdError):
         return codes.JOB_FAILED, "fix the setting named in the message and submit again"
     if isinstance(exc, ValueError):

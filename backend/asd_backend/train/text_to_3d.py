@@ -147,8 +147,21 @@ def save_checkpoint(path: Path, step: int, model: Generator3D, optimizer: torch.
         "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
     }
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+    except (RuntimeError, OSError) as exc:
+        # torch reports a full disk as "unexpected pos …" or "file write failed": say what it is.
+        import errno
+        import shutil
+
+        free = shutil.disk_usage(path.parent).free
+        if isinstance(exc, OSError) and exc.errno not in (errno.ENOSPC, errno.EDQUOT) and free > 64 << 20:
+            raise
+        if not isinstance(exc, OSError) and free > 64 << 20:
+            raise
+        raise OSError(errno.ENOSPC, f"disk full: the checkpoint at step {step} could not be written to "
+                      f"{path.parent} ({free >> 20} MiB free); the previous checkpoint is kept") from exc
     write_json(path.with_name(CHECKPOINT_RECORD), {"step": step, "snapshots": snapshots,
                                                    "spec": spec.to_json()})
 
