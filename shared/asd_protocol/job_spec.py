@@ -43,6 +43,7 @@ from .fields import (
 SPEC_VERSION = 1
 JOB_KINDS = ("generate", "edit_texture", "image")
 METHODS = ("asd", "vsd", "sds", "dds")  # dds: texture editing only
+GAMMA_SCHEDULES = ("constant", "official")
 MAX_PROMPT_CHARS = 2000
 MAX_RENDER_SIDE = 1024
 MAX_STEPS = 1_000_000
@@ -75,6 +76,9 @@ class GuidanceSpec:
     method: str = choice(METHODS, "asd", doc="asd | vsd | sds, and dds for texture edits")
     cfg: float = number(7.5, lo=0.0, hi=200.0, doc="classifier-free guidance scale s")
     gamma: float = number(-0.75, lo=-1.0, hi=0.0, doc="ASD's γ, in (-1, 0); VSD is γ = 0")
+    gamma_schedule: str = choice(GAMMA_SCHEDULES, "constant",
+                                 doc="constant: γ at every t | official: the official v-space loss written in "
+                                     "ε terms, γ_t = γ·ᾱ_t/(1 + γ·(1 − ᾱ_t)) (docs/method.md)")
     lora_rank: int = integer(4, lo=1, hi=256, doc="rank of ε_φ's LoRA on the teacher UNet")
     discriminator_lr: float = number(1e-4, lo=0.0, hi=1.0, doc="AdamW learning rate of ε_φ")
     discriminator_steps: int = integer(1, lo=1, hi=100,
@@ -414,7 +418,8 @@ def differences(a: JobSpec, b: JobSpec, ignore: tuple[str, ...] = ()) -> list[tu
     return out
 
 
-__all__ = ["DEFAULT_PRESET", "DEFAULT_TEACHER", "JOB_KINDS", "KIND_SECTIONS", "METHODS", "RESUMABLE_CHANGES",
+__all__ = ["DEFAULT_PRESET", "DEFAULT_TEACHER", "GAMMA_SCHEDULES", "JOB_KINDS", "KIND_SECTIONS", "METHODS",
+           "RESUMABLE_CHANGES",
            "SECTIONS", "SPEC_VERSION", "EditSpec", "GridSpec", "GuidanceSpec", "ImageSpec", "JobSpec", "ModelSpec",
            "NerfSpec", "OutputSpec", "PartialJobSpec", "Preset", "ScheduleSpec", "check_partial", "differences",
            "get_path", "leaves", "merge", "option_paths", "partial_from_options", "resolve", "set_path"]

@@ -75,6 +75,38 @@ def test_discriminator_objective_by_hand(gmm):
         torch.testing.assert_close(loss, expected)
 
 
+def test_the_official_gamma_schedule_has_the_official_minimiser(gmm):
+    """γ_t = γ·ᾱ/(1 + γ(1 − ᾱ)): the minimiser of ‖φ − E‖² + γ_t‖φ − ε_T‖² is the official v-space loss's,
+    ((1 + γ(1 − ᾱ))·E + γ·ᾱ·ε_T)/(1 + γ), so ASD's fidelity weight is 1 + 3ᾱ_t at γ = −0.75, not 4."""
+    gamma = -0.75
+    guidance = ScoreDistillation(gmm, GuidanceConfig(method="asd", gamma=gamma, gamma_schedule="official"),
+                                 discriminator=ResidualDiscriminator(gmm, n_prompts=2, use_camera=False))
+    t = torch.tensor([0, 20, 500, 900, 999])
+    a = gmm.alpha_bar(t, torch.zeros(5))
+    g = guidance.gamma_at(t, torch.zeros(5))
+    e, eps_t = torch.randn(5), torch.randn(5)
+    minimiser = (e + g * eps_t) / (1 + g)
+    torch.testing.assert_close(minimiser, ((1 + gamma * (1 - a)) * e + gamma * a * eps_t) / (1 + gamma))
+    fidelity = 1 - g / (1 + g)  # the weight on (ε̃_T − E) − κ(ε_T − E), κ = γ_t/(1 + γ_t)
+    torch.testing.assert_close(fidelity, 1 + 3 * a)
+    constant = ScoreDistillation(gmm, GuidanceConfig(method="asd", gamma=gamma),
+                                 discriminator=ResidualDiscriminator(gmm, n_prompts=2, use_camera=False))
+    assert constant.gamma_at(t, torch.zeros(5)).tolist() == [gamma] * 5
+    # The loss itself, by hand, with per-sample γ_t.
+    disc = guidance.discriminator
+    torch.nn.init.normal_(disc.head.weight, std=0.1)
+    z, c = torch.randn(4, 5), conditioning(gmm, 4)
+    loss = guidance.discriminator_loss(z, c, generator=torch.Generator().manual_seed(3))
+    gen = torch.Generator().manual_seed(3)
+    t = torch.randint(0, 1000, (4,), generator=gen)
+    noise = torch.randn(z.shape, generator=gen)
+    x_t = gmm.add_noise(z, noise, t)
+    eps_phi = disc.predict_eps(x_t, t, c.base, None)
+    per = ((eps_phi - gmm.predict_eps(x_t, t, c.cond)) ** 2).mean(1)
+    expected = ((eps_phi - noise) ** 2).mean() + (guidance.gamma_at(t, per) * per).mean()
+    torch.testing.assert_close(loss, expected)
+
+
 def test_discriminator_loss_falls_while_training(gmm):
     guidance = ScoreDistillation(gmm, GuidanceConfig(method="asd"), n_prompts=2, use_camera=False)
     opt = torch.optim.AdamW(guidance.discriminator.trainable_parameters(), lr=1e-3)

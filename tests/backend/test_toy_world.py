@@ -80,7 +80,7 @@ def test_the_trainer_runs_checkpoints_resumes_and_saves_a_pipeline_the_product_l
     def config(steps: int) -> ToyTrainingConfig:
         return ToyTrainingConfig(out=tmp_path / "run", views_per_object=1, vae_steps=4, vae_batch=4, steps=steps,
                                  batch=4, checkpoint_every=2, validate_every=100, warmup_steps=2,
-                                 validation_steps=2)
+                                 validation_steps=2, decoder_steps=2)
 
     first = ToyTeacherTrainer(config(3), cache=tmp_path / "cache", progress=False)
     first.run()
@@ -90,7 +90,8 @@ def test_the_trainer_runs_checkpoints_resumes_and_saves_a_pipeline_the_product_l
     second = ToyTeacherTrainer(config(5), cache=tmp_path / "cache", progress=False)
     assert second.load_checkpoint() and second.stage == "unet" and second.step == 3
     folder = second.run()
-    assert second.step == 5 and (tmp_path / "run" / "validation" / "step_000005.png").is_file()
+    assert second.stage == "decoder" and second.step == 2
+    assert (tmp_path / "run" / "validation").is_dir() and list((tmp_path / "run" / "validation").glob("*.png"))
     record = json.loads((folder / "training.json").read_text())
     assert record["unet_steps"] == 5 and record["data_version"] >= 1
     teacher = load_teacher(f"sd:{folder}", "cpu")  # the same from_pretrained as Stable Diffusion

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from asd_protocol.job_spec import METHODS, GuidanceSpec, ModelSpec, NerfSpec
+from asd_protocol.job_spec import GAMMA_SCHEDULES, METHODS, GuidanceSpec, ModelSpec, NerfSpec
 
 from ..phase_timer import PhaseTimer, phases_of
 from ..teachers.analytic import RenderedShapeTeacher
@@ -53,6 +53,9 @@ class GuidanceConfig:
     """Classifier-free guidance scale s: ε̃ = ε_uncond + s·(ε_cond − ε_uncond)."""
     gamma: float = _SPEC.gamma
     """ASD's weight of ‖ε_φ − sg(ε_teacher)‖² in the discriminator loss, in (−1, 0); VSD uses 0."""
+    gamma_schedule: str = _SPEC.gamma_schedule
+    """constant: γ at every t; official: γ_t = γ·ᾱ_t/(1 + γ(1 − ᾱ_t)), whose minimiser is the official
+    v-space loss's, E[ε|x_t] + γ·ᾱ_t/(1+γ)·(ε_T − E[ε|x_t]) (docs/method.md ▸ The official objective)."""
     weighting: str = "sds"
     """w(t): sds = 1−ᾱ_t, asd = √((1−ᾱ_t)/ᾱ_t), uniform = 1."""
     min_step_percent: float = 0.02
@@ -80,6 +83,8 @@ class GuidanceConfig:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(METHODS)}; got {self.method!r}")
+        if self.gamma_schedule not in GAMMA_SCHEDULES:
+            raise ValueError(f"gamma_schedule must be one of {', '.join(GAMMA_SCHEDULES)}; got {self.gamma_schedule!r}")
         if self.weighting not in WEIGHTINGS:
             raise ValueError(f"weighting must be one of {', '.join(WEIGHTINGS)}; got {self.weighting!r}")
         if self.cfg < 0:
@@ -105,8 +110,8 @@ class GuidanceConfig:
     @classmethod
     def from_spec(cls, spec: GuidanceSpec, **overrides: Any) -> GuidanceConfig:
         """The job spec's guidance section, plus loop-specific settings (timestep range, annealing)."""
-        return cls(method=spec.method, cfg=spec.cfg, gamma=spec.gamma, discriminator_steps=spec.discriminator_steps,
-                   **overrides)
+        return cls(method=spec.method, cfg=spec.cfg, gamma=spec.gamma, gamma_schedule=spec.gamma_schedule,
+                   discriminator_steps=spec.discriminator_steps, **overrides)
 
     @property
     def uses_discriminator(self) -> bool:
@@ -345,7 +350,9 @@ class ScoreDistillation:
         cfg, total, n = self.config, self.teacher.num_train_timesteps, self.config.discriminator_samples
         low = int(total * cfg.discriminator_min_step_percent)
         high = max(low + 1, int(total * cfg.discriminator_max_step_percent))
-        expected = self.discriminator.expected_loss(z.detach(), camera, (low, high))
+        # The closed form (analytic families) is derived for a constant γ.
+        expected = (self.discriminator.expected_loss(z.detach(), camera, (low, high))
+                    if cfg.gamma_schedule == "constant" else None)
         if expected is not None:
             return expected
         z = z.detach().repeat_interleave(n, dim=0) if n > 1 else z.detach()
@@ -366,8 +373,17 @@ class ScoreDistillation:
         if cfg.effective_gamma != 0.0:
             with torch.no_grad():
                 eps_teacher = self.teacher.predict_eps(x_t, t, c.cond, camera)
-            loss = loss + cfg.effective_gamma * F.mse_loss(eps_phi, eps_teacher.float())
+            per_sample = (eps_phi - eps_teacher.float()).pow(2).flatten(1).mean(1)
+            loss = loss + (self.gamma_at(t, per_sample) * per_sample).mean()
         return loss
+
+    def gamma_at(self, t: Int[Tensor, " B"], like: Tensor) -> Tensor:
+        """ASD's γ for each timestep: constant, or the official loss's γ·ᾱ_t/(1 + γ(1 − ᾱ_t))."""
+        gamma = self.config.effective_gamma
+        if self.config.gamma_schedule == "constant":
+            return torch.full_like(like, gamma)
+        a = self.teacher.alpha_bar(t, like).to(like)
+        return gamma * a / (1 + gamma * (1 - a))
 
 
 

@@ -1,9 +1,10 @@
 """Train the toy teacher: an SD-shaped diffusers pipeline learned from scratch on renders of the world.
 
-Two stages, as latent diffusion is trained: the AutoencoderKL first (reconstruction + a small KL),
+Three stages, as latent diffusion is trained: the AutoencoderKL first (reconstruction + a small KL),
 then the UNet and the CLIP text encoder together on the frozen VAE's latents, ε-prediction under
 SD's scaled-linear DDPM schedule, with min-SNR weighting (Hang et al. 2023: faster convergence)
-and an EMA of the weights, which is what gets saved. Renders are cached on disk (world.py and
+and an EMA of the weights, which is what gets saved; last, the decoder alone on the frozen encoder's
+latents (as SD's fine-tuned decoders: sharper images, the same latents). Renders are cached on disk (world.py and
 render.py decide them exactly; `DATA_VERSION` names them); the background and caption of each
 sample are drawn at train time. Checkpoints let a run resume where it stopped, bit for bit in its
 schedule; a fixed grid of validation samples is written as PNGs while it trains, and the losses go
@@ -73,6 +74,9 @@ class ToyTrainingConfig:
     batch: int = 64
     lr: float = 6e-4
     warmup_steps: int = 200
+    decoder_steps: int = 1500
+    """Stage 3: the VAE decoder alone, on the frozen encoder's latents (sharper decodes, same latents)."""
+    decoder_lr: float = 5e-4
     min_snr_gamma: float = 5.0
     ema_decay: float = 0.999
     empty_caption: float = 0.1
@@ -241,6 +245,8 @@ class ToyTeacherTrainer:
         self.vae_opt = torch.optim.AdamW(self.vae.parameters(), lr=config.vae_lr)
         self.opt = torch.optim.AdamW([*self.unet.parameters(), *self.text_encoder.parameters()], lr=config.lr,
                                      weight_decay=1e-2)
+        self.decoder_opt = torch.optim.AdamW([*self.vae.decoder.parameters(), *self.vae.post_quant_conv.parameters()],
+                                             lr=config.decoder_lr)
         self.ema = Ema([self.unet, self.text_encoder], config.ema_decay)
         self.generator = torch.Generator().manual_seed(config.seed + 1)
         self.stage, self.step = "vae", 0
@@ -252,7 +258,8 @@ class ToyTeacherTrainer:
         return {"config": _jsonable(dataclasses.asdict(self.config)), "stage": self.stage, "step": self.step,
                 "seconds": self.seconds, "vae": self.vae.state_dict(), "unet": self.unet.state_dict(),
                 "text_encoder": self.text_encoder.state_dict(), "vae_opt": self.vae_opt.state_dict(),
-                "opt": self.opt.state_dict(), "ema": self.ema.shadow, "generator": self.generator.get_state()}
+                "opt": self.opt.state_dict(), "decoder_opt": self.decoder_opt.state_dict(), "ema": self.ema.shadow,
+                "generator": self.generator.get_state()}
 
     def save_checkpoint(self) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
@@ -266,8 +273,9 @@ class ToyTeacherTrainer:
         if _identity(state["config"]) != _identity(_jsonable(dataclasses.asdict(self.config))):
             raise ValueError(f"{self.checkpoint_path} was made with other settings; use another --out folder or "
                              "delete the checkpoint to start again")
-        for name in ("vae", "unet", "text_encoder", "vae_opt", "opt"):
-            getattr(self, name).load_state_dict(state[name])
+        for name in ("vae", "unet", "text_encoder", "vae_opt", "opt", "decoder_opt"):
+            if name in state:  # checkpoints from before the decoder stage have no decoder_opt
+                getattr(self, name).load_state_dict(state[name])
         self.ema.shadow = state["ema"]
         self.generator.set_state(state["generator"])
         self.stage, self.step, self.seconds = state["stage"], state["step"], state["seconds"]
@@ -305,10 +313,11 @@ class ToyTeacherTrainer:
             self.set_latent_scale(renders)
             self.stage, self.step = "unet", 0
             self.save_checkpoint()
-        bar = tqdm(total=c.steps, initial=self.step, desc="UNet + text", disable=not self.progress)
+        bar = tqdm(total=c.steps, initial=self.step if self.stage == "unet" else c.steps, desc="UNet + text",
+                   disable=not self.progress)
         if resumed and self.step:
             bar.write(f"resumed at UNet step {self.step}")
-        while self.step < c.steps:
+        while self.stage == "unet" and self.step < c.steps:
             started = time.perf_counter()
             loss = self.unet_step(renders)
             self.seconds += time.perf_counter() - started
@@ -320,10 +329,46 @@ class ToyTeacherTrainer:
                 self.log({"stage": "unet", "step": self.step, "loss": loss, "seconds": round(self.seconds, 1)})
             if self.step % c.checkpoint_every == 0 or self.step == c.steps:
                 self.save_checkpoint()
-            if self.step % c.validate_every == 0 or self.step == c.steps:
+            if self.step % c.validate_every == 0 and self.step < c.steps:
                 self.validate()
         bar.close()
+        if self.stage == "unet":
+            self.stage, self.step = "decoder", 0
+            self.save_checkpoint()
+        self.train_decoder(renders)
+        self.validate()
         return self.save_pipeline()
+
+    def train_decoder(self, renders: WorldRenders) -> None:
+        """Stage 3: the VAE's decoder alone, the encoder frozen, as SD's fine-tuned decoders were made. The
+        latents the UNet learned stay exactly what they were; decoded images get sharper and truer."""
+        from tqdm import tqdm
+
+        c = self.config
+        bar = tqdm(total=c.decoder_steps, initial=self.step, desc="decoder", disable=not self.progress)
+        while self.step < c.decoder_steps:
+            started = time.perf_counter()
+            for group in self.decoder_opt.param_groups:
+                group["lr"] = _lr(self.step, c, c.decoder_lr, c.decoder_steps)
+            images, _ = draw_batch(renders, c.vae_batch, c, self.generator)
+            x = images * 2 - 1
+            with torch.no_grad():
+                latents = self.vae.encode(x).latent_dist.sample()
+            recon = self.vae.decode(latents).sample
+            loss = F.l1_loss(recon, x) + 0.5 * F.mse_loss(recon, x)
+            self.decoder_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.decoder_opt.step()
+            self.seconds += time.perf_counter() - started
+            self.step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
+            if self.step % 50 == 0:
+                self.log({"stage": "decoder", "step": self.step, "loss": float(loss.detach()),
+                          "seconds": round(self.seconds, 1)})
+            if self.step % c.checkpoint_every == 0 or self.step == c.decoder_steps:
+                self.save_checkpoint()
+        bar.close()
 
     def vae_step(self, renders: WorldRenders) -> float:
         c = self.config
@@ -388,7 +433,7 @@ class ToyTeacherTrainer:
                                steps=self.config.validation_steps)
         grid = images.reshape(len(SHAPES), -1, 3, IMAGE_SIZE, IMAGE_SIZE).permute(0, 3, 1, 4, 2)
         grid = grid.reshape(len(SHAPES) * IMAGE_SIZE, -1, 3)
-        path = self.out / "validation" / f"step_{self.step:06d}.png"
+        path = self.out / "validation" / f"{self.stage}_{self.step:06d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray((grid.numpy() * 255).round().astype(np.uint8)).save(path)
         return path
@@ -397,7 +442,7 @@ class ToyTeacherTrainer:
         folder = self.out / "pipeline"
         self.ema_pipeline().save_pretrained(folder, safe_serialization=True)
         record = {"data_version": DATA_VERSION, "config": _jsonable(dataclasses.asdict(self.config)),
-                  "train_seconds": round(self.seconds, 1), "unet_steps": self.step,
+                  "train_seconds": round(self.seconds, 1), "unet_steps": self.config.steps,
                   "torch": torch.__version__, "directions": DIRECTIONS}
         (folder / "training.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
         return folder
@@ -423,7 +468,8 @@ def sample_images(pipe, prompts: list[str], seed: int = 0, steps: int = 50, cfg:
 
 
 # Settings a resumed run may change: where it writes, how often, and for how long the UNet trains.
-RESUMABLE_CHANGES = ("out", "steps", "checkpoint_every", "validate_every", "validation_steps", "threads")
+RESUMABLE_CHANGES = ("out", "steps", "checkpoint_every", "validate_every", "validation_steps", "threads",
+                     "decoder_steps", "decoder_lr")
 
 
 def _identity(config: dict[str, Any]) -> dict[str, Any]:
