@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import types
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
@@ -25,6 +26,8 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, *, skip: tup
         if field.name in skip or not field.init:
             continue
         kind = hints[field.name]
+        if typing.get_origin(kind) in (typing.Union, types.UnionType):  # X | None: parsed as X
+            kind = next(a for a in typing.get_args(kind) if a is not type(None))
         default = field.default if field.default is not dataclasses.MISSING else field.default_factory()  # type: ignore[misc]
         text = field.metadata.get("help", field.name.replace("_", " "))
         shown = ", ".join(map(str, default)) if isinstance(default, (tuple, list)) else default

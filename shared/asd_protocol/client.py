@@ -50,7 +50,7 @@ ARRAY_FIELDS = ("vertices", "faces", "uvs", "texture")
 
 
 class AsdClient:
-    """A DEALER socket speaking protocol v1 to an `asd serve` ROUTER.
+    """A DEALER socket speaking the protocol (asd_protocol.PROTOCOL_VERSION) to an `asd serve` ROUTER.
 
     `server_public_key` (Z85 text) turns on CURVE; then `client_secret_key` and `client_public_key`
     are this client's keypair (generated for the session if omitted, which only works against a

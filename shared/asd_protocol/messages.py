@@ -1,4 +1,4 @@
-"""Protocol v1 message types: typed records, their rules, and who may send them.
+"""Protocol message types (version PROTOCOL_VERSION below): typed records, their rules, and who may send them.
 
 A message is a header (version, ids, type, time) and a content whose fields are listed here; array
 fields travel as raw trailing frames (see `frames.py`). Both sides call `validate()`: the sender so it
@@ -65,10 +65,6 @@ def new_id() -> str:
 
 def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
-def _id_field(default: Any = None, optional: bool = True) -> Any:
-    return text(default, optional=optional, max_len=64, pattern=ID_PATTERN, pattern_hint=_ID_HINT)
 
 
 @dataclasses.dataclass(kw_only=True)

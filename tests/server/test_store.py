@@ -144,10 +144,10 @@ def test_a_moved_results_folder_with_bad_records_serves_its_meshes_and_refuses_a
 
 
 def test_the_store_names_the_checkpoint_the_loop_writes():
-    from asd_backend.server.store import CHECKPOINT_NAME
+    from asd_backend import job_layout
     from asd_backend.train.text_to_3d import CHECKPOINT_NAME as written
 
-    assert CHECKPOINT_NAME == written
+    assert job_layout.CHECKPOINT == written
 
 
 def test_a_symlinked_job_folder_is_set_aside_and_what_it_points_at_is_untouched(tmp_path):

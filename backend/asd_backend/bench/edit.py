@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 # ε_φ of the texture family must keep up with the texture (docs/method.md ▸ Keeping up).
 KEEPING_UP = {"discriminator_lr": 0.01, "discriminator_steps": 16}
@@ -171,7 +170,6 @@ def run(cfg: EditBenchConfig, device: str = "cpu") -> dict[str, Any]:
     from ..texture.raster import NormalisedMesh, UVRasterizer
     from ..train.presets import resolve_spec
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     files = bool(cfg.mesh or cfg.source or cfg.targets)
     vertices, faces, uvs, source, targets, others = load_case(cfg) if files else builtin_case(cfg.variant, cfg.modes)
     raster = UVRasterizer.orbit(NormalisedMesh.from_world(vertices, faces, uvs), views=cfg.views,

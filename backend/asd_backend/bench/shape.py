@@ -203,7 +203,6 @@ def bench_spec(cfg: ShapeBenchConfig) -> JobSpec:
 
 def run(cfg: ShapeBenchConfig, device: str = "cpu", save: str | None = None) -> dict[str, Any]:
     """Optimise, extract, score. `save` writes the reconstructed mesh (Blender frame) to that path."""
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     target = load_target(cfg.target)
     teacher = RenderedShapeTeacher(target, distractor_for(target), resolution=cfg.resolution, sigma=cfg.sigma,
                                    device=device, colourways=cfg.colourways,

@@ -98,13 +98,6 @@ def sample_cameras(n: int, config: CameraConfig, generator: torch.Generator | No
     return orbit_cameras(elevation, azimuth, uniform(*config.distance_range), uniform(*config.fovy_range))
 
 
-def turntable(n: int, elevation_deg: float = 15.0, distance: float = 1.5, fovy_deg: float = 50.0) -> CameraBatch:
-    """n cameras evenly around the object, for previews and turntable frames."""
-    azimuth = torch.arange(n, dtype=torch.float32) * 360.0 / n - 180.0
-    return orbit_cameras(torch.full((n,), elevation_deg), azimuth, torch.full((n,), distance),
-                         torch.full((n,), fovy_deg))
-
-
 def camera_rays(cameras: CameraBatch, height: int, width: int) -> tuple[Tensor, Tensor]:
     """Ray origins and unit directions, [B, H, W, 3] each, through pixel centres (row 0 at the top)."""
     device = cameras.c2w.device

@@ -51,7 +51,7 @@ from asd_protocol.client import is_loopback
 from asd_protocol.job_spec import DEFAULT_TEACHER, METHODS, JobSpec, merge
 from asd_protocol.messages import now_iso
 
-from .. import __version__
+from .. import __version__, job_layout
 from ..teachers.registry import TEACHERS, describe
 from ..train.presets import PRESETS, resolve_spec
 from . import auth
@@ -59,7 +59,7 @@ from .commands import WORKER_TYPES, WorkerReady
 from .delivery import Delivery, Peer
 from .jobs import ACTIVE, FINISHED, Job, JobTable, new_job_id
 from .limits import ServerLimits
-from .store import CHECKPOINT_NAME, ResultStore, is_disk_full
+from .store import ResultStore, is_disk_full
 from .workers import Pool, WorkerPool
 
 log = logging.getLogger("asd.server")
@@ -375,7 +375,7 @@ class Server:
                   total=spec.steps)
         try:  # on disk before it is queued: a job the server accepted survives a restart
             if msg.kind == "edit_texture":  # the inputs outlive this message: the worker (and a resume) read them
-                self.store.save_arrays(job.job_id, "inputs.npz", vertices=msg.vertices, faces=msg.faces,
+                self.store.save_arrays(job.job_id, job_layout.EDIT_INPUTS, vertices=msg.vertices, faces=msg.faces,
                                        uvs=msg.uvs, texture=msg.texture)
             self.store.save(job)
         except OSError as exc:
@@ -425,7 +425,7 @@ class Server:
                            reliable=True)
 
     def _has_checkpoint(self, job: Job) -> bool:
-        return (self.store.job_dir(job.job_id) / CHECKPOINT_NAME).is_file()
+        return (self.store.job_dir(job.job_id) / job_layout.CHECKPOINT).is_file()
 
     def resume_hint(self, job: Job) -> str:
         """What to tell the artist about a failed job: resuming, when it can; otherwise nothing."""

@@ -21,10 +21,11 @@ from pathlib import Path
 
 from asd_protocol import Message, decode, encode
 
+from .. import job_layout
 from .commands import WORKER_TYPES, RunJob
 from .worker import Worker
 
-SKIP = ("job.json",)  # the front end's own record, never shipped either way (nor hidden files: locks, temps)
+SKIP = (job_layout.RECORD,)  # the front end's own record, never shipped either way (nor hidden files: locks, temps)
 
 
 def shippable(folder: Path) -> dict[str, tuple[int, int]]:

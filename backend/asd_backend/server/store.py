@@ -31,13 +31,13 @@ from asd_protocol import JobInfo, ProtocolError
 from asd_protocol.fields import check_record, check_text
 from asd_protocol.job_spec import JobSpec
 
+from .. import job_layout
 from ..artifacts import atomic_path, write_json
 from ..errors import AsdError
 from .jobs import ACTIVE, Job
 
 log = logging.getLogger("asd.server")
 
-CHECKPOINT_NAME = "checkpoint.pt"  # what train/text_to_3d.py writes (kept torch-free here: a test checks)
 QUARANTINE = ".quarantine"
 LOCK_NAME = ".asd-serve.lock"
 OWNER_NAME = ".asd-serve.owner"
@@ -103,7 +103,7 @@ class ResultStore:
     def save(self, job: Job) -> None:
         folder = self.job_dir(job.job_id)
         folder.mkdir(parents=True, exist_ok=True)
-        write_json(folder / "job.json", job.to_json())
+        write_json(folder / job_layout.RECORD, job.to_json())
 
     def discard(self, job_id: str) -> None:
         """Remove the folder of a job that was never accepted (its record could not be written)."""
@@ -148,7 +148,7 @@ class ResultStore:
                 continue
             if not folder.is_dir():
                 continue
-            record = folder / "job.json"
+            record = folder / job_layout.RECORD
             if not record.is_file():
                 continue  # a folder a submit was writing when the server died, or not ours
             try:

@@ -38,6 +38,7 @@ from asd_protocol import errors as codes
 from asd_protocol.fields import clean_text
 from asd_protocol.job_spec import JobSpec
 
+from .. import job_layout
 from .commands import WORKER_TYPES, CancelJob, RunJob, StopWorker, WorkerReady
 
 log = logging.getLogger("asd.worker")
@@ -185,10 +186,10 @@ class Worker:
         teacher = self._teacher_for(job_id, spec)
 
         def on_snapshot(snap) -> None:
-            name = "mesh" if snap.final else f"snapshots/snapshot_{snap.index:03d}"
+            name = job_layout.snapshot(snap.index)
             if len(snap.mesh.faces):
-                write_mesh(snap.mesh, folder / f"{name}.glb")
-            write_png(folder / f"{'preview' if snap.final else name}.png", snap.preview)
+                write_mesh(snap.mesh, folder / (job_layout.MESH if snap.final else f"{name}.glb"))
+            write_png(folder / (job_layout.PREVIEW if snap.final else f"{name}.png"), snap.preview)
             wire = to_blender_frame(snap.mesh)  # the protocol's frame: metres, Z up, front towards −Y
             self.emit(MeshSnapshot(job_id=job_id, vertices=wire.vertices, faces=wire.faces, colors=wire.colors,
                                    snapshot=snap.index, step=snap.step, final=snap.final))
@@ -204,7 +205,7 @@ class Worker:
             raise JobCancelled
         if result.mesh is None or not len(result.mesh.faces):
             raise RuntimeError("the optimisation produced no surface; try more steps or another seed")
-        outputs = {"mesh": "mesh.glb", "preview": "preview.png"}  # relative to the job's folder
+        outputs = {"mesh": job_layout.MESH, "preview": job_layout.PREVIEW}  # relative to the job's folder
         return outputs, {"steps": result.steps_done, "faces": len(result.mesh.faces),
                          "resumed_from": result.resumed_from, "teacher_trained": bool(teacher.trained)}
 
@@ -225,8 +226,8 @@ class Worker:
                               on_step=lambda step, m: progress(step, spec.steps, m), should_stop=stop)
         if stop():
             raise JobCancelled
-        write_png(folder / "image.png", final.image)
-        return {"image": "image.png"}, {"steps": final.step, "teacher_trained": bool(teacher.trained)}
+        write_png(folder / job_layout.IMAGE, final.image)
+        return {"image": job_layout.IMAGE}, {"steps": final.step, "teacher_trained": bool(teacher.trained)}
 
     def edit_texture(self, job_id: str, spec: JobSpec, resume: bool) -> tuple[dict[str, str], dict[str, Any]]:
         import numpy as np
@@ -235,7 +236,7 @@ class Worker:
         from ..texture.edit import edit_texture
 
         folder = self.results / job_id
-        with np.load(folder / "inputs.npz", allow_pickle=False) as inputs:  # written by the front end
+        with np.load(folder / job_layout.EDIT_INPUTS, allow_pickle=False) as inputs:  # written by the front end
             arrays = {k: inputs[k] for k in ("vertices", "faces", "uvs", "texture")}
         teacher = self._teacher_for(job_id, spec)
         stop = self._should_stop(job_id)
@@ -251,8 +252,8 @@ class Worker:
                              should_stop=stop)
         if stop():
             raise JobCancelled
-        write_png(folder / "texture.png", final.texture)
-        return {"texture": "texture.png"}, {"steps": final.step, "teacher_trained": bool(teacher.trained)}
+        write_png(folder / job_layout.TEXTURE, final.texture)
+        return {"texture": job_layout.TEXTURE}, {"steps": final.step, "teacher_trained": bool(teacher.trained)}
 
 
 class ZmqWorker(Worker):

