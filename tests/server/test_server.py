@@ -39,6 +39,19 @@ def follow(client, job_id, timeout=180.0):
     return [*got, (time.monotonic(), done)]
 
 
+def raw_request(server, frames: list[bytes]) -> list[bytes]:
+    """Frames sent as they are from a fresh DEALER (no client library, no hello); the one reply."""
+    raw = zmq.Context.instance().socket(zmq.DEALER)
+    raw.setsockopt(zmq.LINGER, 0)
+    raw.connect(server.address)
+    try:
+        raw.send_multipart(frames)
+        assert raw.poll(10_000), "no reply"
+        return raw.recv_multipart()
+    finally:
+        raw.close()
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, asd_home):
     results = tmp_path_factory.mktemp("results")
@@ -421,16 +434,7 @@ def test_text_that_no_reply_could_carry_is_refused_and_the_job_list_keeps_workin
     assert escape in frames[1]
     with server.client() as client:
         client.wait_for(lambda m: isinstance(m, Welcome), timeout=10)
-        ctx = zmq.Context.instance()
-        raw = ctx.socket(zmq.DEALER)
-        raw.setsockopt(zmq.LINGER, 0)
-        raw.connect(server.address)
-        try:
-            raw.send_multipart(frames)
-            assert raw.poll(10_000), "no reply"
-            reply = raw.recv_multipart()
-        finally:
-            raw.close()
+        reply = raw_request(server, frames)
         assert b'"error"' in reply[0] and b'"content.spec.prompt"' in reply[1], reply
         request = client.list_jobs()
         listing = client.wait_for(lambda m: m.parent_id == request, timeout=10)
@@ -450,16 +454,7 @@ def test_a_poisoned_key_in_the_spec_is_refused_by_name_and_the_server_keeps_serv
     frames = [bytes(f) for f in encode(Submit(spec={"prompt": "PLACEHOLDER"}))]
     frames[1] = frames[1].replace(b'{"prompt": "PLACEHOLDER"}', spec).replace(b'{"prompt":"PLACEHOLDER"}', spec)
     assert spec in frames[1]
-    ctx = zmq.Context.instance()
-    raw = ctx.socket(zmq.DEALER)  # no hello: the first thing this peer sends is the poison
-    raw.setsockopt(zmq.LINGER, 0)
-    raw.connect(server.address)
-    try:
-        raw.send_multipart(frames)
-        assert raw.poll(10_000), "no reply"
-        reply = raw.recv_multipart()
-    finally:
-        raw.close()
+    reply = raw_request(server, frames)  # no hello: the first thing this peer sends is the poison
     assert b'"error"' in reply[0], reply
     error = json.loads(reply[1])
     assert error["code"] == "invalid_field" and error["field"].startswith("content.spec."), error
