@@ -257,6 +257,7 @@ def _serve(args: argparse.Namespace) -> int:
                           curve_dir=args.curve_dir, insecure=args.insecure, limits=limits,
                           max_queued_per_user=args.max_queued_per_user, max_queued=args.max_queued,
                           max_pending_replies=args.max_pending_replies, max_pending_bytes=args.max_pending_mib << 20,
+                          max_pending_total_bytes=args.max_pending_total_mib << 20,
                           ray=args.ray, min_workers=args.min_workers, max_workers=args.max_workers,
                           ray_resource=args.ray_resource, discriminator_models=tuple(args.discriminator_model))
     server = Server(config)
@@ -380,6 +381,9 @@ def _add_server_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-pending-replies", type=int, default=1000,
                    help="replies kept for a client that does not read, before its backlog is dropped")
     p.add_argument("--max-pending-mib", type=int, default=64, help="the same cap in MiB of waiting replies")
+    p.add_argument("--max-pending-total-mib", type=int, default=256,
+                   help="MiB of waiting replies over all clients together; past it the largest backlog is dropped "
+                        "(default: 256)")
     p.add_argument("--ray", default=None, metavar="auto|ray://HOST:PORT|local",
                    help="run the workers as Ray actors on a cluster (pip install 'asd-studio[cluster]'; "
                         "docs/cluster.md)")

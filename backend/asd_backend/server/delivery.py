@@ -5,8 +5,10 @@
   slow client gets the newest, never a backlog.
 
 Nothing here blocks: `flush()` sends what each client's socket takes now and keeps the rest. What is
-kept is bounded per peer (count and bytes of reliable messages): a client that stops reading has its
-backlog dropped and is told so (`backlog_dropped`), instead of growing the server without end.
+kept is bounded per peer (count and bytes of reliable messages) and in total over every peer (routing
+ids are free without CURVE, so a per-peer bound alone grows with their number): a client that stops
+reading, or the largest backlog when the total is reached, has its backlog dropped and is told so
+(`backlog_dropped`), instead of growing the server without end.
 """
 
 from __future__ import annotations
@@ -42,23 +44,34 @@ def _size(frames: list) -> int:
 
 
 class Delivery:
-    def __init__(self, socket: zmq.Socket, max_pending: int = 1000, max_pending_bytes: int = 64 << 20) -> None:
+    def __init__(self, socket: zmq.Socket, max_pending: int = 1000, max_pending_bytes: int = 64 << 20,
+                 max_total_bytes: int = 256 << 20) -> None:
         self.socket = socket
         self.peers: dict[bytes, Peer] = {}
         self.max_pending = max_pending
         self.max_pending_bytes = max_pending_bytes
+        self.max_total_bytes = max_total_bytes
+        self.total_bytes = 0  # reliable bytes waiting, over every peer
+
+    def _set_backlog(self, peer: Peer, frames: deque, size: int) -> None:
+        self.total_bytes += size - peer.reliable_bytes
+        peer.reliable, peer.reliable_bytes = frames, size
 
     def peer(self, identity: bytes, user: str, admin: bool = False, key: str | None = None) -> Peer:
         """The peer behind a routing id (new ones are remembered), marked as just heard from."""
         peer = self.peers.get(identity)
         if peer is None or peer.key != key:  # a new key on a handed-over routing id is a new peer
+            if peer is not None:
+                self.total_bytes -= peer.reliable_bytes
             peer = self.peers[identity] = Peer(identity, user, time.monotonic(), admin=admin, key=key)
         peer.user, peer.admin = user, admin
         peer.last_seen = time.monotonic()
         return peer
 
     def forget(self, identity: bytes) -> None:
-        self.peers.pop(identity, None)
+        peer = self.peers.pop(identity, None)
+        if peer is not None:
+            self.total_bytes -= peer.reliable_bytes
 
     def publish(self, job_id: str, frames: list, latest: str | None = None) -> None:
         """To every peer following the job: reliably, or in the `latest` slot of that kind."""
@@ -81,28 +94,35 @@ class Delivery:
             if (len(peer.reliable) >= self.max_pending
                     or (peer.reliable and peer.reliable_bytes + size > self.max_pending_bytes)):
                 self._drop_backlog(peer)
+            while self.total_bytes + size > self.max_total_bytes:
+                largest = max(self.peers.values(), key=lambda p: p.reliable_bytes, default=None)
+                if largest is None or largest.reliable_bytes <= 1024:  # only notices left: nothing to drop
+                    break
+                self._drop_backlog(largest)
             peer.reliable.append(frames)
             peer.reliable_bytes += size
+            self.total_bytes += size
         else:
             peer.latest[(job_id, latest or "progress")] = frames
 
     def _drop_backlog(self, peer: Peer) -> None:
         """The peer stopped reading: forget what waits for it, and say so first thing when it reads again."""
         count = len(peer.reliable)
-        peer.reliable.clear()
         notice = encode(Error(code=codes.BACKLOG_DROPPED, message=f"{count} replies waited unread and were dropped "
                               f"(the server keeps at most {self.max_pending} or {self.max_pending_bytes >> 20} MiB "
-                              "per client)", hint="read replies as they come; list jobs and attach again to catch "
+                              f"per client, {self.max_total_bytes >> 20} MiB for all)",
+                              hint="read replies as they come; list jobs and attach again to catch "
                               "up (attach sends a job's state and newest results)"))
-        peer.reliable.append(notice)
-        peer.reliable_bytes = _size(notice)
+        self._set_backlog(peer, deque([notice]), _size(notice))
 
     def flush(self) -> None:
         for identity, peer in list(self.peers.items()):
             try:
                 while peer.reliable:
                     self.socket.send_multipart([identity, *peer.reliable[0]], zmq.NOBLOCK, copy=False)
-                    peer.reliable_bytes -= _size(peer.reliable.popleft())
+                    size = _size(peer.reliable.popleft())
+                    peer.reliable_bytes -= size
+                    self.total_bytes -= size
                 for key in list(peer.latest):
                     self.socket.send_multipart([identity, *peer.latest[key]], zmq.NOBLOCK, copy=False)
                     del peer.latest[key]
@@ -110,8 +130,7 @@ class Delivery:
                 continue  # this client is slow: what is left waits (latest-wins slots get overwritten)
             except zmq.ZMQError as exc:
                 if exc.errno == zmq.EHOSTUNREACH:  # gone; it may come back (same identity) and re-attach
-                    peer.reliable.clear()
-                    peer.reliable_bytes = 0
+                    self._set_backlog(peer, deque(), 0)
                     peer.latest.clear()
                 else:
                     raise
@@ -120,6 +139,6 @@ class Delivery:
         """A heartbeat to every peer; forget those silent for long that follow no active job."""
         for identity, peer in list(self.peers.items()):
             if now - peer.last_seen > PEER_TIMEOUT and not any(is_active(j) for j in peer.subscriptions):
-                del self.peers[identity]  # it can attach again to anything it followed
+                self.forget(identity)  # it can attach again to anything it followed
                 continue
             self.send_frames(peer, encode(Heartbeat()), reliable=False, latest="heartbeat")

@@ -98,6 +98,9 @@ class ServerConfig:
     """Reliable messages kept for a client that does not read; past it (or max_pending_bytes) its backlog is
     dropped and it is told so."""
     max_pending_bytes: int = 64 << 20
+    max_pending_total_bytes: int = 256 << 20
+    """The same over every client together (routing ids cost nothing without CURVE); past it the largest
+    backlog is dropped first."""
     limits: ServerLimits = dataclasses.field(default_factory=ServerLimits)
     """What jobs may ask of this machine (resolutions, steps, texture sizes)."""
     ray: str | None = None
@@ -166,7 +169,8 @@ class Server:
                         "can reach this port can run jobs and read results", self.config.bind)
         s.bind(self.config.bind)
         self.address = s.getsockopt_string(zmq.LAST_ENDPOINT)
-        self.delivery = Delivery(s, self.config.max_pending_replies, self.config.max_pending_bytes)
+        self.delivery = Delivery(s, self.config.max_pending_replies, self.config.max_pending_bytes,
+                                 self.config.max_pending_total_bytes)
         if self.config.ray is not None:
             from .ray_pool import RayWorkerPool
 
