@@ -163,3 +163,16 @@ def test_losing_the_ray_head_fails_the_running_job_cleanly_and_the_job_list_stil
     for pid in ray_processes:  # the head's helpers, orphaned by its loss: not left behind by the test
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_a_local_ray_instance_on_a_machine_without_gpus_uses_its_cpus(tmp_path, asd_home):
+    """`asd serve --ray local` asked one GPU per actor by default: on a CPU-only box a job waited forever."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the default is right here")
+    args = ("--ray", "local", "--min-workers", "1", "--max-workers", "1")  # no --ray-resource: the default
+    with running_server(tmp_path / "results", free_port(), *args) as server, server.client() as client:
+        job = submit(client, "a cup on a cpu-only ray", steps=4)
+        assert follow(client, job, timeout=240)[-1][1].status == "completed"
+        assert events(server, "ray_local_cpu")

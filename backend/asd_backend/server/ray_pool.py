@@ -114,6 +114,12 @@ class RayWorkerPool(Pool):
                          namespace="asd-studio")
             else:
                 ray.init(address=self.address, namespace="asd-studio", log_to_driver=False)
+        if self.address == "local" and self.resource == "GPU" and not ray.cluster_resources().get("GPU"):
+            # A private instance has exactly this machine's resources: without a GPU no actor asking for one
+            # would ever start and every job would wait for good. Use what the machine has.
+            self.resource = "CPU"
+            log.warning(json.dumps({"event": "ray_local_cpu", "message": "this machine has no GPU: the local Ray "
+                                    "instance runs its workers on the CPU"}))
         options: dict[str, Any] = {"max_concurrency": 2, "max_restarts": 0}  # cancel runs beside run
         if self.resource == "GPU":
             options["num_gpus"] = 1
