@@ -48,7 +48,12 @@ class ASD_OT_generate(Operator):
                    "cfg": props.cfg, "seed": props.seed}
         if props.teacher.strip():
             options["teacher"] = props.teacher.strip()
-        request = session.submit(prompt, **options)
+        try:
+            request = session.submit(prompt, **options)
+        except (ValueError, ConnectionError) as exc:  # a setting out of range, or no backend answering now
+            connection.set_status(props, str(exc), error=True)
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
         connection.remember_target(request, context)
         props.active_request, props.active_job = request, ""
         connection.set_status(props, "submitted, waiting for the backend…")
@@ -243,11 +248,17 @@ class ASD_OT_edit_texture(Operator):
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
         for obj, data in prepared:
-            request = session.submit(prompt, kind="edit_texture", source_prompt=props.source_prompt.strip()
-                                     or obj.name, object_name=obj.name, strength=props.strength,
-                                     steps=props.edit_steps, method=props.edit_method, cfg=props.cfg, seed=props.seed,
-                                     negative_prompt=props.negative_prompt, vertices=data["vertices"],
-                                     faces=data["faces"], uvs=data["uvs"], texture=data["texture"])
+            try:
+                request = session.submit(prompt, kind="edit_texture", source_prompt=props.source_prompt.strip()
+                                         or obj.name, object_name=obj.name, strength=props.strength,
+                                         steps=props.edit_steps, method=props.edit_method, cfg=props.cfg,
+                                         seed=props.seed, negative_prompt=props.negative_prompt,
+                                         vertices=data["vertices"], faces=data["faces"], uvs=data["uvs"],
+                                         texture=data["texture"])
+            except (ValueError, ConnectionError) as exc:  # a setting out of range, or no backend answering now
+                connection.set_status(props, str(exc), error=True)
+                self.report({"ERROR"}, str(exc))
+                return {"CANCELLED"}
             connection.remember_edit(request, obj.name, prompt, data)
             props.active_request, props.active_job = request, ""
         connection.set_status(props, f"editing {len(prepared)} object(s)…")

@@ -167,6 +167,12 @@ class Session:
     def _handle(self, msg) -> list[Update]:
         if isinstance(msg, protocol.Welcome):
             self.status = self._connected_text()
+            # A (re)started server knows better what became of our jobs (a killed one is `interrupted`,
+            # resumable): ask, instead of showing the rows as they were.
+            try:
+                self.client.list_jobs()
+            except (ConnectionError, ValueError):
+                pass  # it stopped answering again: the next welcome asks
             return []
         if isinstance(msg, protocol.Accepted):
             job = self.requests.pop(msg.parent_id or "", None) or JobView(job_id=msg.job_id)

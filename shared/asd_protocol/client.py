@@ -92,6 +92,9 @@ class AsdClient:
         self._socket.setsockopt(zmq.RECONNECT_IVL, 200)
         self._socket.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
         self._socket.setsockopt(zmq.MAXMSGSIZE, limits.max_message_bytes)
+        # Queue only to a live connection: a request must never wait in a dead connection's pipe and
+        # reach a restarted server that nobody asked (ZeroMQ would deliver it on reconnect).
+        self._socket.setsockopt(zmq.IMMEDIATE, 1)
         if server_public_key is not None:
             if client_secret_key is None or client_public_key is None:
                 client_public_key, client_secret_key = zmq.curve_keypair()
@@ -110,19 +113,45 @@ class AsdClient:
         self._last_seen = now
         self._last_sent = now
         self._last_hello = now
-        self._send_control(Hello(client=client_name, protocol_version=PROTOCOL_VERSION))
+        self.not_sent = 0  # requests refused or dropped because no backend was answering (never sent later)
+        # Until the connection completes a hello cannot leave; it is retried on every poll until it does.
+        self._hello_pending = not self._send_control(Hello(client=client_name, protocol_version=PROTOCOL_VERSION))
 
     # -- sending ----------------------------------------------------------------------------
 
-    def send(self, msg: Message) -> str:
-        """Validate and queue a message; returns its msg_id (replies carry it as parent_id).
+    @property
+    def stale_after(self) -> float:
+        """Seconds of silence after which a connected backend is not trusted with a request: it heartbeats
+        every `heartbeat_interval`, so longer means it may be gone (and a restarted one never asked)."""
+        return min(self.dead_after, max(1.0, 2.5 * self.heartbeat_interval))
 
-        Never blocks: a DEALER with no live connection (server down, handshake refused) would block
-        on send, so a message that cannot leave now waits in a small outbox that poll() flushes.
+    def send(self, msg: Message) -> str:
+        """Validate and send a message; returns its msg_id (replies carry it as parent_id).
+
+        Never blocks, and never sends later to a backend that did not answer now: to a connected backend
+        heard from within `stale_after` the message goes at once, or not at all (ConnectionError saying
+        why); before the first welcome it waits in a small outbox for that welcome, and is dropped (and
+        counted in `not_sent`) if the backend is declared lost first.
         """
         if self.state == CLOSED:
             raise RuntimeError("this client is closed; create a new AsdClient")
         frames = encode(msg)
+        self._unread.extend(self.poll())  # hear the backend first: its latest word decides
+        silent = self.clock() - self._last_seen
+        if self.state == LOST or (self.state == CONNECTED and silent > self.stale_after):
+            self.not_sent += 1
+            reason = self.lost_reason() if self.state == LOST else (
+                f"the backend at {self.address} has not answered for {silent:.0f} s")
+            raise ConnectionError(f"not sent: {reason}. Nothing will be sent later; try again once it answers")
+        if self.state == CONNECTED:
+            try:
+                self._socket.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                self.not_sent += 1
+                raise ConnectionError(f"not sent: the connection to {self.address} is down right now (the "
+                                      "backend may have stopped). Nothing will be sent later") from None
+            self._last_sent = self.clock()
+            return msg.msg_id
         if len(self._outbox) >= MAX_OUTBOX:
             raise ConnectionError(f"{MAX_OUTBOX} messages are waiting for the backend at {self.address}: "
                                   f"{self.lost_reason()}")
@@ -139,13 +168,14 @@ class AsdClient:
             self._outbox.popleft()
             self._last_sent = self.clock()
 
-    def _send_control(self, msg: Message) -> None:
+    def _send_control(self, msg: Message) -> bool:
         """Hello and heartbeat: worth sending only now; dropped if the connection cannot take them."""
         try:
             self._socket.send_multipart(encode(msg), flags=zmq.NOBLOCK, copy=False)
             self._last_sent = self.clock()
+            return True
         except zmq.Again:
-            pass
+            return False
 
     def submit(self, prompt: str, kind: str = "generate", *, spec: dict[str, Any] | None = None,
                **options: Any) -> str:
@@ -267,11 +297,14 @@ class AsdClient:
         now = self.clock()
         if now - self._last_seen > self.dead_after and self.state != LOST:
             self.state = LOST
+            self.not_sent += len(self._outbox)  # never delivered later, to a backend nobody asked
+            self._outbox.clear()
         if self.welcome is None or self.state == LOST:
             # Until the server greets us (it may have restarted), keep saying hello.
-            if now - self._last_hello >= self.heartbeat_interval:
+            if self._hello_pending or now - self._last_hello >= self.heartbeat_interval:
                 self._last_hello = now
-                self._send_control(Hello(client=self.client_name, protocol_version=PROTOCOL_VERSION))
+                self._hello_pending = not self._send_control(
+                    Hello(client=self.client_name, protocol_version=PROTOCOL_VERSION))
         elif now - self._last_sent >= self.heartbeat_interval:
             self._send_control(Heartbeat())
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from asd_backend.server import auth
 from asd_protocol import Accepted, Cancel, Done, Error, Jobs, ListJobs, Progress, Resume, Welcome, encode
 from asd_protocol.client import LOST, AsdClient, load_keypair
 
-from .live_server import running_server
+from .live_server import running_server, start_server, stop_server
 from .test_server import follow, submit
 
 
@@ -316,3 +317,35 @@ def test_a_full_disk_refuses_the_submit_fails_the_checkpoint_clearly_and_the_ser
             assert server.process.poll() is None
         record = json.loads((results / job.job_id / "job.json").read_text())
         assert record["status"] == "failed"
+
+
+def test_a_request_made_while_the_backend_is_gone_or_silent_is_refused_and_never_delivered_later(tmp_path, asd_home):
+    """After a backend died, a click waited in ZeroMQ's pipe and a restarted server ran a job nobody confirmed."""
+    results, port = tmp_path / "results", free_port()
+    server = start_server(results, port)
+    try:
+        with AsdClient(server.address, client_name="tests", dead_after=6.0) as client:
+            client.wait_for(lambda m: isinstance(m, Welcome), timeout=30)
+            # A frozen backend (its connection still open) is silent: past stale_after nothing is sent.
+            server.process.send_signal(signal.SIGSTOP)
+            time.sleep(client.stale_after + 0.5)
+            with pytest.raises(ConnectionError, match="not sent"):
+                client.submit("asked of a frozen backend", preset="smoke", steps=2)
+            server.process.send_signal(signal.SIGCONT)
+            # A dead backend: the request cannot leave, and is not kept for whoever listens next.
+            server.process.kill()
+            server.process.wait()
+            time.sleep(0.5)
+            try:
+                client.submit("asked of a dead backend", preset="smoke", steps=2)
+            except ConnectionError as exc:
+                assert "not sent" in str(exc)
+            assert client.not_sent >= 1
+            server = start_server(results, port)  # the same address and results folder
+            deadline = time.monotonic() + 60  # lost, then greeted again by the new server
+            while not any(isinstance(m, Welcome) for m in client.poll(timeout=0.5)):
+                assert time.monotonic() < deadline, "no welcome from the restarted backend"
+            time.sleep(2.0)
+            assert listed(client) == set()  # neither request ran
+    finally:
+        stop_server(server)
