@@ -185,6 +185,7 @@ def _apply_mesh(props, update: MeshUpdate) -> None:
                 "method": job.spec.get("guidance", {}).get("method"), "server": _session.address}
     obj = scene.ensure_object(job.job_id, job.prompt or job.job_id, scn, location, settings)
     scene.apply_mesh(obj, update.buffers, smooth=update.final)
+    scene.stand_on(obj, location, update.buffers)
     for item in props.jobs:
         if item.job_id == job.job_id:
             item.object_name = obj.name

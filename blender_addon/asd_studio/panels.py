@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import textwrap
+
 import bpy
 from bpy.types import Panel, UIList
 
@@ -53,11 +55,23 @@ class VIEW3D_PT_asd(Panel):
         row.operator("asd.cancel", text="", icon="CANCEL")
         if props.active_job:
             layout.progress(factor=props.progress, type="BAR", text=props.progress_text or "waiting…")
+        width = max(20, int(context.region.width / (7 * context.preferences.system.ui_scale))) if context.region else 40
         if props.status:
-            layout.label(text=props.status, icon="ERROR" if props.status_error else "INFO")
+            wrapped_label(layout, props.status, "CANCEL" if props.status_error else "INFO", width)
         for level, text in connection.recent_messages()[-2:]:
             if level != "INFO":
-                layout.label(text=text[:120], icon="ERROR" if level == "ERROR" else "INFO")
+                wrapped_label(layout, text[:300], ICONS[level], width)
+
+
+ICONS = {"ERROR": "CANCEL", "WARNING": "ERROR", "INFO": "INFO"}  # Blender's warning triangle is "ERROR"
+
+
+def wrapped_label(layout, text: str, icon: str, width: int) -> None:
+    """A long message on as many lines as the sidebar needs (a label is cut at the panel's edge)."""
+    lines = textwrap.wrap(text, width) or [""]
+    column = layout.column(align=True)
+    for i, line in enumerate(lines):
+        column.label(text=line, icon=icon if i == 0 else "BLANK1")
 
 
 class VIEW3D_PT_asd_texture(Panel):

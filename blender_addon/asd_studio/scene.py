@@ -59,6 +59,14 @@ def ensure_material(name: str) -> bpy.types.Material:
     return material
 
 
+def stand_on(obj: bpy.types.Object, location, buffers: MeshBuffers) -> None:
+    """Place the object so that it stands on `location` (the 3D cursor when it was asked for): its lowest
+    point there, its centre above it, as a thing put on a table (meshes arrive centred on their origin)."""
+    co = np.asarray(buffers.co, dtype=np.float32).reshape(-1, 3)
+    lowest = float(co[:, 2].min()) if len(co) else 0.0
+    obj.location = (location[0], location[1], location[2] - lowest)
+
+
 def apply_mesh(obj: bpy.types.Object, buffers: MeshBuffers, smooth: bool = False) -> None:
     """Write the buffers into the object's mesh datablock in place (same datablock, name and material).
 

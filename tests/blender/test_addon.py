@@ -70,6 +70,7 @@ def test_every_icon_the_panels_draw_is_one_blender_has():
     source = Path(panels.__file__).read_text()
     names = set(re.findall(r'icon="([A-Z_]+)"', source))
     names |= set(panels.ASD_UL_jobs.ICONS.values()) | set(panels.ASD_UL_jobs.KINDS.values())
+    names |= set(panels.ICONS.values()) | set(re.findall(r'else "([A-Z_0-9]+)"', source))
     names |= set(re.findall(r'else "([A-Z_]+)"', source))  # icon="ERROR" if … else "INFO"
     known = set(bpy.types.UILayout.bl_rna.functions["label"].parameters["icon"].enum_items.keys())
     assert names - known == set()  # an unknown name fails only when the panel is drawn, in the artist's UI
@@ -105,7 +106,10 @@ def test_generate_streams_into_one_object_with_colours(addon, tmp_path, asd_home
         assert tuple(bpy.data.images[item.preview].size) == (64, 64)
     assert obj.data.name == mesh_name and bpy.data.objects[obj.name].data == obj.data
     assert len(obj.data.vertices) > 100 and len(obj.data.vertices) != first_count
-    assert tuple(obj.location) == (2.0, 0.0, 0.0) and obj.name.startswith("ASD ceramic teapot")
+    # It stands on the 3D cursor: its lowest point there, not half of it below the floor.
+    lowest = min((obj.matrix_world @ v.co).z for v in obj.data.vertices)
+    assert tuple(obj.location)[:2] == (2.0, 0.0) and abs(lowest) < 1e-5 and obj.location.z > 0.01
+    assert obj.name.startswith("ASD ceramic teapot")
     assert obj["asd_prompt"] == "a ceramic teapot" and obj["asd_seed"] == 7 and obj["asd_method"] == "asd"
     assert obj["asd_job_id"] == job_id and obj["asd_server"] == server.address
     colors = obj.data.color_attributes["Col"]
