@@ -77,23 +77,29 @@ def test_the_trainer_runs_checkpoints_resumes_and_saves_a_pipeline_the_product_l
     from asd_backend.teachers import load_teacher
     from asd_backend.toy.train_teacher import ToyTeacherTrainer, ToyTrainingConfig
 
-    def config(steps: int) -> ToyTrainingConfig:
+    def config(decoder_steps: int, steps: int = 3) -> ToyTrainingConfig:
         return ToyTrainingConfig(out=tmp_path / "run", views_per_object=1, vae_steps=4, vae_batch=4, steps=steps,
-                                 batch=4, checkpoint_every=2, validate_every=100, warmup_steps=2,
-                                 validation_steps=2, decoder_steps=2)
+                                 batch=4, checkpoint_every=2, validate_every=2, warmup_steps=2,
+                                 validation_steps=2, decoder_steps=decoder_steps)
 
-    first = ToyTeacherTrainer(config(3), cache=tmp_path / "cache", progress=False)
+    first = ToyTeacherTrainer(config(2), cache=tmp_path / "cache", progress=False)
     first.run()
     log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()] if (
         tmp_path / "run" / "train_log.jsonl").exists() else []
     assert all(math.isfinite(r["loss"]) for r in log)
-    second = ToyTeacherTrainer(config(5), cache=tmp_path / "cache", progress=False)
-    assert second.load_checkpoint() and second.stage == "unet" and second.step == 3
+    # The same command with a longer last stage continues where the checkpoint is, not from scratch.
+    second = ToyTeacherTrainer(config(4), cache=tmp_path / "cache", progress=False)
+    assert second.load_checkpoint() and second.stage == "decoder" and second.step == 2
+    torch.testing.assert_close(second.unet.state_dict(), first.unet.state_dict())
     folder = second.run()
-    assert second.stage == "decoder" and second.step == 2
-    assert (tmp_path / "run" / "validation").is_dir() and list((tmp_path / "run" / "validation").glob("*.png"))
+    assert second.stage == "decoder" and second.step == 4
+    assert {p.name for p in (tmp_path / "run" / "validation").glob("*.png")} >= {"unet_000002.png",
+                                                                                   "decoder_000004.png"}
     record = json.loads((folder / "training.json").read_text())
-    assert record["unet_steps"] == 5 and record["data_version"] >= 1
+    assert record["unet_steps"] == 3 and record["data_version"] >= 1
+    assert record["command"].startswith("asd toy train --views-per-object 1")
+    with pytest.raises(ValueError, match="finished its 3 UNet steps"):
+        ToyTeacherTrainer(config(4, steps=5), cache=tmp_path / "cache", progress=False).load_checkpoint()
     teacher = load_teacher(f"sd:{folder}", "cpu")  # the same from_pretrained as Stable Diffusion
     assert teacher.native_resolution == 32 and teacher.trained
     # A run with other data settings refuses the checkpoint instead of mixing them.

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,8 @@ class ToyTrainingConfig:
     """DDIM steps of the validation grid's samples."""
     threads: int = 0
     """torch threads (0: torch's default)."""
+    device: str = "cpu"
+    """cpu, or cuda on a GPU box (minutes instead of an hour; the data stays on the CPU)."""
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -240,8 +243,10 @@ class ToyTeacherTrainer:
         self.out = config.out
         self.checkpoint_path = self.out / "checkpoint.pt"
         self.log_path = self.out / "train_log.jsonl"
-        self.vae, self.unet, self.text_encoder = build_models(config.seed)
-        self.alphas_cumprod = make_pipeline(self.vae, self.unet, self.text_encoder).scheduler.alphas_cumprod
+        self.device = torch.device(config.device)
+        self.vae, self.unet, self.text_encoder = (m.to(self.device) for m in build_models(config.seed))
+        self.alphas_cumprod = make_pipeline(self.vae, self.unet, self.text_encoder).scheduler.alphas_cumprod.to(
+            self.device)
         self.vae_opt = torch.optim.AdamW(self.vae.parameters(), lr=config.vae_lr)
         self.opt = torch.optim.AdamW([*self.unet.parameters(), *self.text_encoder.parameters()], lr=config.lr,
                                      weight_decay=1e-2)
@@ -269,14 +274,17 @@ class ToyTeacherTrainer:
     def load_checkpoint(self) -> bool:
         if not self.checkpoint_path.is_file():
             return False
-        state = torch.load(self.checkpoint_path, weights_only=False)
+        state = torch.load(self.checkpoint_path, weights_only=False, map_location=self.device)
         if _identity(state["config"]) != _identity(_jsonable(dataclasses.asdict(self.config))):
             raise ValueError(f"{self.checkpoint_path} was made with other settings; use another --out folder or "
                              "delete the checkpoint to start again")
+        if state["stage"] == "decoder" and self.config.steps != state["config"]["steps"]:
+            raise ValueError(f"{self.checkpoint_path} has finished its {state['config']['steps']} UNet steps and "
+                             "moved on to the decoder; ask for that many steps, or train again in another folder")
         for name in ("vae", "unet", "text_encoder", "vae_opt", "opt", "decoder_opt"):
             if name in state:  # checkpoints from before the decoder stage have no decoder_opt
                 getattr(self, name).load_state_dict(state[name])
-        self.ema.shadow = state["ema"]
+        self.ema.shadow = [t.to(self.device) for t in state["ema"]]
         self.generator.set_state(state["generator"])
         self.stage, self.step, self.seconds = state["stage"], state["step"], state["seconds"]
         return True
@@ -345,13 +353,16 @@ class ToyTeacherTrainer:
         from tqdm import tqdm
 
         c = self.config
+        self.vae.requires_grad_(False)  # the encoder stays as the UNet learned its latents
+        self.vae.decoder.requires_grad_(True)
+        self.vae.post_quant_conv.requires_grad_(True)
         bar = tqdm(total=c.decoder_steps, initial=self.step, desc="decoder", disable=not self.progress)
         while self.step < c.decoder_steps:
             started = time.perf_counter()
             for group in self.decoder_opt.param_groups:
                 group["lr"] = _lr(self.step, c, c.decoder_lr, c.decoder_steps)
             images, _ = draw_batch(renders, c.vae_batch, c, self.generator)
-            x = images * 2 - 1
+            x = images.to(self.device) * 2 - 1
             with torch.no_grad():
                 latents = self.vae.encode(x).latent_dist.sample()
             recon = self.vae.decode(latents).sample
@@ -375,7 +386,7 @@ class ToyTeacherTrainer:
         for group in self.vae_opt.param_groups:
             group["lr"] = _lr(self.step, c, c.vae_lr, c.vae_steps)
         images, _ = draw_batch(renders, c.vae_batch, c, self.generator)
-        x = images * 2 - 1
+        x = images.to(self.device) * 2 - 1
         posterior = self.vae.encode(x).latent_dist
         recon = self.vae.decode(posterior.sample(generator=None)).sample
         loss = F.l1_loss(recon, x) + 0.5 * F.mse_loss(recon, x) + c.vae_kl_weight * posterior.kl().mean()
@@ -388,7 +399,7 @@ class ToyTeacherTrainer:
     def set_latent_scale(self, renders: WorldRenders) -> None:
         """SD's scaling_factor for this VAE: one over the latents' standard deviation (unit-variance latents)."""
         images, _ = draw_batch(renders, 512, self.config, torch.Generator().manual_seed(self.config.seed + 7))
-        latents = self.vae.encode(images * 2 - 1).latent_dist.sample()
+        latents = self.vae.encode(images.to(self.device) * 2 - 1).latent_dist.sample()
         self.vae.register_to_config(scaling_factor=float(1 / latents.std()))
 
     def unet_step(self, renders: WorldRenders) -> float:
@@ -398,12 +409,14 @@ class ToyTeacherTrainer:
             group["lr"] = _lr(self.step, c, c.lr, c.steps)
         images, captions = draw_batch(renders, c.batch, c, self.generator)
         with torch.no_grad():
-            latents = self.vae.encode(images * 2 - 1).latent_dist.sample() * self.vae.config.scaling_factor
-        noise = torch.randn(latents.shape, generator=self.generator)
-        t = torch.randint(0, len(self.alphas_cumprod), (c.batch,), generator=self.generator)
+            latents = self.vae.encode(images.to(self.device) * 2 - 1).latent_dist.sample()
+            latents = latents * self.vae.config.scaling_factor
+        # Drawn on the CPU generator whatever the device: a run is the same run on any machine.
+        noise = torch.randn(latents.shape, generator=self.generator).to(self.device)
+        t = torch.randint(0, len(self.alphas_cumprod), (c.batch,), generator=self.generator).to(self.device)
         abar = self.alphas_cumprod[t].view(-1, 1, 1, 1)
         noisy = abar.sqrt() * latents + (1 - abar).sqrt() * noise
-        hidden = self.text_encoder(_tokens(captions))[0]
+        hidden = self.text_encoder(_tokens(captions).to(self.device))[0]
         pred = self.unet(noisy, t, encoder_hidden_states=hidden).sample
         snr = abar.flatten() / (1 - abar.flatten())
         weight = snr.clamp(max=c.min_snr_gamma) / snr
@@ -441,10 +454,16 @@ class ToyTeacherTrainer:
     def save_pipeline(self) -> Path:
         folder = self.out / "pipeline"
         self.ema_pipeline().save_pretrained(folder, safe_serialization=True)
-        record = {"data_version": DATA_VERSION, "config": _jsonable(dataclasses.asdict(self.config)),
+        defaults = _jsonable(dataclasses.asdict(ToyTrainingConfig()))
+        changed = {k: v for k, v in _jsonable(dataclasses.asdict(self.config)).items()
+                   if k not in ("out", "threads") and v != defaults[k]}
+        record = {"command": "asd toy train" + "".join(f" --{k.replace('_', '-')} {v}" for k, v in changed.items()),
+                  "data_version": DATA_VERSION, "config": _jsonable(dataclasses.asdict(self.config)),
                   "train_seconds": round(self.seconds, 1), "unet_steps": self.config.steps,
                   "torch": torch.__version__, "directions": DIRECTIONS}
         (folder / "training.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        if self.log_path.is_file():  # the loss curves travel with the weights
+            shutil.copyfile(self.log_path, folder / "train_log.jsonl")
         return folder
 
 
@@ -469,7 +488,7 @@ def sample_images(pipe, prompts: list[str], seed: int = 0, steps: int = 50, cfg:
 
 # Settings a resumed run may change: where it writes, how often, and for how long the UNet trains.
 RESUMABLE_CHANGES = ("out", "steps", "checkpoint_every", "validate_every", "validation_steps", "threads",
-                     "decoder_steps", "decoder_lr")
+                     "decoder_steps", "decoder_lr", "device")
 
 
 def _identity(config: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,74 @@
+"""The shipped toy teacher and judge: loaded through the product's own paths, and they know their world."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from asd_backend.teachers.registry import TEACHERS, TOY_TEACHER_DIR, default_preset, find_teacher
+from asd_backend.toy.judge import JUDGE_DIR, load_judge
+from asd_backend.toy.world import WorldObject
+
+
+def test_the_registry_names_the_toy_teacher_its_preset_and_refuses_unknown_specs():
+    assert find_teacher("toy")[0] is TEACHERS["toy"] and TEACHERS["toy"].trained and TEACHERS["toy"].builtin
+    assert find_teacher("sd:/some/folder") == (TEACHERS["sd"], "/some/folder")
+    with pytest.raises(ValueError, match="unknown teacher 'toy:x'"):
+        find_teacher("toy:x")
+    with pytest.raises(ValueError, match="sd\\[:ID_OR_PATH\\] \\| toy"):
+        find_teacher("midjourney")
+    assert default_preset("toy") == "toy" and default_preset("sd") is None
+    from asd_backend.train.presets import resolve_spec
+
+    # A job that names the toy teacher and no preset runs the toy's; a preset it names wins.
+    assert resolve_spec({"prompt": "a red mug", "model": {"teacher": "toy"}}).schedule.resolution_schedule == [[0, 32]]
+    assert resolve_spec({"prompt": "a red mug", "model": {"teacher": "toy"}, "preset": "smoke"}).preset == "smoke"
+
+
+def test_the_shipped_weights_are_small_safetensors_with_their_record():
+    files = [p for p in (*TOY_TEACHER_DIR.rglob("*"), *JUDGE_DIR.rglob("*")) if p.is_file()]
+    assert sum(p.stat().st_size for p in files) < 30 << 20
+    weights = [p for p in files if p.suffix in (".safetensors", ".bin", ".pt", ".ckpt")]
+    assert weights and all(p.suffix == ".safetensors" for p in weights)
+    record = json.loads((TOY_TEACHER_DIR / "training.json").read_text())
+    assert record["data_version"] >= 1 and record["config"]["seed"] == 0 and "command" in record
+    judge = json.loads((JUDGE_DIR / "judge.json").read_text())
+    assert judge["held_out_shape_accuracy"] > 0.95 and judge["held_out_colour_accuracy"] > 0.95
+
+
+def test_the_toy_teacher_loads_as_the_product_loads_a_teacher_and_warns_outside_its_world(asd_home):
+    from asd_backend.teachers import load_teacher
+
+    teacher = load_teacher("toy", "cpu")
+    assert teacher.trained and teacher.native_resolution == 32 and teacher.name == "toy"
+    assert teacher.prompt_warning("a red mug") is None
+    warning = teacher.prompt_warning("a ceramic teapot")
+    assert warning and "mug" in warning and "purple" in warning and "going ahead" in warning
+
+
+def test_the_judge_names_exact_renders():
+    from asd_backend.nerf.cameras import orbit_cameras
+    from asd_backend.toy.render import render_objects
+
+    objects = [WorldObject("chair", "blue"), WorldObject("mug", "red"), WorldObject("torus", "yellow"),
+               WorldObject("cone", "white")]
+    cameras = orbit_cameras(torch.full((4,), 15.0), torch.tensor([30.0, -60.0, 100.0, 170.0]),
+                            torch.full((4,), 1.3), torch.full((4,), 50.0))
+    verdict = load_judge().judge(render_objects(objects, cameras, 32).over(torch.ones(3)))
+    assert verdict["shape"] == [o.shape for o in objects] and verdict["colour"] == [o.colour for o in objects]
+    assert abs(verdict["azimuth"][0] - 30) < 25 and abs(verdict["azimuth"][1] + 60) < 25
+
+
+def test_images_sampled_from_the_toy_teacher_show_the_asked_for_object():
+    """The teacher proven in 2D through the diffusers pipeline (fewer steps than `asd toy check`)."""
+    from asd_backend.toy.evaluate import load_pipeline
+    from asd_backend.toy.train_teacher import sample_images
+
+    prompts = ["a red cube", "a blue sphere", "a green cylinder", "a yellow cone", "an orange torus",
+               "a purple mug", "a white chair"]
+    images = sample_images(load_pipeline(TOY_TEACHER_DIR), prompts, seed=0, steps=20)
+    verdict = load_judge().judge(images)
+    right = [f"{c} {s}" in p for p, s, c in zip(prompts, verdict["shape"], verdict["colour"], strict=True)]
+    assert sum(right) >= 6, list(zip(prompts, verdict["shape"], verdict["colour"], strict=True))
