@@ -35,18 +35,21 @@ def classes() -> tuple:
 def register() -> None:
     import bpy
 
+    from . import handlers
     from .properties import ASD_SceneProperties
 
     for cls in classes():
         bpy.utils.register_class(cls)
     bpy.types.Scene.asd = bpy.props.PointerProperty(type=ASD_SceneProperties)
+    handlers.register()
 
 
 def unregister() -> None:
     import bpy
 
-    from . import connection
+    from . import connection, handlers
 
+    handlers.unregister()
     connection.shutdown()
     del bpy.types.Scene.asd
     for cls in reversed(classes()):

@@ -159,7 +159,12 @@ def _show_state(props, current: Session) -> None:
 def _apply_job_preview(props, update: ImageUpdate) -> None:
     """The job's own preview image, for its row in the job list."""
     name = scene.JOB_PREVIEW.format(job_id=update.job.job_id)
-    scene.update_preview(update.pixels, update.width, update.height, name=name)
+    image = scene.update_preview(update.pixels, update.width, update.height, name=name)
+    if update.final:
+        # Saved inside the .blend: the job list keeps its pictures when the file is reopened (a row names
+        # its image, which is no user of it: without a fake user Blender would not save it at all).
+        image.use_fake_user = True
+        image.pack()
     for item in props.jobs:
         if item.job_id == update.job.job_id:
             item.preview = name
@@ -300,6 +305,37 @@ def stop_backend() -> None:
 
 
 atexit.register(stop_backend)
+
+
+def resync_jobs(props) -> None:
+    """The job rows as the backend last said, whatever undo or a reopened file put back: job state is
+    the backend's, not the scene's history. Rows the session does not know (a reopened file) say so
+    until the backend's list arrives (it is asked on every welcome)."""
+    known = _session.jobs if _session is not None else {}
+    for item in props.jobs:
+        job = known.get(item.job_id)
+        if job is not None:
+            item.prompt, item.kind, item.status, item.step, item.total = (job.prompt or item.prompt, job.kind,
+                                                                          job.status, job.step, job.total)
+        elif item.status in ("queued", "running"):
+            item.status = "unknown"  # not "running": nothing here follows it until the backend says
+    job = known.get(props.active_job) if props.active_job else None
+    if job is None:
+        props.progress, props.progress_text = 0.0, ""
+        if props.active_job:
+            set_status(props, "reopened: asking the backend about these jobs (Refresh, or they update once it "
+                              "answers)")
+
+
+def after_load() -> None:
+    """A .blend was opened: its rows are from when it was saved. Correct them and reconnect."""
+    props = properties.get()
+    resync_jobs(props)
+    if props.jobs:
+        try:
+            session()  # connects; the welcome asks for the job list, which updates every row
+        except (ValueError, RuntimeError) as exc:
+            set_status(props, str(exc), error=True)
 
 
 def shutdown() -> None:

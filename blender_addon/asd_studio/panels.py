@@ -12,7 +12,7 @@ from . import connection, properties, scene
 
 class ASD_UL_jobs(UIList):
     ICONS = {"queued": "TIME", "running": "PLAY", "completed": "CHECKMARK", "cancelled": "CANCEL",
-             "failed": "ERROR", "interrupted": "PAUSE"}
+             "failed": "ERROR", "interrupted": "PAUSE", "unknown": "QUESTION"}
 
     KINDS = {"generate": "MESH_MONKEY", "edit_texture": "BRUSH_DATA", "image": "IMAGE_DATA"}
 

@@ -16,6 +16,7 @@ METHODS = [("asd", "ASD", "Adversarial Score Distillation (recommended)"),
 PRESETS = [("preview", "Preview", "A quick look (minutes on a GPU)"),
            ("standard", "Standard", "Good results (about half an hour on a GPU)"),
            ("paper", "Paper", "The paper's 25k steps"),
+           ("toy", "Toy (CPU)", "For the toy teacher (teacher: toy): a real object of its world on a CPU in minutes"),
            ("smoke", "Smoke test", "Seconds: checks that everything works, not a real result")]
 
 

@@ -427,3 +427,37 @@ def test_vertex_colours_are_baked_into_the_original_image(addon):
     bluish = ((texture[:, 2] > 150) & (texture[:, 0] < 100)).mean()
     assert reddish > 0.1 and bluish > 0.1  # both halves' colours made it into the image
     assert data["texture"].shape == (1024, 1024, 4)
+
+
+def test_undo_and_a_reopened_file_show_the_backends_job_states_and_keep_the_previews(addon, tmp_path, asd_home):
+    """One Ctrl-Z rolled the rows back to running for good; a reopened .blend showed a frozen 'optimizing
+    1/12' until a button was pressed, without the job previews."""
+    from asd_studio import handlers
+
+    connection = addon
+    assert handlers.after_undo in bpy.app.handlers.undo_post and handlers.after_load in bpy.app.handlers.load_post
+    prefs = bpy.context.preferences.addons[ADDON].preferences
+    prefs.output_dir = str(tmp_path / "meshes")
+    with running_server(tmp_path / "results", free_port()) as server:
+        prefs.address = server.address
+        props = bpy.context.scene.asd
+        props.prompt, props.preset = "a ceramic teapot", "smoke"
+        connect(connection)
+        assert bpy.ops.asd.generate() == {"FINISHED"}
+        tick_until(connection, lambda: props.jobs and props.jobs[0].status == "completed" and props.jobs[0].preview)
+        item = props.jobs[0]
+        job_id, preview = item.job_id, item.preview
+        # What undo does to the rows: an older state comes back. The handler puts the backend's back.
+        item.status, item.step = "running", 1
+        handlers.after_undo()
+        assert item.status == "completed" and item.step == item.total
+        # A file saved while the job ran, opened in a fresh session.
+        item.status, props.active_job, props.progress_text = "running", job_id, "optimizing 1/12, 2:01 left"
+        path = tmp_path / "scene.blend"
+        bpy.ops.wm.save_as_mainfile(filepath=str(path))
+        connection.shutdown()
+        bpy.ops.wm.open_mainfile(filepath=str(path))  # load_post runs after_load
+        props = bpy.context.scene.asd
+        assert props.jobs[0].status == "unknown" and props.progress_text == ""
+        assert bpy.data.images[preview].packed_file is not None  # the preview travelled inside the file
+        tick_until(connection, lambda: props.jobs[0].status == "completed", timeout=60)

@@ -8,13 +8,16 @@ the exact object.
   rendered with its own colours on white against the exact object rendered under the world's light:
   render_psnr; saturated (the share of the object's pixel channels within 2 % of 0 or 1 where the exact
   render is not); nearest_colour (the paint whose exact render is nearest); judge_shape_accuracy and
-  judge_colour_accuracy (the judge, toy/judge.py, on those renders: no method ever trains against it).
+  judge_colour_accuracy (the judge, toy/judge.py, on those renders: no method ever trains against it);
+  for the mug and the chair, judge_azimuth_error_deg: the median error of the azimuth the judge reads
+  from each render (a Janus object, or a handle on the wrong side, reads far from the camera's).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import sys
@@ -28,7 +31,7 @@ import torch
 from ..mesh.extract import Mesh
 from ..nerf.background import SolidBackground
 from ..nerf.cameras import CameraBatch, orbit_cameras
-from ..toy.judge import load_judge
+from ..toy.judge import ORIENTED, load_judge
 from ..toy.render import render_objects
 from ..toy.world import BOUNDING_RADIUS, COLOURS, SHAPES, WorldObject, parse_prompt
 from .shape import SATURATED, metrics
@@ -58,6 +61,7 @@ class ToyBenchConfig:
             raise ValueError("--steps must be ≥ 0 and --views ≥ 1")
 
 
+@functools.lru_cache(maxsize=16)
 def exact_mesh(shape: str, resolution: int = 192):
     """The exact object's surface in the field frame (marching cubes of its signed distance), as trimesh."""
     import mcubes
@@ -156,6 +160,10 @@ def run(cfg: ToyBenchConfig, device: str = "cpu", save: str | Path | None = None
     verdict = load_judge().judge(pred)
     report["judge_shape_accuracy"] = float(np.mean([s == obj.shape for s in verdict["shape"]]))
     report["judge_colour_accuracy"] = float(np.mean([c == obj.colour for c in verdict["colour"]]))
+    if obj.shape in ORIENTED:  # the chair's backrest and the mug's handle, once and on their side
+        errors = [abs((a - float(c) + 180) % 360 - 180) for a, c in zip(verdict["azimuth"],
+                                                                          cameras.azimuth_deg.tolist(), strict=True)]
+        report["judge_azimuth_error_deg"] = round(float(np.median(errors)), 1)
     report["seconds"] = round(seconds, 1)
     report["faces"] = len(result.mesh.faces)
     if save:
