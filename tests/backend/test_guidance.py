@@ -261,3 +261,44 @@ def test_dds_reference_is_the_teacher_on_the_source_with_the_same_noise(gmm):
     assert still.grad.abs().max() < 1e-6
     with pytest.raises(ValueError, match="source"):
         guidance.generator_loss(z, c)
+
+
+def test_fp16_the_generator_and_eps_phi_each_have_a_loss_scale_and_an_overflow_skips_only_its_own_part(asd_home):
+    """One GradScaler spanned ε_φ and the generator: an overflow in ε_φ's step skipped the generator's."""
+    from asd_backend.teachers.builders import saved_pipeline
+    from asd_backend.teachers.stable_diffusion import StableDiffusionTeacher
+
+    teacher = StableDiffusionTeacher.from_pretrained(str(saved_pipeline("tiny")), device="cpu", dtype=torch.float16,
+                                                     trained=False, name="tiny-fp16")
+    guidance = ScoreDistillation(teacher, GuidanceConfig(method="asd"), rank=2)
+    assert guidance.scaler is not None and guidance.discriminator_scaler is not None
+    latent = torch.nn.Parameter(torch.randn(1, 4, 32, 32) * 0.5)  # a 2D generator: one latent image
+    lora = guidance.discriminator.trainable_parameters()
+    optimizer = torch.optim.AdamW([{"params": [latent], "lr": 0.05}, *guidance.discriminator_group(1e-2)])
+    c = PromptBank(teacher, "a teapot", config=NO_VIEWS).conditioning(batch_size=1)
+    g = torch.Generator().manual_seed(0)
+
+    def eps_phi_loss() -> float:  # on one fixed draw of t and ε
+        with torch.no_grad():
+            return float(guidance.discriminator_loss(latent.detach(), c, generator=torch.Generator().manual_seed(1)))
+
+    before = eps_phi_loss()
+    for step in range(10):
+        lat0, lora0 = latent.detach().clone(), [p.detach().clone() for p in lora]
+        metrics = guidance.step(optimizer, latent, c, step=step, generator=g)
+        assert not torch.equal(latent, lat0) and any(not torch.equal(p, q) for p, q in zip(lora, lora0, strict=True))
+    assert metrics["skipped_generator"] == 0 and metrics["skipped_discriminator"] == 0  # none silently skipped
+    assert eps_phi_loss() < before
+    # An overflow in ε_φ's part: ε_φ keeps its weights and lowers its own scale; the generator still steps.
+    for broken, other in ((guidance.discriminator_scaler, guidance.scaler), (guidance.scaler,
+                                                                              guidance.discriminator_scaler)):
+        other.value = 2.0**16
+        broken.value, scale_other = 1e39, other.value  # past fp32 and fp16: the gradients overflow
+        lat0, lora0 = latent.detach().clone(), [p.detach().clone() for p in lora]
+        metrics = guidance.step(optimizer, latent, c, step=20, generator=g)
+        lora_moved = any(not torch.equal(p, q) for p, q in zip(lora, lora0, strict=True))
+        if broken is guidance.discriminator_scaler:
+            assert metrics["skipped_discriminator"] == 1 and not lora_moved and not torch.equal(latent, lat0)
+        else:
+            assert metrics["skipped_generator"] == 1 and torch.equal(latent, lat0) and lora_moved
+        assert broken.value == 5e38 and other.value == scale_other

@@ -175,8 +175,11 @@ class ScoreDistillation:
         # under autocast; fp16 also needs loss scaling, or small gradients underflow to zero and ε_φ
         # silently stays the teacher. bf16 has fp32's range and needs none.
         self.low_precision = teacher.dtype in (torch.float16, torch.bfloat16)
-        self.scaler = (torch.amp.GradScaler(teacher.device.type)
-                       if teacher.dtype == torch.float16 and teacher.device.type == "cuda" else None)
+        # One loss scale each for the generator and ε_φ: an overflow in one skips that one's update only.
+        fp16 = teacher.dtype == torch.float16
+        self.scaler = LossScale() if fp16 else None
+        self.discriminator_scaler = LossScale() if fp16 and self.discriminator is not None else None
+        self.skipped = {"generator": 0, "discriminator": 0}  # updates dropped for a non-finite gradient
 
     @classmethod
     def from_spec(cls, teacher: Teacher, guidance: GuidanceSpec, model: ModelSpec | None = None,
@@ -301,8 +304,9 @@ class ScoreDistillation:
              sample_offsets: Tensor | None = None) -> dict[str, float]:
         """One training step, the same in every loop (3D, 2D, editing, benchmarks): the guidance loss on
         the render z, the weighted `extra` losses (regularisers, already multiplied by their weights),
-        ε_φ's loss on the same render (detached, fresh t and ε), then one backward and one optimizer
-        step over the generator's and ε_φ's parameters, which are disjoint. Returns the metrics.
+        ε_φ's loss on the same render (detached, fresh t and ε), then a backward of each (for fp16 teachers
+        each under its own loss scale) and one optimizer step over the generator's and ε_φ's parameters,
+        which are disjoint. Returns the metrics.
         `timer` (benchmarks) books the teacher, ε_φ, backward and optimizer phases; `sample_offsets` (NeRF
         renders) is where the render's ray samples fell, for an ε_φ that renders the same view."""
         phase = phases_of(timer)
@@ -314,32 +318,45 @@ class ScoreDistillation:
         for name, value in (extra or {}).items():
             loss = loss + value
             metrics[f"loss_{name}"] = float(value.detach())
+        loss_d = None
         if self.discriminator is not None:
             with phase("discriminator_forward"):
                 loss_d = self.discriminator_loss(z, c, camera, generator=generator)
-            loss = loss + loss_d
             metrics["loss_discriminator"] = float(loss_d.detach())
-        metrics["loss"] = float(loss.detach())
-        self._optimizer_step(optimizer, loss, phase)
+        metrics["loss"] = float(loss.detach()) + (0.0 if loss_d is None else float(loss_d.detach()))
+        self._optimizer_step(optimizer, loss, loss_d, phase)
         # More ε_φ updates on the same render: the generator's parameters have no gradient now, so the
         # optimizer leaves them alone.
         for _ in range(self.config.discriminator_steps - 1 if self.discriminator is not None else 0):
             with phase("discriminator_extra_steps"):
-                self._optimizer_step(optimizer, self.discriminator_loss(z, c, camera, generator=generator))
+                self._optimizer_step(optimizer, None, self.discriminator_loss(z, c, camera, generator=generator))
+        if self.scaler is not None:
+            metrics["skipped_generator"], metrics["skipped_discriminator"] = (self.skipped["generator"],
+                                                                               self.skipped["discriminator"])
         return metrics
 
-    def _optimizer_step(self, optimizer: torch.optim.Optimizer, loss: Tensor,
+    def _optimizer_step(self, optimizer: torch.optim.Optimizer, loss: Tensor | None, loss_d: Tensor | None,
                         phase: Callable[[str], AbstractContextManager] | None = None) -> None:
+        """Backward of the generator's and ε_φ's losses (disjoint parameters), each under its own loss
+        scale, then one optimizer step; a part whose gradient is not finite keeps its parameters (its
+        gradients are dropped, so the optimizer skips them) and lowers only its own scale."""
         phase = phase or phases_of(None)
         optimizer.zero_grad(set_to_none=True)
+        parts = [(name, value, scale) for name, value, scale in (("generator", loss, self.scaler),
+                                                                  ("discriminator", loss_d, self.discriminator_scaler))
+                 if value is not None]
         with phase("backward"):
-            (loss if self.scaler is None else self.scaler.scale(loss)).backward()
+            for _, value, scale in parts:
+                (value if scale is None else value * scale.value).backward()
         with phase("optimizer"):
-            if self.scaler is None:
-                optimizer.step()
-            else:
-                self.scaler.step(optimizer)  # skipped (and the scale lowered) when a gradient overflowed
-                self.scaler.update()
+            if self.scaler is not None:
+                disc = set(self.discriminator.trainable_parameters()) if self.discriminator is not None else set()
+                for name, _, scale in parts:
+                    params = [p for g in optimizer.param_groups for p in g["params"]
+                              if p.grad is not None and ((p in disc) == (name == "discriminator"))]
+                    if scale is not None and not scale.unscale(params):
+                        self.skipped[name] += 1
+            optimizer.step()
 
     def discriminator_loss(self, z: Tensor, c: Conditioning, camera: Any = None,
                            generator: torch.Generator | None = None) -> Tensor:
@@ -385,6 +402,48 @@ class ScoreDistillation:
         a = self.teacher.alpha_bar(t, like).to(like)
         return gamma * a / (1 + gamma * (1 - a))
 
+
+
+class LossScale:
+    """Dynamic loss scaling for one part of the model (torch.amp.GradScaler's policy, per part).
+
+    GradScaler scales and steps a whole optimizer; the generator and ε_φ share one, and an overflow in
+    ε_φ's gradient must not skip the generator's step (nor the reverse), so each part has its own scale.
+    """
+
+    def __init__(self, init: float = 2.0**16, growth: float = 2.0, backoff: float = 0.5, interval: int = 2000) -> None:
+        self.value, self.growth, self.backoff, self.interval = init, growth, backoff, interval
+        self.good_steps = 0
+
+    def unscale(self, params: list[torch.nn.Parameter]) -> bool:
+        """Divide the gradients by the scale. Not finite: drop them (the optimizer skips these parameters),
+        lower the scale and return False. Finite: raise the scale after `interval` good steps."""
+        grads = [p.grad for p in params if p.grad is not None]
+        if grads:
+            torch._foreach_mul_(grads, 1.0 / self.value)
+            finite = bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
+        else:
+            finite = True
+        if not finite:
+            for p in params:
+                p.grad = None
+            self.value *= self.backoff
+            self.good_steps = 0
+            return False
+        self.good_steps += 1
+        if self.good_steps >= self.interval:
+            self.value *= self.growth
+            self.good_steps = 0
+        return True
+
+    def state_dict(self) -> dict[str, float]:
+        return {"value": self.value, "good_steps": self.good_steps}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "value" in state:
+            self.value, self.good_steps = float(state["value"]), int(state["good_steps"])
+        elif "scale" in state:  # a checkpoint written with torch's GradScaler (one scale for both parts)
+            self.value, self.good_steps = float(state["scale"]), int(state.get("_growth_tracker", 0))
 
 
 def map_camera(camera: Any, fn: Callable[[Tensor], Tensor]) -> Any:

@@ -142,7 +142,9 @@ def save_checkpoint(path: Path, step: int, model: Generator3D, optimizer: torch.
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "discriminator": None if guidance.discriminator is None else guidance.discriminator.trainable_state(),
-        "scaler": None if guidance.scaler is None else guidance.scaler.state_dict(),  # fp16 loss scale
+        "scaler": None if guidance.scaler is None else guidance.scaler.state_dict(),  # fp16 loss scales
+        "discriminator_scaler": (None if guidance.discriminator_scaler is None
+                                 else guidance.discriminator_scaler.state_dict()),
         "generators": {k: g.get_state() for k, g in generators.items()},
         # Global RNG too: some library code draws from it (the VAE's posterior sample, for one).
         "torch_rng": torch.get_rng_state(),
@@ -178,6 +180,8 @@ def load_checkpoint(path: Path, model: Generator3D, optimizer: torch.optim.Optim
     _match_state_layout(optimizer)
     if guidance.scaler is not None and state.get("scaler"):
         guidance.scaler.load_state_dict(state["scaler"])
+    if guidance.discriminator_scaler is not None and state.get("discriminator_scaler"):
+        guidance.discriminator_scaler.load_state_dict(state["discriminator_scaler"])
     for name, g in generators.items():
         g.set_state(state["generators"][name])
     torch.set_rng_state(state["torch_rng"])
