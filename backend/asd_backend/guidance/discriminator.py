@@ -12,17 +12,12 @@ generator steps of VSD/ASD equal those of a teacher-referenced score, and learn 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from ..teachers.analytic import (
-    GaussianMixtureTeacher,
-    RenderedGaussianTeacher,
-    RenderedShapeTeacher,
-    RenderedTextureTeacher,
-)
 from ..teachers.base import V_PREDICTION, Teacher, epsilon_from_v
 from ..teachers.stable_diffusion import StableDiffusionTeacher
 
@@ -344,16 +339,31 @@ class FieldGaussianDiscriminator(RenderFamilyDiscriminator):
         return self.renderer(camera, height, width, offsets=offsets).rgb.permute(0, 3, 1, 2) * 2 - 1
 
 
+def _residual(teacher: Teacher, gamma: float, **options) -> Discriminator:
+    return ResidualDiscriminator(teacher, **{"n_prompts": teacher.prompt_count, **options})
+
+
+def _field_gaussian(teacher: Teacher, gamma: float, nerf=None, **options) -> Discriminator:
+    if nerf is None:  # outside a 3D loop (tests, 2D use) the shape teacher is a plain Gaussian family
+        return _residual(teacher, gamma, **options)
+    return FieldGaussianDiscriminator(teacher, gamma=gamma, nerf=nerf)
+
+
+# The kinds of ε_φ, by the name a teacher gives in `Teacher.discriminator`: a new teacher names one (or
+# adds one here); nothing in guidance/ looks at which teacher it is.
+DISCRIMINATORS: dict[str, Callable[..., Discriminator]] = {
+    "lora_camera": lambda teacher, gamma, **options: LoraCameraDiscriminator(teacher, **options),
+    "texture_gaussian": lambda teacher, gamma, **options: TextureGaussianDiscriminator(teacher, gamma=gamma,
+                                                                                       **options),
+    "field_gaussian": _field_gaussian,
+    "residual": _residual,
+}
+
+
 def build_discriminator(teacher: Teacher, gamma: float, **options) -> Discriminator:
-    """The ε_φ that fits the teacher: a LoRA + camera embedding on a diffusers UNet; for the analytic
-    teachers one of their own family (per-view Gaussians over a fixed set of views) or a residual
-    network. `gamma` is the γ of the loss ε_φ is trained with (0 for VSD)."""
-    if isinstance(teacher, StableDiffusionTeacher):
-        return LoraCameraDiscriminator(teacher, **options)
-    if isinstance(teacher, RenderedTextureTeacher):
-        return TextureGaussianDiscriminator(teacher, gamma=gamma, **options)
-    if isinstance(teacher, RenderedShapeTeacher) and options.get("nerf") is not None:
-        return FieldGaussianDiscriminator(teacher, gamma=gamma, nerf=options["nerf"])
-    if isinstance(teacher, (GaussianMixtureTeacher, RenderedGaussianTeacher)):
-        return ResidualDiscriminator(teacher, **{"n_prompts": teacher.prompt_count, **options})
-    raise NotImplementedError(f"teacher {teacher.name!r} has no discriminator for VSD/ASD")
+    """The ε_φ the teacher names (`teacher.discriminator`), built with `options` (from
+    `teacher.discriminator_options` in a loop). `gamma` is the γ of the loss ε_φ is trained with (0 for VSD)."""
+    factory = DISCRIMINATORS.get(teacher.discriminator or "")
+    if factory is None:
+        raise NotImplementedError(f"teacher {teacher.name!r} has no discriminator for VSD/ASD")
+    return factory(teacher, gamma, **options)

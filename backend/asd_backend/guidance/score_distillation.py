@@ -33,9 +33,7 @@ from torch import Tensor
 from asd_protocol.job_spec import GAMMA_SCHEDULES, METHODS, GuidanceSpec, ModelSpec, NerfSpec
 
 from ..phase_timer import PhaseTimer, phases_of
-from ..teachers.analytic import RenderedShapeTeacher
 from ..teachers.base import Teacher, expand_like
-from ..teachers.stable_diffusion import StableDiffusionTeacher
 from .discriminator import build_discriminator
 from .prompts import Conditioning
 
@@ -187,14 +185,7 @@ class ScoreDistillation:
         """The distillation a job spec asks for: its guidance section (plus the loop's own settings in
         `overrides`) and, for diffusers teachers, ε_φ's LoRA rank and separate model."""
         config = GuidanceConfig.from_spec(guidance, **overrides)
-        separate = model.discriminator_model if model is not None else None
-        options: dict[str, Any] = {}
-        if config.uses_discriminator and isinstance(teacher, StableDiffusionTeacher):
-            options = {"rank": guidance.lora_rank, "separate_model": separate}
-        elif config.uses_discriminator and isinstance(teacher, RenderedShapeTeacher) and nerf is not None:
-            options = {"nerf": nerf}  # ε_φ of the shape teacher's family: a NeRF of its own
-        elif separate and config.uses_discriminator:
-            raise ValueError(f"a separate discriminator model needs a Stable Diffusion teacher, not {teacher.name!r}")
+        options = teacher.discriminator_options(guidance, model, nerf) if config.uses_discriminator else {}
         return cls(teacher, config, **options)
 
     def close(self) -> None:

@@ -28,6 +28,8 @@ class GaussianMixtureTeacher(Teacher):
     Conditioning is the prompt index (−1 for unconditional).
     """
 
+    discriminator = "residual"
+
     def __init__(self, means: Float[Tensor, "P K D"], sigma: float, *, device: str | torch.device = "cpu",
                  alphas_cumprod: Tensor | None = None) -> None:
         if means.ndim != 3:
@@ -130,6 +132,8 @@ class RenderedGaussianTeacher(Teacher):
     paper shows.
     """
 
+    discriminator = "residual"
+
     prompts: tuple[str, ...] = ()
 
     @property
@@ -205,6 +209,11 @@ class RenderedShapeTeacher(RenderedGaussianTeacher):
     each distractor comes in them too: the unconditional is broad, as a real teacher's is, so CFG
     acts as it does on a real teacher (it pushes renders towards extremes)."""
 
+    discriminator = "field_gaussian"
+
+    def discriminator_options(self, guidance, model=None, nerf=None) -> dict:
+        return {**super().discriminator_options(guidance, model, nerf), "nerf": nerf}  # a NeRF of its own
+
     prompts = ("target", "distractor")
 
     def __init__(self, target, distractor, *, resolution: int, sigma: float = 0.05,
@@ -265,6 +274,8 @@ class RenderedTextureTeacher(RenderedGaussianTeacher):
     """Renders of known textures on a fixed mesh through a UVRasterizer's precomputed views (the camera
     is a ViewBatch). Each prompt has one texture or several equally likely ones ('weathered bronze':
     three colourways); prompts nobody asks for (other objects' textures) only widen the unconditional."""
+
+    discriminator = "texture_gaussian"
 
     def __init__(self, rasterizer, textures: dict[str, Tensor | Sequence[Tensor]], *, sigma: float = 0.05,
                  device: str | torch.device = "cpu", uncond_shrink: float = 0.0) -> None:

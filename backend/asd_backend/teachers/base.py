@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from jaxtyping import Float, Int
@@ -54,6 +55,14 @@ class Teacher(ABC):
     sample_channels: int  # channels of x_t (4 for SD latents, C for pixel teachers)
     vae_scale_factor: int = 1  # image side / sample side
     native_resolution: int  # image side the model was trained at
+    discriminator: str | None = None
+    """The kind of ε_φ that fits this teacher, a name in guidance/discriminator.DISCRIMINATORS (None: SDS only)."""
+
+    def discriminator_options(self, guidance: Any, model: Any = None, nerf: Any = None) -> dict[str, Any]:
+        """What this teacher's ε_φ is built with, from a job spec's guidance, model and nerf sections."""
+        if model is not None and getattr(model, "discriminator_model", None):
+            raise ValueError(f"a separate discriminator model needs a Stable Diffusion teacher, not {self.name!r}")
+        return {}
 
     @property
     def num_train_timesteps(self) -> int:

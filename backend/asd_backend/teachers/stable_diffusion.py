@@ -113,6 +113,11 @@ class StableDiffusionTeacher(Teacher):
     the ASD discriminator; `unet_forward(adapter=False)` is always the pure teacher.
     """
 
+    discriminator = "lora_camera"
+
+    def discriminator_options(self, guidance, model=None, nerf=None) -> dict:
+        return {"rank": guidance.lora_rank, "separate_model": None if model is None else model.discriminator_model}
+
     def __init__(self, pipe, *, name: str, trained: bool = True, description: str = "") -> None:
         self.name = name
         self.trained = trained
