@@ -75,7 +75,7 @@ class ToyTrainingConfig:
     batch: int = 64
     lr: float = 6e-4
     warmup_steps: int = 200
-    decoder_steps: int = 1500
+    decoder_steps: int = 800
     """Stage 3: the VAE decoder alone, on the frozen encoder's latents (sharper decodes, same latents)."""
     decoder_lr: float = 5e-4
     min_snr_gamma: float = 5.0
