@@ -234,11 +234,13 @@ def test_a_cancelled_job_resumes_from_its_checkpoint_with_asd_submit_resume(tmp_
 
 
 def test_a_short_soak_ends_with_every_job_finished_and_the_server_never_restarted(asd_home):
-    """`asd bench serve --scenario soak`, briefly: random jobs, fuzz, a slow reader and worker kills."""
+    """`asd bench serve --scenario soak`, briefly: random jobs, fuzz, poisoned spec keys, a slow reader,
+    routing ids that come and go, and worker kills."""
     from asd_backend.bench import soak
 
     report = soak.run(seconds=20, seed=1, kill_every=8, drain_timeout=240)
     assert report["accepted"] > 0 and report["fuzz_replies"] > 0 and report["worker_kills"] >= 1
+    assert report["poisoned_specs"] > 0 and report["routing_ids"] > 0
     assert report["unfinished"] == 0 and sum(report["jobs_by_status"].values()) >= report["accepted"]
     assert report["server_restarts"] == 0 and report["server_alive_at_end"]
     assert report["request_failures"] == 0

@@ -1,8 +1,9 @@
 """`asd bench serve --scenario soak`: a shared server under everything at once, for a bounded time.
 
 Three artists submit random valid jobs (generate, image and texture-edit jobs, tiny teacher) and
-cancel, resume, attach and list at random; a fuzzer sends random and mutated frames; a slow reader
-asks for job lists and never reads; the worker is killed every `kill_every` seconds. Then the
+cancel, resume, attach and list at random; a fuzzer sends random and mutated frames, and specs whose
+keys hold control characters or lone surrogates; a slow reader asks for job lists and never reads,
+and so do fresh routing ids that come and go; the worker is killed every `kill_every` seconds. Then the
 artists stop and the queue drains. The report: jobs by final status (every job must end completed,
 cancelled or failed), error replies, server-side request failures, worker kills, server restarts
 (must be zero) and the front end's resident memory over time (flat, with the backlog cap).
@@ -61,6 +62,17 @@ def _fuzz_frames(rng: random.Random) -> list[bytes]:
     return frames
 
 
+def _poisoned_spec(rng: random.Random) -> list[bytes]:
+    """A submit whose spec has a key with a control character or a lone surrogate, at some depth (one such
+    message used to stop the server)."""
+    key = rng.choice([r"\u0007", r"\ud800", r"x\u001b[2J", r"\u0085\udfff", r"\u0000"]).encode()
+    spec = rng.choice([b'{"prompt": "a", "KEY": 1}', b'{"prompt": "a", "schedule": {"KEY": 1}}',
+                       b'{"prompt": "a", "nerf": {"grid": {"KEY": 2}}}']).replace(b"KEY", key)
+    frames = [bytes(f) for f in encode(Submit(spec={"prompt": "PLACEHOLDER"}))]
+    frames[1] = frames[1].replace(b'{"prompt": "PLACEHOLDER"}', spec).replace(b'{"prompt":"PLACEHOLDER"}', spec)
+    return frames
+
+
 def _worker_pids(log: Path) -> list[int]:
     return [json.loads(line)["pid"] for line in log.read_text().splitlines()
             if line.startswith("{") and '"worker_started"' in line]
@@ -78,7 +90,9 @@ def run(seconds: float = 180.0, seed: int = 0, kill_every: float = 45.0,
     with serving("--max-pending-replies", "200", "--max-queued-per-user", "6") as bench:
         server, address, log = bench.process, bench.address, bench.log
         counts = {"submitted": 0, "accepted": 0, "refused": 0, "cancels": 0, "resumes": 0, "attaches": 0,
-                  "lists": 0, "fuzz_frames": 0, "fuzz_replies": 0, "slow_requests": 0, "worker_kills": 0}
+                  "lists": 0, "fuzz_frames": 0, "fuzz_replies": 0, "slow_requests": 0, "worker_kills": 0,
+                  "poisoned_specs": 0, "routing_ids": 0}
+        passers: list = []  # fresh routing ids that ask for a list and never read
         memory: list[float] = []
         artists: list[AsdClient] = []
         ctx = zmq.Context.instance()
@@ -121,6 +135,20 @@ def run(seconds: float = 180.0, seed: int = 0, kill_every: float = 45.0,
                 elif action < 0.35:
                     slow.send_multipart(encode(ListJobs(limit=10_000)))
                     counts["slow_requests"] += 1
+                elif action < 0.37:
+                    fuzzer.send_multipart(_poisoned_spec(rng))
+                    counts["poisoned_specs"] += 1
+                elif action < 0.38:
+                    passer = ctx.socket(zmq.DEALER)
+                    passer.setsockopt(zmq.LINGER, 0)
+                    passer.setsockopt(zmq.RCVHWM, 1)
+                    passer.connect(address)
+                    for _ in range(20):
+                        passer.send_multipart(encode(ListJobs(limit=10_000)))
+                    passers.append(passer)
+                    counts["routing_ids"] += 1
+                    if len(passers) > 24:  # they come and go
+                        passers.pop(0).close()
                 while fuzzer.poll(0):
                     fuzzer.recv_multipart()
                     counts["fuzz_replies"] += 1
@@ -166,6 +194,8 @@ def run(seconds: float = 180.0, seed: int = 0, kill_every: float = 45.0,
                 a.close()
             fuzzer.close()
             slow.close()
+            for passer in passers:
+                passer.close()
         by_status: dict[str, int] = {}
         for status in statuses.values():
             by_status[status] = by_status.get(status, 0) + 1
