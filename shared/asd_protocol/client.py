@@ -121,9 +121,10 @@ class AsdClient:
 
     @property
     def stale_after(self) -> float:
-        """Seconds of silence after which a connected backend is not trusted with a request: it heartbeats
-        every `heartbeat_interval`, so longer means it may be gone (and a restarted one never asked)."""
-        return min(self.dead_after, max(1.0, 2.5 * self.heartbeat_interval))
+        """Seconds of silence after which a backend is not trusted with a request: the same silence that
+        declares it lost (a busy server may miss a heartbeat or two; a dead one's connection is gone at
+        once, and ZMQ_IMMEDIATE then refuses the send)."""
+        return self.dead_after
 
     def send(self, msg: Message) -> str:
         """Validate and send a message; returns its msg_id (replies carry it as parent_id).

@@ -75,7 +75,7 @@ def test_help_shows_defaults_grouped_by_section():
     text = " ".join(asd("generate", "--help").stdout.split())  # argparse wraps lines
     assert "guidance settings" in text and "output settings" in text and "nerf settings" in text
     assert "--cfg X" in text and "(default: 7.5)" in text
-    assert "preset smoke 12, standard 10000, paper 25000" in text  # --steps: what each preset sets
+    assert "preset smoke 12, toy 1200, standard 10000, paper 25000" in text  # --steps: what each preset sets
     assert "--mesh-every" in text and "--turntable-size" in text
 
 
