@@ -264,6 +264,7 @@ class ToyTeacherTrainer:
                 "seconds": self.seconds, "vae": self.vae.state_dict(), "unet": self.unet.state_dict(),
                 "text_encoder": self.text_encoder.state_dict(), "vae_opt": self.vae_opt.state_dict(),
                 "opt": self.opt.state_dict(), "decoder_opt": self.decoder_opt.state_dict(), "ema": self.ema.shadow,
+                "latent_scale": float(self.vae.config.scaling_factor),
                 "generator": self.generator.get_state()}
 
     def save_checkpoint(self) -> None:
@@ -285,6 +286,15 @@ class ToyTeacherTrainer:
             if name in state:  # checkpoints from before the decoder stage have no decoder_opt
                 getattr(self, name).load_state_dict(state[name])
         self.ema.shadow = [t.to(self.device) for t in state["ema"]]
+        if state["stage"] != "vae":
+            # The latent scale is VAE config, not a weight: put it back (checkpoints from before it was
+            # saved: measure it again, the same draw of the same frozen encoder gives the same value).
+            scale = state.get("latent_scale")
+            if scale is None:
+                renders = cached_world(self.config.views_per_object, self.config.seed, self.cache)
+                self.set_latent_scale(renders)
+            else:
+                self.vae.register_to_config(scaling_factor=scale)
         self.generator.set_state(state["generator"])
         self.stage, self.step, self.seconds = state["stage"], state["step"], state["seconds"]
         return True
