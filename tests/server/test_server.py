@@ -292,7 +292,9 @@ def test_curve_allowed_key_works_unknown_key_and_plaintext_are_refused(tmp_path,
                     return "welcome"
                 except (TimeoutError, ConnectionError):
                     started = time.monotonic()
-                    client.submit("still never blocks")  # a refused connection must not block the caller
+                    # A refused connection must not block the caller, nor keep the request for later.
+                    with pytest.raises(ConnectionError, match="not sent"):
+                        client.submit("still never blocks")
                     assert time.monotonic() - started < 0.5
                     return client.lost_reason()
 
