@@ -105,4 +105,4 @@ def render_objects(objects: list[WorldObject], cameras: CameraBatch, size: int, 
         coverage[idx] = hit.float().reshape(len(indices), fine, fine, 1)
     colour = F.avg_pool2d(colour.permute(0, 3, 1, 2), supersample)
     coverage = F.avg_pool2d(coverage.permute(0, 3, 1, 2), supersample)
-    return ObjectRender(colour * 1.0, coverage)
+    return ObjectRender(colour, coverage)

@@ -31,7 +31,7 @@ from ..guidance.prompts import DIRECTIONS, ViewPromptConfig, view_direction, vie
 from ..nerf.cameras import CameraBatch, CameraConfig, sample_cameras
 from ..teachers.builders import SCHEDULER, tokenizer
 from .render import composite, render_objects
-from .world import SHAPES, WorldObject, all_objects
+from .world import SHAPES, all_objects
 
 DATA_VERSION = 1  # bump when world.py or render.py change what a render looks like
 IMAGE_SIZE = 32
@@ -514,6 +514,3 @@ def _jsonable(value: Any) -> Any:
         return str(value)
     return value
 
-
-def world_object_of(index: int) -> WorldObject:
-    return all_objects()[index]
