@@ -84,9 +84,6 @@ def test_the_trainer_runs_checkpoints_resumes_and_saves_a_pipeline_the_product_l
 
     first = ToyTeacherTrainer(config(2), cache=tmp_path / "cache", progress=False)
     first.run()
-    log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()] if (
-        tmp_path / "run" / "train_log.jsonl").exists() else []
-    assert all(math.isfinite(r["loss"]) for r in log)
     # The same command with a longer last stage continues where the checkpoint is, not from scratch.
     second = ToyTeacherTrainer(config(4), cache=tmp_path / "cache", progress=False)
     assert second.load_checkpoint() and second.stage == "decoder" and second.step == 2

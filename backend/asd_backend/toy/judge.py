@@ -20,11 +20,11 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from ..artifacts import atomic_path
-from .render import composite
 from .world import COLOURS, SHAPES, all_objects
 
 JUDGE_DIR = Path(__file__).resolve().parent.parent / "assets" / "toy_judge"
 ORIENTED = ("mug", "chair")  # the shapes whose azimuth can be told from an image
+WHITE_SHARE = 0.6  # as the teacher's training data (train_teacher.ToyTrainingConfig.white_background)
 
 
 class Judge(nn.Module):
@@ -115,19 +115,13 @@ def train_judge(config: JudgeTrainingConfig, cache: Path, progress: bool = True)
     opt = torch.optim.AdamW(judge.parameters(), lr=config.lr, weight_decay=1e-4)
     generator = torch.Generator().manual_seed(config.seed)
 
-    def images_of(renders, pick: Tensor, gen: torch.Generator) -> Tensor:
-        rgba = renders.rgba[pick].float() / 255
-        background = torch.rand(len(pick), 3, generator=gen)
-        background[torch.rand(len(pick), generator=gen) < 0.6] = 1.0
-        return composite(rgba[:, :3], rgba[:, 3:], background).clamp(0, 1)
-
     bar = tqdm(range(config.steps), desc="judge", disable=not progress)
     for step in bar:
         for group in opt.param_groups:
             group["lr"] = config.lr * 0.5 * (1 + math.cos(math.pi * step / config.steps))
         pick = torch.randint(len(data), (config.batch,), generator=generator)
         obj = data.object_index[pick]
-        images = augment(images_of(data, pick, generator), generator)
+        images = augment(data.images(pick, generator, WHITE_SHARE), generator)
         shape, colour, azimuth = judge(images)
         az = torch.deg2rad(data.azimuth[pick])
         mask = oriented[obj]
@@ -140,7 +134,7 @@ def train_judge(config: JudgeTrainingConfig, cache: Path, progress: bool = True)
         opt.step()
         if step % 20 == 0:
             bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
-    verdict = judge.judge(images_of(held_out, torch.arange(len(held_out)), torch.Generator().manual_seed(5)))
+    verdict = judge.judge(held_out.images(torch.arange(len(held_out)), torch.Generator().manual_seed(5), WHITE_SHARE))
     obj = held_out.object_index
     shape_ok = [v == objects[i].shape for v, i in zip(verdict["shape"], obj.tolist(), strict=True)]
     colour_ok = [v == objects[i].colour for v, i in zip(verdict["colour"], obj.tolist(), strict=True)]

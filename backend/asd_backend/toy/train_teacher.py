@@ -121,6 +121,14 @@ class WorldRenders:
     def __len__(self) -> int:
         return len(self.object_index)
 
+    def images(self, pick: Tensor, generator: torch.Generator, white_share: float) -> Tensor:
+        """The picked renders in [0, 1] on solid backgrounds: white for `white_share` of them, a random
+        colour for the rest (the teacher and the judge see the same backgrounds)."""
+        rgba = self.rgba[pick].float() / 255
+        background = torch.rand(len(pick), 3, generator=generator)
+        background[torch.rand(len(pick), generator=generator) < white_share] = 1.0
+        return composite(rgba[:, :3], rgba[:, 3:], background).clamp(0, 1)
+
 
 def render_world(views_per_object: int, seed: int, size: int = IMAGE_SIZE, chunk: int = 512,
                  progress: bool = False) -> WorldRenders:
@@ -161,11 +169,7 @@ def draw_batch(renders: WorldRenders, batch: int, config: ToyTrainingConfig,
     """A batch of images in [0, 1] on their backgrounds, and their captions."""
     objects = all_objects()
     pick = torch.randint(len(renders), (batch,), generator=generator)
-    rgba = renders.rgba[pick].float() / 255
-    background = torch.rand(batch, 3, generator=generator)
-    white = torch.rand(batch, generator=generator) < config.white_background
-    background[white] = 1.0
-    images = composite(rgba[:, :3], rgba[:, 3:], background).clamp(0, 1)
+    images = renders.images(pick, generator, config.white_background)
     directions = view_direction(renders.elevation[pick], renders.azimuth[pick], ViewPromptConfig())
     kind = torch.rand(batch, generator=generator)
     captions = []
