@@ -6,12 +6,14 @@ import argparse
 import dataclasses
 import json
 import sys
+import time
 from collections.abc import Callable, Sequence
 
 from asd_protocol.errors import ProtocolError
 
 from . import __version__
 from .errors import AsdError
+from .job_events import JobEvents
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -86,47 +88,67 @@ class _StopOnInterrupt:
         return self.requested
 
 
+class _ProgressBar(JobEvents):
+    """A local job's events: a progress bar on stderr, phases as lines, Ctrl-C as a clean stop (the first
+    one; a second one stops Python)."""
+
+    def __init__(self, total: int, desc: str, stop: _StopOnInterrupt, initial: int = 0) -> None:
+        self.bar = _progress(total, desc, initial=initial)
+        self.stop = stop
+
+    def should_stop(self) -> bool:
+        return self.stop()
+
+    def progress(self, step: int, total: int, metrics: dict[str, float]) -> None:
+        self.bar.n = step
+        shown = {"loss": f"{metrics['loss']:.3g}"} if "loss" in metrics else {}
+        if "resolution" in metrics:
+            shown["res"] = int(metrics["resolution"])
+        self.bar.set_postfix(shown, refresh=False)
+        self.bar.refresh()
+
+    def phase(self, name: str, message: str) -> None:
+        self.bar.close()
+        _say(f"{name}: {message}…")
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _run_record(kind: str, spec, teacher, notice: str | None, result, started: float, **extra) -> dict:
+    from . import artifacts
+
+    return {"kind": kind, "prompt": spec.prompt, "spec": spec.to_json(), "device": str(teacher.device),
+            "teacher": {"name": teacher.name, "trained": teacher.trained, "description": teacher.description},
+            "notice": notice, **result.summary, "steps_done": result.summary["steps"], "outputs": result.outputs,
+            **extra,
+            "seconds": round(time.time() - started, 2), "versions": artifacts.versions()}
+
+
 def _image(args: argparse.Namespace) -> int:
-    import time
+    import shutil
     from pathlib import Path
 
-    from . import artifacts
+    from . import artifacts, job_layout
+    from .job_runner import run_job
     from .spec_flags import partial_from_args
-    from .train.image_2d import distill_image
 
     spec = _resolve(partial_from_args(args, "image"))
     out = artifacts.check_output_path(Path(args.output), (".png",), "image")
+    workdir = out.with_name(out.stem + "_run")
     started = time.time()
     teacher, notice = _load_teacher(spec, args.device)
-    meta = {"prompt": spec.prompt, "method": spec.guidance.method, "cfg": str(spec.guidance.cfg),
-            "seed": str(spec.seed), "teacher": teacher.name, "teacher_trained": str(teacher.trained),
-            "software": "asd-studio"}
-    if notice:
-        meta["notice"] = notice
-    frames_dir = out.with_name(out.stem + "_frames")
-    bar = _progress(spec.steps, "distilling")
-
-    def on_step(step: int, metrics: dict[str, float]) -> None:
-        bar.update(1)
-        bar.set_postfix(loss=f"{metrics['loss_guidance']:.3g}")
-
-    def on_frame(frame) -> None:
-        if not frame.final:
-            artifacts.write_png(frames_dir / f"step_{frame.step:05d}.png", frame.image, meta)
-
     with _StopOnInterrupt() as stop:
-        final = distill_image(teacher, spec, on_frame=on_frame, on_step=on_step, should_stop=stop)
-    bar.close()
-    artifacts.write_png(out, final.image, meta)
-    artifacts.write_json(out.with_suffix(".json"), {
-        "kind": "image", "spec": spec.to_json(), "device": str(teacher.device),
-        "teacher": {"name": teacher.name, "trained": teacher.trained, "description": teacher.description},
-        "notice": notice, "steps_done": final.step, "seconds": round(time.time() - started, 2),
-        "final_metrics": final.metrics, "versions": artifacts.versions()})
-    if stop.requested:
-        _say(f"interrupted at step {final.step}: wrote that image to {out}")
+        events = _ProgressBar(spec.steps, "distilling", stop)
+        result = run_job(teacher, spec, workdir, events)
+        events.close()
+    shutil.copyfile(workdir / job_layout.IMAGE, out)
+    artifacts.write_json(out.with_suffix(".json"), _run_record("image", spec, teacher, notice, result, started,
+                                                               output=str(out), run_folder=str(workdir)))
+    if result.stopped:
+        _say(f"interrupted at step {result.summary['steps']}: wrote that image to {out}")
         return 130
-    print(f"wrote {out}" + (f" and frames in {frames_dir}/" if spec.image.every else ""))
+    print(f"wrote {out}" + (f" and frames in {workdir / 'frames'}/" if spec.image.every else ""))
     return 0
 
 
@@ -146,13 +168,13 @@ def _add_image(sub: argparse._SubParsersAction) -> None:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    import time
     from pathlib import Path
 
-    from . import artifacts
+    from . import artifacts, job_layout
+    from .job_runner import run_job
     from .mesh.export import FORMATS, write_mesh
     from .spec_flags import given_options, partial_from_args
-    from .train.text_to_3d import check_resume, checkpoint_record, generate
+    from .train.text_to_3d import check_resume, checkpoint_record
 
     # Everything is checked before a model loads: the spec, the output path, the checkpoint to resume.
     partial = partial_from_args(args, "generate")
@@ -172,55 +194,20 @@ def _generate(args: argparse.Namespace) -> int:
             _say(f"resuming {workdir} from step {start} of {spec.steps}")
     started = time.time()
     teacher, notice = _load_teacher(spec, args.device)
-    bar = _progress(spec.steps, "generating", initial=start)
-
-    def on_progress(step: int, total: int, metrics: dict[str, float]) -> None:
-        bar.n = step
-        bar.set_postfix(loss=f"{metrics['loss']:.3g}", res=int(metrics["resolution"]), refresh=False)
-        bar.refresh()
-
-    def on_snapshot(snapshot) -> None:
-        if args.save_snapshots and not snapshot.final and len(snapshot.mesh.faces):
-            write_mesh(snapshot.mesh, workdir / f"snapshot_{snapshot.index:03d}_step{snapshot.step:06d}.glb")
-        artifacts.write_png(workdir / f"preview_{snapshot.index:03d}.png", snapshot.preview)
-
-    def on_phase(phase: str, message: str) -> None:
-        bar.close()
-        _say(f"{phase}: {message}…")
-
     with _StopOnInterrupt() as stop:
-        result = generate(teacher, spec, workdir=workdir, resume=args.resume, on_progress=on_progress,
-                          on_snapshot=on_snapshot, should_stop=stop, on_phase=on_phase)
-    bar.close()
+        events = _ProgressBar(spec.steps, "generating", stop, initial=start)
+        result = run_job(teacher, spec, workdir, events, resume=args.resume)
+        events.close()
     if result.stopped:
-        _say(f"interrupted at step {result.steps_done} of {spec.steps}; the checkpoint is in {workdir}/. Continue "
-             "with the same command and --resume")
+        _say(f"interrupted at step {result.summary['steps']} of {spec.steps}; the checkpoint is in {workdir}/. "
+             "Continue with the same command and --resume")
         return 130
-    if result.mesh is None or not len(result.mesh.faces):
-        raise ValueError("the optimisation produced no surface (an empty density field); try more steps or "
-                         "another seed")
-    write_mesh(result.mesh, out)
-    meta = {"prompt": spec.prompt, "teacher": teacher.name, "teacher_trained": str(teacher.trained)}
-    if notice:
-        meta["notice"] = notice
-    frames = out.with_name(out.stem + "_frames")
+    write_mesh(result.mesh, out)  # the run folder keeps mesh.glb; -o may ask for another format
+    artifacts.write_json(out.with_suffix(".json"), _run_record("generate", spec, teacher, notice, result, started,
+                                                               output=str(out), run_folder=str(workdir)))
     count = spec.output.turntable
-    if count:
-        from tqdm import tqdm
-
-        azimuths = [i * 360.0 / count - 180.0 for i in range(count)]
-        for i, azimuth in enumerate(tqdm(azimuths, desc="turntable", unit="frame", file=sys.stderr)):
-            image = result.model.turntable(spec.output.turntable_size, [azimuth])[0]
-            artifacts.write_png(frames / f"turntable_{i:02d}.png", image, meta)
-    artifacts.write_json(out.with_suffix(".json"), {
-        "kind": "generate", "prompt": spec.prompt, "output": str(out), "spec": spec.to_json(),
-        "device": str(teacher.device),
-        "teacher": {"name": teacher.name, "trained": teacher.trained, "description": teacher.description},
-        "notice": notice, "steps_done": result.steps_done, "resumed_from": result.resumed_from,
-        "optimisation_seconds": round(result.seconds, 2), "seconds": round(time.time() - started, 2),
-        "vertices": len(result.mesh.vertices), "faces": len(result.mesh.faces), "versions": artifacts.versions()})
     print(f"wrote {out} ({len(result.mesh.faces)} triangles), {out.with_suffix('.json').name}"
-          + (f" and {count} turntable frames in {frames}/" if count else ""))
+          + (f" and {count} turntable frames in {(workdir / job_layout.turntable_frame(0)).parent}/" if count else ""))
     return 0
 
 
@@ -229,13 +216,13 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("generate", help="text to a coloured 3D mesh, on this machine",
                        description="Text to a coloured 3D mesh (metres, Z up) on this machine. Writes OUTPUT, "
-                       "OUTPUT.json (the resolved spec and timings), OUTPUT_run/ (checkpoint, previews) and "
-                       "OUTPUT_frames/ (turntable).", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       "OUTPUT.json (the resolved spec and timings) and OUTPUT_run/ (checkpoint, previews, "
+                       "turntable frames: laid out as a server's job folder).",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("prompt")
     p.add_argument("-o", "--output", default="model.glb", help="mesh file: .glb, .obj or .ply")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in OUTPUT_run/")
-    p.add_argument("--save-snapshots", action="store_true", help="also write every preview mesh to OUTPUT_run/")
     add_spec_flags(p, ("generate",))
     p.set_defaults(handler=_generate)
 
@@ -602,7 +589,7 @@ def _print_speed(report: dict, fast: dict | None = None, speedup: dict | None = 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
     bench = sub.add_parser("bench", help="benchmarks that print JSON")
-    kinds = bench.add_subparsers(dest="bench", required=True, metavar="{protocol,2d,3d,toy,edit,serve,speed}")
+    kinds = bench.add_subparsers(dest="bench", required=True, metavar="{protocol,2d,3d,toy,toy-sweep,edit,serve,speed}")
     p = kinds.add_parser("protocol", help="mesh-frame throughput over loopback ZeroMQ")
     p.add_argument("--triangles", type=int, default=1_000_000)
     p.add_argument("--messages", type=int, default=40)
@@ -640,9 +627,10 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_bench_3d)
 
-    from .bench import toy
+    from .bench import toy, toy_sweep
 
     toy.add_cli(kinds)
+    toy_sweep.add_cli(kinds)
 
     p = kinds.add_parser("edit", help="texture editing against an exact, CFG-sensitive teacher")
     p.add_argument("--method", choices=["sds", "dds", "vsd", "asd"], default="asd")

@@ -22,7 +22,7 @@ def test_asd_image_end_to_end_on_the_tiny_teacher(tmp_path, asd_home):
     assert image.size == (64, 64) and image.mode == "RGB"
     assert image.info["teacher_trained"] == "False" and "UNTRAINED" in image.info["notice"]
     assert "UNTRAINED" in result.stderr  # the user is told on the console too
-    assert (tmp_path / "fox_frames" / "step_00003.png").is_file()
+    assert (tmp_path / "fox_run" / "frames" / "step_00003.png").is_file()
     run = json.loads((tmp_path / "fox.json").read_text())
     assert run["teacher"]["trained"] is False and run["spec"]["guidance"]["method"] == "asd"
     assert run["final_metrics"]["loss_discriminator"] > 0

@@ -20,6 +20,8 @@ from asd_backend.nerf.occupancy import OccupancyGrid
 from asd_backend.nerf.renderer import VolumeRenderer
 from asd_protocol.job_spec import GridSpec
 
+from .recording import Recording
+
 CENTRE = torch.tensor([0.25, -0.1, 0.15])
 RADIUS = 0.12
 
@@ -330,7 +332,7 @@ def test_asd_generate_smoke_end_to_end(tmp_path, asd_home):
     run = json.loads(out.with_suffix(".json").read_text())
     assert run["teacher"]["trained"] is False and "UNTRAINED" in run["notice"]
     assert run["steps_done"] == 12 and run["spec"]["guidance"]["method"] == "asd" and "torch" in run["versions"]
-    assert len(list((tmp_path / "teapot_frames").glob("turntable_*.png"))) == 4
+    assert len(list((tmp_path / "teapot_run" / "turntable").glob("turntable_*.png"))) == 4
     assert (tmp_path / "teapot_run" / "checkpoint.pt").is_file()
     assert "UNTRAINED" in result.stderr
 
@@ -345,7 +347,7 @@ def test_resume_continues_exactly(tmp_path, asd_home):
     teacher = load_teacher("tiny", "cpu")
     straight = generate(teacher, config, workdir=tmp_path / "a")
     stop_after = iter([False, False, False, True])  # stop at step 4 (a checkpoint is written)
-    first = generate(teacher, config, workdir=tmp_path / "b", should_stop=lambda: next(stop_after, False))
+    first = generate(teacher, config, workdir=tmp_path / "b", events=Recording(lambda: next(stop_after, False)))
     assert first.stopped and first.steps_done == 4
     resumed = generate(teacher, config, workdir=tmp_path / "b", resume=True)
     assert resumed.steps_done == 8 and not resumed.stopped
@@ -367,7 +369,7 @@ def test_a_checkpoint_of_the_first_versions_layout_resumes_on_the_fast_path(tmp_
                            "output": {"mesh_every": 0, "mc_resolution": 32}})
     teacher = load_teacher("tiny", "cpu")
     stop_after = iter([False, False, True])
-    first = generate(teacher, config, workdir=tmp_path, should_stop=lambda: next(stop_after, False),
+    first = generate(teacher, config, workdir=tmp_path, events=Recording(lambda: next(stop_after, False)),
                      implementation="reference")
     saved = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     table = saved["model"]["field.encoding.embeddings"]
@@ -385,9 +387,9 @@ def test_empty_space_is_skipped_from_the_first_step():
 
     config = resolve_spec({"prompt": "a teapot", "preset": "smoke", "seed": 0, "schedule": {"steps": 2},
                            "output": {"mesh_every": 0, "mc_resolution": 32}})
-    seen = {}
-    generate(load_teacher("tiny", "cpu"), config, on_progress=lambda step, total, m: seen.setdefault(step, m))
-    first = seen[1]
+    seen = Recording()
+    generate(load_teacher("tiny", "cpu"), config, events=seen)
+    first = seen.metrics[1]
     # The initial field is a ball: the grid marks the rest empty before the first render.
     assert first["occupied"] < 0.5 and first["samples_evaluated"] < 0.6 * first["samples_total"]
 
@@ -461,10 +463,10 @@ def test_the_first_preview_mesh_comes_after_a_time_budget_not_a_step_count():
     for budget in (0.5, 0.0):
         spec = resolve_spec({"prompt": "a teapot", "preset": "smoke", "seed": 0, "schedule": {"steps": 30},
                              "output": {"mesh_every": 1000, "first_mesh_seconds": budget, "mc_resolution": 32}})
-        seconds, snapshots = {}, []
-        generate(teacher, spec, on_progress=lambda step, total, m, seen=seconds: seen.setdefault(step, m["seconds"]),
-                 on_snapshot=snapshots.append)
-        previews = [s for s in snapshots if not s.final]
+        events = Recording()
+        generate(teacher, spec, events=events)
+        seconds = {step: m["seconds"] for step, m in events.metrics.items()}
+        previews = [s for s in events.snapshots if not s.final]
         if budget:
             # One preview, at the first step past the budget, long before step 1000.
             assert len(previews) == 1
@@ -507,11 +509,11 @@ def test_a_job_stopped_inside_its_final_extraction_resumes_straight_to_it(tmp_pa
     spec = resolve_spec({"prompt": "a teapot", "preset": "smoke", "seed": 0, "schedule": {"steps": 6},
                          "output": {"mesh_every": 0, "mc_resolution": 64}})
     teacher = load_teacher("tiny", "cpu")
-    phases = []
-    stopped = generate(teacher, spec, workdir=tmp_path, on_phase=lambda name, text: phases.append(name),
-                       should_stop=lambda: "extracting" in phases)
-    assert phases == ["extracting"] and stopped.stopped and stopped.mesh is None and stopped.steps_done == 6
-    steps = []
-    resumed = generate(teacher, spec, workdir=tmp_path, resume=True, on_progress=lambda s, t, m: steps.append(s))
-    assert not resumed.stopped and resumed.resumed_from == 6 and steps == []
+    events = Recording()
+    events.stop = lambda: "extracting" in events.phases
+    stopped = generate(teacher, spec, workdir=tmp_path, events=events)
+    assert events.phases == ["extracting"] and stopped.stopped and stopped.mesh is None and stopped.steps_done == 6
+    again = Recording()
+    resumed = generate(teacher, spec, workdir=tmp_path, resume=True, events=again)
+    assert not resumed.stopped and resumed.resumed_from == 6 and again.metrics == {}
     assert len(resumed.mesh.faces) > 0

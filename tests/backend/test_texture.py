@@ -11,6 +11,8 @@ from asd_backend.texture.raster import NormalisedMesh, UVRasterizer
 from asd_backend.train.presets import resolve_spec
 from asd_protocol import ProtocolError
 
+from .recording import Recording
+
 
 def psnr_visible(result: np.ndarray, target: np.ndarray, seen: np.ndarray) -> float:
     diff = result[..., :3].astype(np.float64)[seen] / 255 - target[..., :3].astype(np.float64)[seen] / 255
@@ -64,9 +66,9 @@ def edit_known_texture(sphere, method: str, cfg: float, seed: int = 1, **guidanc
     config = resolve_spec({"kind": "edit_texture", "prompt": "target", "seed": seed,
                            "guidance": {"method": method, "cfg": cfg, **guidance},
                            "edit": {"source_prompt": "source", "strength": 1.0, "steps": 400, "lr": 0.02, "every": 0}})
-    frames = []
-    final = edit_texture(teacher, vertices, faces, uvs, source, config, rasterizer=raster, on_frame=frames.append)
-    assert final.final and frames[-1] is final and final.texture.shape == (64, 128, 4)
+    events = Recording()
+    final = edit_texture(teacher, vertices, faces, uvs, source, config, rasterizer=raster, events=events)
+    assert final.final and events.frames[-1] is final and final.texture.shape == (64, 128, 4)
     # Texels no view sees are left exactly as they were.
     np.testing.assert_array_equal(final.texture[~seen], source[~seen])
     assert seen.mean() > 0.5 and psnr_visible(source, target, seen) < 15
@@ -91,9 +93,9 @@ def test_asd_editing_runs_on_the_tiny_stable_diffusion_teacher(tiny_teacher, sph
     source = pattern(32, 64, 0.2)
     config = resolve_spec({"kind": "edit_texture", "prompt": "weathered bronze",
                            "edit": {"source_prompt": "a ball", "steps": 3, "views": 4, "every": 1}})
-    frames = []
-    final = edit_texture(tiny_teacher, vertices, faces, uvs, source, config, on_frame=frames.append)
-    assert [f.step for f in frames] == [1, 2, 3] and final.texture.shape == (32, 64, 4)
+    events = Recording()
+    final = edit_texture(tiny_teacher, vertices, faces, uvs, source, config, events=events)
+    assert [f.step for f in events.frames] == [1, 2, 3] and final.texture.shape == (32, 64, 4)
     assert (final.texture[..., 3] == 255).all()
     assert not np.array_equal(final.texture, source)  # the teacher moved it
     # The teacher is usable again afterwards (the LoRA adapter was removed).

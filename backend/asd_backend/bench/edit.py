@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -163,12 +162,11 @@ def scores(result: np.ndarray, source: np.ndarray, targets: list[np.ndarray], se
 
 
 def run(cfg: EditBenchConfig, device: str = "cpu") -> dict[str, Any]:
-    from tqdm import tqdm
-
     from ..teachers.analytic import RenderedTextureTeacher
     from ..texture.edit import edit_texture, to_tensor
     from ..texture.raster import NormalisedMesh, UVRasterizer
     from ..train.presets import resolve_spec
+    from .progress import BarEvents
 
     files = bool(cfg.mesh or cfg.source or cfg.targets)
     vertices, faces, uvs, source, targets, others = load_case(cfg) if files else builtin_case(cfg.variant, cfg.modes)
@@ -185,10 +183,8 @@ def run(cfg: EditBenchConfig, device: str = "cpu") -> dict[str, Any]:
                          "edit": {"source_prompt": "source", "strength": 1.0, "steps": cfg.steps, "lr": cfg.lr,
                                   "views": cfg.views, "every": 0}})
     started = time.perf_counter()
-    # Progress on stderr: stdout carries only the JSON report.
-    with tqdm(total=spec.steps, desc=f"bench edit {cfg.method} cfg {cfg.cfg:g}", unit="step", file=sys.stderr) as bar:
-        final = edit_texture(teacher, vertices, faces, uvs, source, spec, rasterizer=raster,
-                             on_step=lambda step, metrics: bar.update(1))
+    with BarEvents(spec.steps, f"bench edit {cfg.method} cfg {cfg.cfg:g}") as events:
+        final = edit_texture(teacher, vertices, faces, uvs, source, spec, rasterizer=raster, events=events)
     seconds = time.perf_counter() - started
     seen = raster.visible_texels(*source.shape[:2]).cpu().numpy()
     return {"benchmark": "edit", "method": cfg.method, "cfg": cfg.cfg,

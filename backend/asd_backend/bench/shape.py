@@ -207,16 +207,12 @@ def run(cfg: ShapeBenchConfig, device: str = "cpu", save: str | None = None) -> 
     teacher = RenderedShapeTeacher(target, distractor_for(target), resolution=cfg.resolution, sigma=cfg.sigma,
                                    device=device, colourways=cfg.colourways,
                                    colourway_shift=cfg.colourway_shift, uncond_shrink=cfg.uncond_shrink)
-    import sys
-
-    from tqdm import tqdm
+    from .progress import BarEvents
 
     spec = bench_spec(cfg)
     start = time.perf_counter()
-    # Progress on stderr: stdout carries only the JSON report.
-    with tqdm(total=spec.steps, desc=f"bench 3d {cfg.target} {cfg.method}", unit="step", file=sys.stderr) as bar:
-        result = generate(teacher, spec, on_progress=lambda step, total, m: bar.update(1),
-                          on_phase=lambda phase, message: bar.set_description(f"{phase}: {message}"))
+    with BarEvents(spec.steps, f"bench 3d {cfg.target} {cfg.method}") as events:
+        result = generate(teacher, spec, events=events)
     seconds = time.perf_counter() - start
     scores = metrics(result.mesh, target, cfg.samples, cfg.iou_grid, cfg.seed)  # both in the field's frame
     scores |= render_scores(result.model, teacher, cfg.views, cfg.resolution)

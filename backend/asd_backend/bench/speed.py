@@ -24,6 +24,7 @@ import torch
 
 from asd_protocol.job_spec import MAX_STEPS, merge
 
+from ..job_events import JobEvents
 from ..phase_timer import PhaseTimer
 from ..teachers import load_teacher
 from ..train.presets import resolve_spec
@@ -47,17 +48,17 @@ def run(preset: str = "standard", teacher: str = "random-sd21", device: str = "a
     per_step: list[dict[str, float]] = []
     extract_began: list[float] = []
 
-    def on_progress(step: int, total: int, metrics: dict[str, float]) -> None:
-        per_step.append(metrics)
+    class Timing(JobEvents):
+        def progress(self, step: int, total: int, metrics: dict[str, float]) -> None:
+            per_step.append(metrics)
 
-    def on_phase(name: str, message: str) -> None:
-        if cuda:
-            torch.cuda.synchronize(loaded.device)
-        extract_began.append(time.perf_counter())
+        def phase(self, name: str, message: str) -> None:
+            if cuda:
+                torch.cuda.synchronize(loaded.device)
+            extract_began.append(time.perf_counter())
 
     timer = PhaseTimer(loaded.device)
-    result = generate(loaded, spec, on_progress=on_progress, on_phase=on_phase, timer=timer,
-                      implementation=implementation)
+    result = generate(loaded, spec, events=Timing(), timer=timer, implementation=implementation)
     if cuda:
         torch.cuda.synchronize(loaded.device)
     extract_seconds = time.perf_counter() - extract_began[0] if extract_began else None

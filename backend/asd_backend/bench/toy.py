@@ -20,7 +20,6 @@ import dataclasses
 import functools
 import json
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from ..nerf.cameras import CameraBatch, orbit_cameras
 from ..toy.judge import ORIENTED, load_judge
 from ..toy.render import render_objects
 from ..toy.world import BOUNDING_RADIUS, COLOURS, SHAPES, WorldObject, parse_prompt
+from .progress import BarEvents
 from .shape import SATURATED, metrics
 
 
@@ -44,6 +44,8 @@ class ToyBenchConfig:
     cfg: float = dataclasses.field(default=7.5, metadata={"help": "classifier-free guidance scale"})
     steps: int = dataclasses.field(default=0, metadata={"help": "optimisation steps (0: the toy preset's)"})
     seed: int = 0
+    gamma_schedule: str = dataclasses.field(default="", metadata={
+        "help": "ASD's γ schedule, constant | official (empty: the product's default)"})
     preset: str = dataclasses.field(default="toy", metadata={"help": "the job preset the run starts from"})
     views: int = dataclasses.field(default=8, metadata={"help": "held-out views for the render scores and judge"})
     render_size: int = dataclasses.field(default=64, metadata={"help": "side of the held-out renders"})
@@ -131,12 +133,12 @@ def bench_spec(cfg: ToyBenchConfig):
                                "output": {"mesh_every": 0, "turntable": 0}}
     if cfg.steps:
         partial["schedule"] = {"steps": cfg.steps}
+    if cfg.gamma_schedule:
+        partial["guidance"]["gamma_schedule"] = cfg.gamma_schedule
     return resolve_spec(partial)
 
 
 def run(cfg: ToyBenchConfig, device: str = "cpu", save: str | Path | None = None, teacher=None) -> dict[str, Any]:
-    from tqdm import tqdm
-
     from ..teachers import load_teacher
     from ..train.text_to_3d import generate
 
@@ -146,10 +148,8 @@ def run(cfg: ToyBenchConfig, device: str = "cpu", save: str | Path | None = None
     teacher = teacher or load_teacher("toy", device)
     spec = bench_spec(cfg)
     start = time.perf_counter()
-    with tqdm(total=spec.steps, desc=f"bench toy {cfg.prompt!r} {cfg.method} {cfg.cfg:g}", unit="step",
-              file=sys.stderr) as bar:
-        result = generate(teacher, spec, on_progress=lambda step, total, m: bar.update(1),
-                          on_phase=lambda phase, message: bar.set_description(f"{phase}: {message}"))
+    with BarEvents(spec.steps, f"bench toy {cfg.prompt!r} {cfg.method} {cfg.cfg:g}") as events:
+        result = generate(teacher, spec, events=events)
     seconds = time.perf_counter() - start
     report: dict[str, Any] = {"benchmark": "toy", "prompt": cfg.prompt, "method": cfg.method, "cfg": cfg.cfg,
                               "steps": result.steps_done, "seed": cfg.seed}

@@ -193,6 +193,12 @@ class ScoreDistillation:
         if self.discriminator is not None:
             self.discriminator.close()
 
+    def __enter__(self) -> ScoreDistillation:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()  # also when the loop raises: a server's next job reuses the teacher
+
     # -- timesteps and weights ---------------------------------------------------------------
 
     def step_range(self, step: int) -> tuple[int, int]:

@@ -38,7 +38,7 @@ from asd_protocol import errors as codes
 from asd_protocol.fields import clean_text
 from asd_protocol.job_spec import JobSpec
 
-from .. import job_layout
+from ..job_events import JobEvents
 from .commands import WORKER_TYPES, CancelJob, RunJob, StopWorker, WorkerReady
 
 log = logging.getLogger("asd.worker")
@@ -101,20 +101,25 @@ class Worker:
         return self.teachers[spec]
 
     def run(self, job: RunJob) -> None:
+        from ..job_runner import run_job
+
         job_id = job.job_id
         started = time.time()
         try:
             if job_id in self.cancelled:
                 raise JobCancelled
             spec = JobSpec.from_json(job.spec)
-            run = {"generate": self.generate, "image": self.image, "edit_texture": self.edit_texture}[spec.kind]
             lock = self._job_folder_lock(job_id)
             try:
-                outputs, summary = run(job_id, spec, job.resume)
+                teacher = self._teacher_for(job_id, spec)
+                result = run_job(teacher, spec, self.results / job_id, _WorkerEvents(self, job_id, spec),
+                                 resume=job.resume)
             finally:
                 lock.release()
-            self.emit(Done(job_id=job_id, status="completed", seconds=time.time() - started, outputs=outputs,
-                           summary=summary))
+            if result.stopped:
+                raise JobCancelled
+            self.emit(Done(job_id=job_id, status="completed", seconds=time.time() - started, outputs=result.outputs,
+                           summary=result.summary))
         except JobCancelled:
             self.emit(Done(job_id=job_id, status="cancelled", seconds=time.time() - started))
         except Exception as exc:  # one job's failure must not take the worker down
@@ -141,28 +146,11 @@ class Worker:
                                "is a second server running on this results folder?") from None
         return lock
 
-    def _should_stop(self, job_id: str):
-        def check() -> bool:
-            self._drain_commands()
-            if _server_gone():
-                self.stopping = True  # checkpoint and leave; a restarted server resumes the job
-            return job_id in self.cancelled or self.stopping
-        return check
-
-    def _progress(self, job_id: str, phase: str):
-        last = [0.0]
-
-        def report(step: int, total: int, metrics: dict[str, float]) -> None:
-            now = time.monotonic()
-            if now - last[0] < PROGRESS_INTERVAL and step != total:
-                return
-            last[0] = now
-            elapsed = float(metrics.get("seconds", 0.0))
-            eta = elapsed / max(step, 1) * (total - step) if step else None
-            losses = {k: float(v) for k, v in metrics.items() if k.startswith("loss") and isinstance(v, float)}
-            self.emit(Progress(job_id=job_id, phase=phase, step=step, total=total, loss=metrics.get("loss"),
-                               losses=losses, eta_seconds=eta, elapsed_seconds=elapsed))
-        return report
+    def should_stop(self, job_id: str) -> bool:
+        self._drain_commands()
+        if _server_gone():
+            self.stopping = True  # checkpoint and leave; a restarted server resumes the job
+        return job_id in self.cancelled or self.stopping
 
     def _teacher_for(self, job_id: str, spec: JobSpec):
         """Load (or reuse) the job's teacher, saying so, and warn when it is untrained or the prompt is
@@ -171,89 +159,56 @@ class Worker:
 
         name = spec.model.teacher
         self.emit(Progress(job_id=job_id, phase="loading", message=f"loading teacher {name}"))
-        teacher = self.teacher(name, self._should_stop(job_id))
+        teacher = self.teacher(name, lambda: self.should_stop(job_id))
         for notice in (teacher_notice(teacher), teacher.prompt_warning(spec.prompt)):
             if notice:
                 self.emit(Log(job_id=job_id, level="warning", text=clean_text(notice)[:4000]))
         return teacher
 
-    def generate(self, job_id: str, spec: JobSpec, resume: bool) -> tuple[dict[str, str], dict[str, Any]]:
-        from ..artifacts import write_png
-        from ..mesh.export import to_blender_frame, write_mesh
-        from ..train.text_to_3d import generate
 
-        folder = self.results / job_id
-        teacher = self._teacher_for(job_id, spec)
+class _WorkerEvents(JobEvents):
+    """A job's events as protocol messages to the front end (progress at most every PROGRESS_INTERVAL)."""
 
-        def on_snapshot(snap) -> None:
-            name = job_layout.snapshot(snap.index)
-            if len(snap.mesh.faces):
-                write_mesh(snap.mesh, folder / (job_layout.MESH if snap.final else f"{name}.glb"))
-            write_png(folder / (job_layout.PREVIEW if snap.final else f"{name}.png"), snap.preview)
-            wire = to_blender_frame(snap.mesh)  # the protocol's frame: metres, Z up, front towards −Y
-            self.emit(MeshSnapshot(job_id=job_id, vertices=wire.vertices, faces=wire.faces, colors=wire.colors,
-                                   snapshot=snap.index, step=snap.step, final=snap.final))
-            self.emit(Image(job_id=job_id, pixels=snap.preview, role="preview", step=snap.step, final=snap.final))
+    def __init__(self, worker: Worker, job_id: str, spec: JobSpec) -> None:
+        self.worker, self.job_id, self.spec = worker, job_id, spec
+        self.last_progress = 0.0
+        self.step = 0
 
-        def on_phase(phase: str, message: str) -> None:
-            self.emit(Progress(job_id=job_id, phase=phase, step=spec.steps, total=spec.steps, message=message))
+    def should_stop(self) -> bool:
+        return self.worker.should_stop(self.job_id)
 
-        result = generate(teacher, spec, workdir=folder, resume=resume,
-                          on_progress=self._progress(job_id, "optimizing"), on_snapshot=on_snapshot,
-                          should_stop=self._should_stop(job_id), on_phase=on_phase)
-        if result.stopped:
-            raise JobCancelled
-        if result.mesh is None or not len(result.mesh.faces):
-            raise RuntimeError("the optimisation produced no surface; try more steps or another seed")
-        outputs = {"mesh": job_layout.MESH, "preview": job_layout.PREVIEW}  # relative to the job's folder
-        return outputs, {"steps": result.steps_done, "faces": len(result.mesh.faces),
-                         "resumed_from": result.resumed_from, "teacher_trained": bool(teacher.trained)}
+    def progress(self, step: int, total: int, metrics: dict[str, float]) -> None:
+        self.step = step
+        now = time.monotonic()
+        if now - self.last_progress < PROGRESS_INTERVAL and step != total:
+            return
+        self.last_progress = now
+        elapsed = float(metrics.get("seconds", 0.0))
+        eta = elapsed / max(step, 1) * (total - step) if step else None
+        losses = {k: float(v) for k, v in metrics.items() if k.startswith("loss") and isinstance(v, float)}
+        self.worker.emit(Progress(job_id=self.job_id, phase="optimizing", step=step, total=total,
+                                  loss=metrics.get("loss"), losses=losses, eta_seconds=eta, elapsed_seconds=elapsed))
 
-    def image(self, job_id: str, spec: JobSpec, resume: bool) -> tuple[dict[str, str], dict[str, Any]]:
-        from ..artifacts import write_png
-        from ..train.image_2d import distill_image
+    def phase(self, name: str, message: str) -> None:
+        self.worker.emit(Progress(job_id=self.job_id, phase=name, step=self.step, total=self.spec.steps,
+                                  message=message))
 
-        folder = self.results / job_id
-        teacher = self._teacher_for(job_id, spec)
-        stop = self._should_stop(job_id)
+    def snapshot(self, snapshot) -> None:
+        from ..mesh.export import to_blender_frame
 
-        def on_frame(frame) -> None:
-            self.emit(Image(job_id=job_id, pixels=frame.image, role="result" if frame.final else "preview",
-                            step=frame.step, final=frame.final))
+        wire = to_blender_frame(snapshot.mesh)  # the protocol's frame: metres, Z up, front towards −Y
+        self.worker.emit(MeshSnapshot(job_id=self.job_id, vertices=wire.vertices, faces=wire.faces,
+                                      colors=wire.colors, snapshot=snapshot.index, step=snapshot.step,
+                                      final=snapshot.final))
+        self.worker.emit(Image(job_id=self.job_id, pixels=snapshot.preview, role="preview", step=snapshot.step,
+                               final=snapshot.final))
 
-        progress = self._progress(job_id, "optimizing")
-        final = distill_image(teacher, spec, on_frame=on_frame,
-                              on_step=lambda step, m: progress(step, spec.steps, m), should_stop=stop)
-        if stop():
-            raise JobCancelled
-        write_png(folder / job_layout.IMAGE, final.image)
-        return {"image": job_layout.IMAGE}, {"steps": final.step, "teacher_trained": bool(teacher.trained)}
-
-    def edit_texture(self, job_id: str, spec: JobSpec, resume: bool) -> tuple[dict[str, str], dict[str, Any]]:
-        import numpy as np
-
-        from ..artifacts import write_png
-        from ..texture.edit import edit_texture
-
-        folder = self.results / job_id
-        with np.load(folder / job_layout.EDIT_INPUTS, allow_pickle=False) as inputs:  # written by the front end
-            arrays = {k: inputs[k] for k in ("vertices", "faces", "uvs", "texture")}
-        teacher = self._teacher_for(job_id, spec)
-        stop = self._should_stop(job_id)
-
-        def on_frame(frame) -> None:
-            self.emit(Texture(job_id=job_id, pixels=frame.texture, step=frame.step, final=frame.final))
-
-        progress = self._progress(job_id, "optimizing")
-        self.emit(Progress(job_id=job_id, phase="rasterizing", total=spec.steps,
-                           message=f"ray casting {spec.edit.views} views of the mesh"))
-        final = edit_texture(teacher, arrays["vertices"], arrays["faces"], arrays["uvs"], arrays["texture"], spec,
-                             on_frame=on_frame, on_step=lambda step, m: progress(step, spec.steps, m),
-                             should_stop=stop)
-        if stop():
-            raise JobCancelled
-        write_png(folder / job_layout.TEXTURE, final.texture)
-        return {"texture": job_layout.TEXTURE}, {"steps": final.step, "teacher_trained": bool(teacher.trained)}
+    def frame(self, frame) -> None:
+        if hasattr(frame, "texture"):  # an edit's TextureFrame
+            self.worker.emit(Texture(job_id=self.job_id, pixels=frame.texture, step=frame.step, final=frame.final))
+        else:
+            self.worker.emit(Image(job_id=self.job_id, pixels=frame.image, role="result" if frame.final else "preview",
+                                   step=frame.step, final=frame.final))
 
 
 class ZmqWorker(Worker):

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -31,6 +30,7 @@ from asd_protocol.job_spec import JobSpec
 
 from ..guidance.prompts import Conditioning
 from ..guidance.score_distillation import ScoreDistillation
+from ..job_events import JobEvents
 from ..teachers.base import Teacher
 from .raster import NormalisedMesh, UVRasterizer
 
@@ -65,13 +65,13 @@ def to_uint8(texture: torch.Tensor, alpha: np.ndarray | None) -> np.ndarray:
 
 def edit_texture(teacher: Teacher, vertices: np.ndarray, faces: np.ndarray, uvs: np.ndarray, texture: np.ndarray,
                  spec: JobSpec, *, rasterizer: UVRasterizer | None = None,
-                 on_frame: Callable[[TextureFrame], None] | None = None,
-                 on_step: Callable[[int, dict[str, float]], None] | None = None,
-                 should_stop: Callable[[], bool] | None = None) -> TextureFrame:
+                 events: JobEvents | None = None) -> TextureFrame:
     """Optimise `texture` (H×W×3|4 uint8) on the fixed mesh for a resolved `edit_texture` spec; returns the
-    final frame (H×W×4 uint8)."""
+    final frame (H×W×4 uint8). `events` hears every step and every `edit.every`-th texture; its
+    `should_stop()` ends the edit early (the texture of that step is the final one)."""
     if spec.kind != "edit_texture":
         raise ValueError(f"edit_texture() runs edit_texture specs, not {spec.kind!r}")
+    events = events or JobEvents()
     config, method = spec.edit, spec.guidance.method
     device = teacher.device
     torch.manual_seed(spec.seed)
@@ -81,8 +81,7 @@ def edit_texture(teacher: Teacher, vertices: np.ndarray, faces: np.ndarray, uvs:
         rasterizer = UVRasterizer.orbit(mesh, config.views, side, seed=spec.seed, device=device)
     source, alpha = to_tensor(texture, device)
     texels = torch.nn.Parameter(source.clone())
-    guidance = edit_guidance(teacher, spec)
-    try:
+    with edit_guidance(teacher, spec) as guidance:
         emb = teacher.embed_prompts([spec.prompt, spec.negative_prompt, config.source()])
         # ε_φ is conditioned on the source prompt; its γ term (as in text-to-3D) pulls towards the teacher
         # on the generator's own prompt, the edit: the fixed point is then the edited texture, while a
@@ -95,7 +94,6 @@ def edit_texture(teacher: Teacher, vertices: np.ndarray, faces: np.ndarray, uvs:
         cpu = torch.Generator().manual_seed(spec.seed)
         source_latents: dict[int, torch.Tensor] = {}  # DDS: each view's source render, encoded once
         started = time.perf_counter()
-        frame = None
         for step in range(1, config.steps + 1):
             index = torch.randint(len(rasterizer), (1,), generator=cpu)
             views = rasterizer.views(index)
@@ -113,16 +111,11 @@ def edit_texture(teacher: Teacher, vertices: np.ndarray, faces: np.ndarray, uvs:
             with torch.no_grad():
                 texels.clamp_(0, 1)
             metrics["seconds"] = time.perf_counter() - started
-            if on_step is not None:
-                on_step(step, metrics)
-            last = step == config.steps or (should_stop is not None and should_stop())
+            events.progress(step, config.steps, metrics)
+            last = step == config.steps or events.should_stop()
             if last or (config.every and step % config.every == 0):
                 frame = TextureFrame(step, to_uint8(texels.detach(), alpha), metrics, last)
-                if on_frame is not None:
-                    on_frame(frame)
+                events.frame(frame)
             if last:
                 break
-        return frame
-    finally:
-        guidance.close()
-
+    return frame  # edit.steps ≥ 1: the last step always makes one

@@ -4,14 +4,13 @@ Each step: sample a camera → render the NeRF → encode for the teacher → gu
 distillation core) → sparsity and opacity losses on the official schedule → one optimizer step for
 the NeRF and the discriminator ε_φ together (their losses touch disjoint parameters, as in the
 official code) → occupancy-grid refresh. Every `mesh_every` steps a preview mesh and render go to
-`on_snapshot`; checkpoints let `resume=True` continue exactly where a run stopped.
+the job's events (job_events.py); checkpoints let `resume=True` continue exactly where a run stopped.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from ..errors import AsdError
 from ..guidance.prompts import PromptBank, ViewPromptConfig
 from ..guidance.score_distillation import ScoreDistillation
 from ..interrupt import Interrupted, StopCheck
+from ..job_events import JobEvents
 from ..mesh.extract import ExtractionConfig, Mesh, extract_mesh
 from ..nerf.background import EnvironmentBackground, SolidBackground
 from ..nerf.cameras import CameraConfig, orbit_cameras, sample_cameras
@@ -249,133 +249,114 @@ def view_prompts(spec: JobSpec) -> ViewPromptConfig:
 
 
 def generate(teacher: Teacher, spec: JobSpec, *, workdir: Path | None = None, resume: bool = False,
-             on_progress: Callable[[int, int, dict[str, float]], None] | None = None,
-             on_snapshot: Callable[[Snapshot], None] | None = None,
-             should_stop: Callable[[], bool] | None = None,
-             on_phase: Callable[[str, str], None] | None = None, timer: PhaseTimer | None = None,
+             events: JobEvents | None = None, timer: PhaseTimer | None = None,
              implementation: str = "fast") -> GenerationResult:
     """Run (or continue) a text-to-3D optimisation of a resolved `generate` spec. Returns the final
     mesh (in the field's frame, as every mesh here: mesh/export.py converts where meshes leave).
 
-    Callbacks: `on_progress(step, total, metrics)` every step, `on_snapshot` with preview and final
-    meshes, `should_stop()` polled every step and between chunks of meshing and rendering (True:
-    checkpoint and return), `on_phase(name, message)` when the work changes phase after the
-    optimisation ("extracting"). `timer` and `implementation`
-    are for benchmarks: per-phase timings in the metrics, and "reference" for the plain hash-grid
-    encoding and full-grid extraction the fast paths are measured against.
+    `events` (job_events.py) hears every step, the preview and final meshes and the phase after the
+    optimisation ("extracting"); its `should_stop()` is polled every step and between chunks of meshing and
+    rendering (True: checkpoint and return). The previews are made only when `output.mesh_every` asks.
+    `timer` and `implementation` are for benchmarks: per-phase timings in the metrics, and "reference" for
+    the plain hash-grid encoding and full-grid extraction the fast paths are measured against.
     """
     if spec.kind != "generate":
         raise ValueError(f"generate() runs generate specs, not {spec.kind!r}")
+    events = events or JobEvents()
+    should_stop = events.should_stop
     device = teacher.device
     torch.manual_seed(spec.seed)
     model = Generator3D(spec.nerf, implementation).to(device)
-    guidance = ScoreDistillation.from_spec(teacher, spec.guidance, spec.model, spec.nerf,
-                                           anneal_start_step=spec.schedule.anneal_start_step)
-    try:
-        return _optimise(teacher, spec, model, guidance, workdir, resume, on_progress, on_snapshot, should_stop,
-                         on_phase, timer)
-    finally:
-        guidance.close()
-
-
-def _optimise(teacher: Teacher, spec: JobSpec, model: Generator3D, guidance: ScoreDistillation,
-              workdir: Path | None, resume: bool,
-              on_progress: Callable[[int, int, dict[str, float]], None] | None,
-              on_snapshot: Callable[[Snapshot], None] | None,
-              should_stop: Callable[[], bool] | None,
-              on_phase: Callable[[str, str], None] | None, timer: PhaseTimer | None) -> GenerationResult:
-    device = teacher.device
-    schedule, output = spec.schedule, spec.output
-    optimizer = _optimizer(model, spec, guidance)
-    generators = {"cpu": torch.Generator().manual_seed(spec.seed)}
-    generators["device"] = (generators["cpu"] if device.type == "cpu"
-                            else torch.Generator(device=device).manual_seed(spec.seed + 1))
-    checkpoint = None if workdir is None else Path(workdir) / CHECKPOINT_NAME
-    start = snapshots = 0
-    if resume and checkpoint is not None and check_resume(Path(workdir), spec):
-        start, snapshots = load_checkpoint(checkpoint, model, optimizer, guidance, generators)
-    bank = PromptBank(teacher, spec.prompt, spec.negative_prompt, view_prompts(spec))
-    threshold = "auto" if output.mc_threshold is None else output.mc_threshold
-    preview_extraction = ExtractionConfig(resolution=output.preview_mc_resolution, threshold=threshold,
-                                          face_budget=output.preview_face_budget)
-    cameras_config = CameraConfig()
-    cpu_gen, dev_gen = generators["cpu"], generators["device"]
-    began = time.perf_counter()
-    step = start
-    stopped = False
-    final_mesh: Mesh | None = None
-    phase = phases_of(timer)
-    if start == 0 and model.implementation == "fast":
-        # Skip empty space from the first step: the initial field is a ball (the density blob).
-        with phase("occupancy"):
-            model.occupancy.update(0, model.field.density, model.renderer.step_size, cpu_gen)
-    for step in range(start + 1, schedule.steps + 1):
-        # 1. Render a random view of the NeRF.
-        side = schedule.resolution_at(step)
-        cameras = sample_cameras(1, cameras_config, cpu_gen).to(device)
-        with phase("render_forward"):
-            out = model.renderer(cameras, side, side, training=True, generator=cpu_gen)
-        images = out.rgb.permute(0, 3, 1, 2)
-        # 2. Into the teacher's sample space (the VAE for latent teachers), at its native size.
-        with phase("encode_forward"):
-            z = teacher.encode_at_native(images)
-        if timer is not None:
-            timer.split_backward([(z, "guidance_backward"), (images, "encode_backward")], rest="render_backward")
-        # 3. The distillation gradient and the official regularisers; ε_φ's loss on the same render;
-        #    one step for the NeRF and ε_φ together.
-        conditioning = bank.conditioning(cameras.elevation_deg, cameras.azimuth_deg)
-        sparsity, opaque = opacity_losses(out.opacity)
-        regularisers = {"sparsity": schedule.lambda_sparsity * sparsity}
-        if schedule.opaque_from_step is not None and step >= schedule.opaque_from_step:
-            regularisers["opaque"] = schedule.lambda_opaque * opaque
-        metrics = guidance.step(optimizer, z, conditioning, cameras, step=step, generator=dev_gen, extra=regularisers,
-                                timer=timer, sample_offsets=out.offsets)
-        metrics["samples_evaluated"], metrics["samples_total"] = out.samples_evaluated, out.samples_total
-        # 4. Refresh the record of empty space when it is due.
-        with phase("occupancy"):
-            model.occupancy.update(step, model.field.density, model.renderer.step_size, cpu_gen)
-        if timer is not None:
-            metrics.update({f"seconds_{name}": value for name, value in timer.end_step().items()})
-        metrics["occupied"] = model.occupancy.occupied_fraction
-        metrics["resolution"] = side
-        metrics["seconds"] = time.perf_counter() - began
-        if on_progress is not None:
-            on_progress(step, schedule.steps, metrics)
-        stopping = should_stop is not None and should_stop()
-        last = step == schedule.steps
-        # Previews every mesh_every steps; the first one as soon as first_mesh_seconds have passed, so
-        # an artist sees a shape within seconds whatever the step count (it changes nothing in training).
-        first_due = (snapshots == 0 and output.first_mesh_seconds > 0
-                     and metrics["seconds"] >= output.first_mesh_seconds)
-        if (on_snapshot is not None and not (last or stopping) and output.mesh_every
-                and (step % output.mesh_every == 0 or first_due)):
-            try:  # seconds of meshing and rendering: a cancel (or a lost server) lands inside them
-                mesh = model.mesh(preview_extraction, should_stop=should_stop)
+    with ScoreDistillation.from_spec(teacher, spec.guidance, spec.model, spec.nerf,
+                                     anneal_start_step=spec.schedule.anneal_start_step) as guidance:
+        schedule, output = spec.schedule, spec.output
+        optimizer = _optimizer(model, spec, guidance)
+        generators = {"cpu": torch.Generator().manual_seed(spec.seed)}
+        generators["device"] = (generators["cpu"] if device.type == "cpu"
+                                else torch.Generator(device=device).manual_seed(spec.seed + 1))
+        checkpoint = None if workdir is None else Path(workdir) / CHECKPOINT_NAME
+        start = snapshots = 0
+        if resume and checkpoint is not None and check_resume(Path(workdir), spec):
+            start, snapshots = load_checkpoint(checkpoint, model, optimizer, guidance, generators)
+        bank = PromptBank(teacher, spec.prompt, spec.negative_prompt, view_prompts(spec))
+        threshold = "auto" if output.mc_threshold is None else output.mc_threshold
+        preview_extraction = ExtractionConfig(resolution=output.preview_mc_resolution, threshold=threshold,
+                                              face_budget=output.preview_face_budget)
+        cameras_config = CameraConfig()
+        cpu_gen, dev_gen = generators["cpu"], generators["device"]
+        began = time.perf_counter()
+        step = start
+        stopped = False
+        final_mesh: Mesh | None = None
+        phase = phases_of(timer)
+        if start == 0 and model.implementation == "fast":
+            # Skip empty space from the first step: the initial field is a ball (the density blob).
+            with phase("occupancy"):
+                model.occupancy.update(0, model.field.density, model.renderer.step_size, cpu_gen)
+        for step in range(start + 1, schedule.steps + 1):
+            # 1. Render a random view of the NeRF.
+            side = schedule.resolution_at(step)
+            cameras = sample_cameras(1, cameras_config, cpu_gen).to(device)
+            with phase("render_forward"):
+                out = model.renderer(cameras, side, side, training=True, generator=cpu_gen)
+            images = out.rgb.permute(0, 3, 1, 2)
+            # 2. Into the teacher's sample space (the VAE for latent teachers), at its native size.
+            with phase("encode_forward"):
+                z = teacher.encode_at_native(images)
+            if timer is not None:
+                timer.split_backward([(z, "guidance_backward"), (images, "encode_backward")], rest="render_backward")
+            # 3. The distillation gradient and the official regularisers; ε_φ's loss on the same render;
+            #    one step for the NeRF and ε_φ together.
+            conditioning = bank.conditioning(cameras.elevation_deg, cameras.azimuth_deg)
+            sparsity, opaque = opacity_losses(out.opacity)
+            regularisers = {"sparsity": schedule.lambda_sparsity * sparsity}
+            if schedule.opaque_from_step is not None and step >= schedule.opaque_from_step:
+                regularisers["opaque"] = schedule.lambda_opaque * opaque
+            metrics = guidance.step(optimizer, z, conditioning, cameras, step=step, generator=dev_gen,
+                                    extra=regularisers, timer=timer, sample_offsets=out.offsets)
+            metrics["samples_evaluated"], metrics["samples_total"] = out.samples_evaluated, out.samples_total
+            # 4. Refresh the record of empty space when it is due.
+            with phase("occupancy"):
+                model.occupancy.update(step, model.field.density, model.renderer.step_size, cpu_gen)
+            if timer is not None:
+                metrics.update({f"seconds_{name}": value for name, value in timer.end_step().items()})
+            metrics["occupied"] = model.occupancy.occupied_fraction
+            metrics["resolution"] = side
+            metrics["seconds"] = time.perf_counter() - began
+            events.progress(step, schedule.steps, metrics)
+            stopping = should_stop()
+            last = step == schedule.steps
+            # Previews every mesh_every steps; the first one as soon as first_mesh_seconds have passed, so
+            # an artist sees a shape within seconds whatever the step count (it changes nothing in training).
+            first_due = (snapshots == 0 and output.first_mesh_seconds > 0
+                         and metrics["seconds"] >= output.first_mesh_seconds)
+            if (not (last or stopping) and output.mesh_every
+                    and (step % output.mesh_every == 0 or first_due)):
+                try:  # seconds of meshing and rendering: a cancel (or a lost server) lands inside them
+                    mesh = model.mesh(preview_extraction, should_stop=should_stop)
+                    preview = model.preview(output.preview_render, should_stop=should_stop)
+                except Interrupted:
+                    stopping = True
+                else:
+                    snapshots += 1
+                    events.snapshot(Snapshot(snapshots, step, mesh, preview, metrics, final=False))
+            if checkpoint is not None and (stopping or last or step % schedule.checkpoint_every == 0):
+                save_checkpoint(checkpoint, step, model, optimizer, guidance, generators, spec, snapshots)
+            if stopping:
+                stopped = True
+                break
+        if not stopped:
+            events.phase("extracting", f"marching cubes at {output.mc_resolution}³"
+                         + (f", then a {output.texture_size}² texture bake" if output.texture_size else ""))
+            final = ExtractionConfig(resolution=output.mc_resolution, threshold=threshold)
+            try:  # the checkpoint of the last step is on disk: a resume goes straight to this extraction
+                final_mesh = model.mesh(final, texture_size=output.texture_size, should_stop=should_stop)
                 preview = model.preview(output.preview_render, should_stop=should_stop)
             except Interrupted:
-                stopping = True
+                final_mesh, stopped = None, True
             else:
                 snapshots += 1
-                on_snapshot(Snapshot(snapshots, step, mesh, preview, metrics, final=False))
-        if checkpoint is not None and (stopping or last or step % schedule.checkpoint_every == 0):
-            save_checkpoint(checkpoint, step, model, optimizer, guidance, generators, spec, snapshots)
-        if stopping:
-            stopped = True
-            break
-    if not stopped:
-        if on_phase is not None:
-            on_phase("extracting", f"marching cubes at {output.mc_resolution}³"
-                     + (f", then a {output.texture_size}² texture bake" if output.texture_size else ""))
-        final = ExtractionConfig(resolution=output.mc_resolution, threshold=threshold)
-        try:  # the checkpoint of the last step is on disk: a resume goes straight to this extraction
-            final_mesh = model.mesh(final, texture_size=output.texture_size, should_stop=should_stop)
-            preview = model.preview(output.preview_render, should_stop=should_stop) if on_snapshot else None
-        except Interrupted:
-            final_mesh, stopped = None, True
-        else:
-            if on_snapshot is not None:
-                snapshots += 1
-                on_snapshot(Snapshot(snapshots, step, final_mesh, preview, {"seconds": time.perf_counter() - began},
-                                     final=True))
-    return GenerationResult(final_mesh, step, time.perf_counter() - began, stopped, snapshots, model,
-                            resumed_from=start)
+                events.snapshot(Snapshot(snapshots, step, final_mesh, preview, {"seconds": time.perf_counter() - began},
+                                         final=True))
+        return GenerationResult(final_mesh, step, time.perf_counter() - began, stopped, snapshots, model,
+                                resumed_from=start)

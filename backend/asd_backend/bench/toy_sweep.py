@@ -1,0 +1,181 @@
+"""`asd bench toy-sweep`: `asd bench toy` over a grid of prompts × methods × CFGs × seeds, one JSON line a
+run appended to a file (a run already in the file is skipped, so an interrupted sweep continues), and
+`--table` to read the file back as a markdown table of means and spreads over seeds.
+
+The grid's rows beside the methods (issue 22, item 1):
+- matched CFG: ASD at CFG s is, at the discriminator's optimum of the analytic families, VSD at
+  1 + (1+γ)(s−1); `--matched` adds SDS and VSD at that CFG for every ASD CFG of the grid;
+- equal time: `--sds-equal-time` adds SDS given ASD's mean wall-clock time at each CFG, as steps, from
+  the ASD and SDS rows already in the file (run the sweep once without it first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from asd_protocol.job_spec import GuidanceSpec
+
+from .toy import ToyBenchConfig
+
+KEY = ("prompt", "method", "cfg", "seed", "steps_requested", "gamma_schedule")
+SCORES = ("render_psnr", "saturated", "judge_shape_accuracy", "judge_colour_accuracy", "chamfer_l1_rel", "iou",
+          "judge_azimuth_error_deg", "seconds")
+
+
+@dataclasses.dataclass
+class ToySweepConfig:
+    prompts: tuple[str, ...] = dataclasses.field(default=("a red mug", "a blue cube"),
+                                                 metadata={"help": "world prompts"})
+    methods: tuple[str, ...] = dataclasses.field(default=("sds", "vsd", "asd"), metadata={"help": "methods"})
+    cfgs: tuple[float, ...] = dataclasses.field(default=(7.5, 30.0, 100.0), metadata={"help": "guidance scales"})
+    seeds: int = dataclasses.field(default=3, metadata={"help": "seeds 0..N-1 for every cell"})
+    steps: int = dataclasses.field(default=0, metadata={"help": "optimisation steps (0: the toy preset's)"})
+    gamma_schedule: str = dataclasses.field(default="", metadata={
+        "help": "ASD's γ schedule (constant | official; empty: the product's default)"})
+    matched: bool = dataclasses.field(default=False, metadata={
+        "help": "add SDS and VSD at ASD's matched CFG 1 + (1+γ)(s−1)"})
+    sds_equal_time: bool = dataclasses.field(default=False, metadata={
+        "help": "add SDS given ASD's mean wall-clock time (needs ASD and SDS rows in the file)"})
+
+    def __post_init__(self) -> None:
+        if self.seeds < 1:
+            raise ValueError(f"--seeds must be at least 1; got {self.seeds}")
+        for prompt in self.prompts:  # each prompt and method checked as `asd bench toy` checks them
+            for method in self.methods:
+                ToyBenchConfig(prompt=prompt, method=method)
+
+
+def matched_cfg(cfg: float, gamma: float) -> float:
+    """The CFG at which VSD equals ASD at `cfg` when ε_φ is exact in its γ part: 1 + (1+γ)(cfg − 1)."""
+    return round(1 + (1 + gamma) * (cfg - 1), 3)
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def row_key(row: dict[str, Any]) -> tuple:
+    return tuple(row.get(k, "") for k in KEY)
+
+
+def plan(cfg: ToySweepConfig, rows: list[dict[str, Any]]) -> list[ToyBenchConfig]:
+    """The runs of the grid, in order: each seed's cells together, so a cut-short sweep has whole seeds."""
+    runs: list[ToyBenchConfig] = []
+    for seed in range(cfg.seeds):
+        for prompt in cfg.prompts:
+            for scale in cfg.cfgs:
+                for method in cfg.methods:
+                    runs.append(ToyBenchConfig(prompt=prompt, method=method, cfg=scale, seed=seed, steps=cfg.steps,
+                                               gamma_schedule=cfg.gamma_schedule))
+                if cfg.matched and "asd" in cfg.methods:
+                    runs += [ToyBenchConfig(prompt=prompt, method=method, cfg=matched_cfg(scale, GuidanceSpec().gamma),
+                                            seed=seed, steps=cfg.steps) for method in ("sds", "vsd")]
+                if cfg.sds_equal_time:
+                    steps = _equal_time_steps(rows, prompt, scale)
+                    if steps:
+                        runs.append(ToyBenchConfig(prompt=prompt, method="sds", cfg=scale, seed=seed, steps=steps))
+    return runs
+
+
+def _equal_time_steps(rows: list[dict[str, Any]], prompt: str, scale: float) -> int:
+    """SDS steps that take ASD's mean time at this prompt and CFG, from SDS's mean rate (0: not measured)."""
+    def mean(method: str, key: str) -> float | None:
+        values = [r[key] for r in rows if r["prompt"] == prompt and r["cfg"] == scale and r["method"] == method
+                  and r.get("steps_requested", 0) == 0]
+        return statistics.fmean(values) if values else None
+
+    asd_seconds, sds_seconds, sds_steps = mean("asd", "seconds"), mean("sds", "seconds"), mean("sds", "steps")
+    if not (asd_seconds and sds_seconds and sds_steps):
+        return 0
+    return int(round(sds_steps * asd_seconds / sds_seconds, -1))
+
+
+def sweep(cfg: ToySweepConfig, out: Path, device: str = "cpu") -> int:
+    """Runs every cell not yet in `out`; returns how many ran."""
+    from ..teachers import load_teacher
+    from .toy import run
+
+    done = {row_key(r) for r in read_rows(out)}
+    todo = [r for r in plan(cfg, read_rows(out)) if _key_of(r) not in done]
+    teacher = load_teacher("toy", device) if todo else None
+    for i, run_cfg in enumerate(todo, 1):
+        print(f"[{i}/{len(todo)}] {run_cfg.prompt!r} {run_cfg.method} CFG {run_cfg.cfg:g} seed {run_cfg.seed}"
+              f"{f' {run_cfg.steps} steps' if run_cfg.steps else ''}", file=sys.stderr)
+        report = run(run_cfg, device=device, teacher=teacher)
+        report |= {"steps_requested": run_cfg.steps, "gamma_schedule": run_cfg.gamma_schedule}
+        with out.open("a") as f:
+            f.write(json.dumps(report) + "\n")
+    return len(todo)
+
+
+def _key_of(run_cfg: ToyBenchConfig) -> tuple:
+    return (run_cfg.prompt, run_cfg.method, run_cfg.cfg, run_cfg.seed, run_cfg.steps, run_cfg.gamma_schedule)
+
+
+def _cell(rows: list[dict[str, Any]], key: str, scale_by: float = 1.0, digits: int = 2) -> str:
+    values = [r[key] * scale_by for r in rows if key in r]
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.fmean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """Markdown: one line per (prompt, method, CFG, steps, γ schedule), mean ± sample deviation over seeds,
+    and how many seeds' meshes were nearest the right world shape."""
+    from ..toy.world import parse_prompt
+
+    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        groups[(r["prompt"], r["method"], r["cfg"], r.get("steps_requested", 0), r.get("gamma_schedule", ""))].append(r)
+    head = ("| prompt | method | CFG | steps | seeds | render PSNR dB | saturated % | judge shape | judge colour | "
+            "Chamfer % | IoU | azimuth err ° | nearest shape right | seconds |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    order = ("sds", "vsd", "asd")
+    for (prompt, method, scale, _, schedule), rs in sorted(
+            groups.items(), key=lambda kv: (kv[0][0], kv[0][2], order.index(kv[0][1]), kv[0][3], kv[0][4])):
+        right = sum(r["nearest_shape"] == parse_prompt(prompt).shape for r in rs)
+        label = method + (f" ({schedule})" if schedule else "")
+        cells = [_cell(rs, "render_psnr"), _cell(rs, "saturated", 100, 1), _cell(rs, "judge_shape_accuracy"),
+                 _cell(rs, "judge_colour_accuracy"), _cell(rs, "chamfer_l1_rel", 100), _cell(rs, "iou"),
+                 _cell(rs, "judge_azimuth_error_deg", 1, 0), f"{right}/{len(rs)}", _cell(rs, "seconds", 1, 0)]
+        lines.append(f"| {prompt} | {label} | {scale:g} | {rs[0]['steps']} | {len(rs)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# -- the command line (flags generated from ToySweepConfig) ---------------------------------------------
+
+def _command(args: argparse.Namespace) -> int:
+    from ..dataclass_flags import dataclass_from_args
+
+    out = Path(args.out)
+    if args.table:
+        print(table(read_rows(out)))
+        return 0
+    cfg = dataclass_from_args(ToySweepConfig, args)
+    ran = sweep(cfg, out, device=args.device)
+    print(f"{ran} runs added to {out}", file=sys.stderr)
+    print(table(read_rows(out)))
+    return 0
+
+
+def add_cli(kinds: argparse._SubParsersAction) -> None:
+    from ..dataclass_flags import add_dataclass_flags
+
+    p = kinds.add_parser("toy-sweep", help="`asd bench toy` over prompts × methods × CFGs × seeds, as a table")
+    add_dataclass_flags(p, ToySweepConfig)
+    p.add_argument("--out", required=True, metavar="JSONL", help="the runs, one JSON line each (appended; "
+                   "runs already there are skipped)")
+    p.add_argument("--table", action="store_true", help="only print the table of the runs in --out")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(handler=_command)
