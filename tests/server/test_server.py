@@ -67,6 +67,23 @@ def test_welcome_lists_capabilities_and_untrained_teacher(server):
     assert "smoke" in welcome.presets and welcome.default_teacher == "tiny"
 
 
+def test_a_server_job_writes_the_turntable_frames_it_was_asked_for(server):
+    """The server honours every output setting the CLI does: the frames are files in the job's folder,
+    named in `done`'s outputs, as `asd generate` writes them in NAME_run/."""
+    from PIL import Image as PILImage
+
+    with server.client() as client:
+        job = submit(client, spec={"schedule": {"steps": 6}, "output": {"turntable": 3, "turntable_size": 24,
+                                                                         "mesh_every": 0}})
+        done = follow(client, job)[-1][1]
+    assert done.status == "completed", done
+    frames = {k: v for k, v in done.outputs.items() if k.startswith("turntable_")}
+    assert sorted(frames) == ["turntable_00", "turntable_01", "turntable_02"]
+    for relative in frames.values():
+        with PILImage.open(server.results / job / relative) as frame:
+            assert frame.size == (24, 24) and frame.info["prompt"] == "a teapot"
+
+
 def test_generate_streams_progress_meshes_and_preview(server):
     with server.client() as client:
         job = submit(client)
