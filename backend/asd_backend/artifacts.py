@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from .errors import UsageError
+
 UNTRAINED_NOTICE = ("made with an UNTRAINED teacher (random weights): the result is noise-shaped and shows only "
                     "that the pipeline runs; use a real model (--teacher sd) for real results")
 
@@ -86,20 +88,20 @@ def check_output_path(path: Path, suffixes: tuple[str, ...], what: str) -> Path:
     path = Path(path).expanduser()
     if path.is_dir():
         example = path / ("out" + suffixes[0])
-        raise ValueError(f"-o {path}: that is a folder; give a file name inside it, e.g. {example}")
+        raise UsageError(f"-o {path}: that is a folder; give a file name inside it, e.g. {example}")
     if path.suffix.lower() not in suffixes:
-        raise ValueError(f"-o {path}: the {what} is written as {' or '.join(suffixes)}; give a path ending in "
+        raise UsageError(f"-o {path}: the {what} is written as {' or '.join(suffixes)}; give a path ending in "
                          f"{' or '.join(suffixes)}")
     folder = path.parent
     existing = folder
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
-        raise ValueError(f"-o {path}: {existing} is a file, not a folder; choose another output folder")
+        raise UsageError(f"-o {path}: {existing} is a file, not a folder; choose another output folder")
     try:  # a probe file, gone when closed: permissions, read-only disks and special folders all show here
         with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as exc:
-        raise ValueError(f"-o {path}: cannot write in {existing} ({exc.strerror or exc}); choose a folder you can "
+        raise UsageError(f"-o {path}: cannot write in {existing} ({exc.strerror or exc}); choose a folder you can "
                          "write to") from None
     return path

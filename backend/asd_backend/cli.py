@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
@@ -12,7 +11,7 @@ from collections.abc import Callable, Sequence
 from asd_protocol.errors import ProtocolError
 
 from . import __version__
-from .errors import AsdError
+from .errors import AsdError, MissingFileError, UsageError
 from .job_events import JobEvents
 
 Handler = Callable[[argparse.Namespace], int]
@@ -234,19 +233,12 @@ def _serve(args: argparse.Namespace) -> int:
     import logging
     import signal
 
+    from .dataclass_flags import dataclass_from_args
     from .server.frontend import Server, ServerConfig
     from .server.limits import ServerLimits
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    gpus = [int(g) for g in args.gpus.split(",") if g.strip()] if args.gpus else None
-    limits = ServerLimits(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ServerLimits)})
-    config = ServerConfig(bind=args.bind, results=args.results, teacher=args.teacher, device=args.device, gpus=gpus,
-                          curve_dir=args.curve_dir, insecure=args.insecure, limits=limits,
-                          max_queued_per_user=args.max_queued_per_user, max_queued=args.max_queued,
-                          max_pending_replies=args.max_pending_replies, max_pending_bytes=args.max_pending_mib << 20,
-                          max_pending_total_bytes=args.max_pending_total_mib << 20,
-                          ray=args.ray, min_workers=args.min_workers, max_workers=args.max_workers,
-                          ray_resource=args.ray_resource, discriminator_models=tuple(args.discriminator_model))
+    config = dataclass_from_args(ServerConfig, args, limits=dataclass_from_args(ServerLimits, args))
     server = Server(config)
 
     def graceful(signum: int, frame: object) -> None:
@@ -272,7 +264,7 @@ def _client(args: argparse.Namespace):
     if server_key:
         key_file = Path(args.client_key or DEFAULT_CURVE_DIR / "client.key_secret").expanduser()
         if not key_file.is_file():
-            raise FileNotFoundError(f"no client key at {key_file}: run `asd keys client` and have the server "
+            raise MissingFileError(f"no client key at {key_file}: run `asd keys client` and have the server "
                                     "allow its public key (asd keys allow client.key)")
         public, secret = load_keypair(key_file)
     return AsdClient(args.server, client_name=f"asd-cli/{__version__}", server_public_key=server_key,
@@ -290,7 +282,7 @@ def _submit(args: argparse.Namespace) -> int:
     kind = "image" if out.suffix.lower() == ".png" else "generate"
     spec = None
     if args.attach and args.resume:
-        raise ValueError("--attach and --resume: give one (--resume follows the job it resumes)")
+        raise UsageError("--attach and --resume: give one (--resume follows the job it resumes)")
     if not (args.attach or args.resume):
         spec = partial_from_args(args, kind)
         resolve_spec(spec)  # refused here, before connecting, as the server would; it checks again
@@ -346,43 +338,15 @@ def _keys(args: argparse.Namespace) -> int:
 
 
 def _add_server_commands(sub: argparse._SubParsersAction) -> None:
-    from asd_protocol.job_spec import DEFAULT_TEACHER
-
+    from .dataclass_flags import add_dataclass_flags
     from .server.auth import DEFAULT_CURVE_DIR
+    from .server.frontend import ServerConfig
     from .server.limits import ServerLimits
     from .spec_flags import add_spec_flags
-    from .teachers.registry import usage as teacher_usage
 
     p = sub.add_parser("serve", help="run the backend: a ZeroMQ job server for Blender and `asd submit`")
-    p.add_argument("--bind", default="tcp://127.0.0.1:5555", help="address to listen on (loopback by default)")
-    p.add_argument("--results", default="asd-results", help="folder for jobs, meshes and checkpoints")
-    p.add_argument("--teacher", default=DEFAULT_TEACHER, help=f"default teacher: {teacher_usage()} (default: "
-                   f"{DEFAULT_TEACHER})")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (one worker)")
-    p.add_argument("--gpus", default=None, help="one worker per GPU, e.g. 0,1")
-    p.add_argument("--curve-dir", default=None, help="CURVE keys (asd keys init); required off loopback")
-    p.add_argument("--insecure", action="store_true", help="allow a non-loopback bind without CURVE (trusted LAN)")
-    p.add_argument("--max-queued-per-user", "--max-queued-per-client", type=int, default=8,
-                   help="queued jobs one user may have (a CURVE key's user; without CURVE, everyone is one user)")
-    p.add_argument("--max-queued", type=int, default=64, help="queued jobs on the whole server")
-    p.add_argument("--max-pending-replies", type=int, default=1000,
-                   help="replies kept for a client that does not read, before its backlog is dropped")
-    p.add_argument("--max-pending-mib", type=int, default=64, help="the same cap in MiB of waiting replies")
-    p.add_argument("--max-pending-total-mib", type=int, default=256,
-                   help="MiB of waiting replies over all clients together; past it the largest backlog is dropped "
-                        "(default: 256)")
-    p.add_argument("--ray", default=None, metavar="auto|ray://HOST:PORT|local",
-                   help="run the workers as Ray actors on a cluster (pip install 'asd-studio[cluster]'; "
-                        "docs/cluster.md)")
-    p.add_argument("--min-workers", type=int, default=1, help="--ray: actors kept even when idle")
-    p.add_argument("--max-workers", type=int, default=1, help="--ray: actors at most, started while jobs wait")
-    p.add_argument("--discriminator-model", action="append", default=[], metavar="ID_OR_PATH",
-                   help="a model jobs may name as model.discriminator_model (repeatable; default: none)")
-    p.add_argument("--ray-resource", default="GPU",
-                   help="--ray: what each actor asks for: GPU (one each), CPU, or a custom resource's name")
-    for f in dataclasses.fields(ServerLimits):
-        p.add_argument("--" + f.name.replace("_", "-"), type=int, default=f.default,
-                       help=f"the most a job may ask for: {f.metadata['doc']} (default %(default)s)")
+    add_dataclass_flags(p, ServerConfig, skip=("limits",))  # every setting is a ServerConfig field
+    add_dataclass_flags(p, ServerLimits)
     p.set_defaults(handler=_serve)
 
     p = sub.add_parser("submit", help="send a job to a server and stream its meshes to disk")
@@ -509,7 +473,7 @@ def _bench_serve(args: argparse.Namespace) -> int:
     from .bench import serve
 
     if args.ray is not None and args.ray != "local":
-        raise ValueError("asd bench serve --ray: only 'local' (the benchmark starts its own Ray instances)")
+        raise UsageError("asd bench serve --ray: only 'local' (the benchmark starts its own Ray instances)")
     for scenario in _names("ray" if args.ray else args.scenario):
         if scenario == "latency":
             _print_json(serve.run(clients=args.clients, steps=args.steps, mesh_every=args.mesh_every))
@@ -527,7 +491,7 @@ def _bench_serve(args: argparse.Namespace) -> int:
 
             _print_json(soak.run(seconds=args.soak_seconds, seed=args.seed))
         else:
-            raise ValueError(f"--scenario {scenario!r}: choose from latency, cancel, slow-reader, soak, ray")
+            raise UsageError(f"--scenario {scenario!r}: choose from latency, cancel, slow-reader, soak, ray")
     return 0
 
 
@@ -712,8 +676,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print(f"asd {args.command}: error: {flag_error(exc)}", file=sys.stderr)
         return 2
-    except (ValueError, FileNotFoundError, ConnectionError, TimeoutError, AsdError) as exc:
-        # Bad input and unreachable servers are the user's to fix: say what, not a traceback.
+    except (AsdError, ConnectionError, TimeoutError) as exc:
+        # Bad input (UsageError and the other AsdErrors) and unreachable servers are the user's to fix: say
+        # what, not a traceback. Anything else is a bug in asd and shows as one.
         print(f"asd {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -1,7 +1,10 @@
 """Command-line flags generated from a plain config dataclass, so a setting is declared once.
 
 Each field becomes `--field-name`, parsed by its type, its help ending with the default. A field's
-help is its `metadata["help"]` when given. Tuples of numbers take several values.
+metadata may give its `help`, other spellings (`aliases`), a `parse` function for text the type cannot
+read (e.g. "0,1"), a `flag` name other than the field's, `repeatable` (the flag given once per value) and a
+`metavar`.
+Tuples of numbers take several values.
 """
 
 from __future__ import annotations
@@ -30,20 +33,26 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, *, skip: tup
             kind = next(a for a in typing.get_args(kind) if a is not type(None))
         default = field.default if field.default is not dataclasses.MISSING else field.default_factory()  # type: ignore[misc]
         text = field.metadata.get("help", field.name.replace("_", " "))
-        shown = ", ".join(map(str, default)) if isinstance(default, (tuple, list)) else default
+        shown = (", ".join(map(str, default)) or "none") if isinstance(default, (tuple, list)) else default
         kwargs: dict[str, Any] = {"dest": field.name, "default": argparse.SUPPRESS,
                                   "help": f"{text} (default: {shown})"}
         origin = typing.get_origin(kind)
-        if kind is bool:
+        meta = field.metadata
+        if "parse" in meta:
+            kwargs["type"] = meta["parse"]
+        elif kind is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif origin in (tuple, list):
             args = [a for a in typing.get_args(kind) if a is not Ellipsis]
-            kwargs |= {"type": args[0] if args else str, "nargs": "+", "metavar": field.name.upper()}
+            kwargs |= {"type": args[0] if args else str, "metavar": field.name.upper()}
+            kwargs |= {"action": "append"} if meta.get("repeatable") else {"nargs": "+"}
         elif kind in (int, float, str, Path):
             kwargs["type"] = kind
         else:
             kwargs["type"] = str
-        parser.add_argument(_flag(field.name), **kwargs)
+        if "metavar" in meta:
+            kwargs["metavar"] = meta["metavar"]
+        parser.add_argument(_flag(meta.get("flag", field.name)), *meta.get("aliases", ()), **kwargs)
 
 
 def dataclass_from_args(cls: type[T], args: argparse.Namespace, **overrides: Any) -> T:

@@ -16,7 +16,7 @@ from asd_protocol import Accepted, Done, Error, Image, Log, MeshSnapshot, Messag
 from asd_protocol.client import AsdClient
 
 from .artifacts import write_png
-from .errors import AsdError
+from .errors import AsdError, UsageError
 from .mesh.export import write_mesh
 from .mesh.extract import Mesh
 
@@ -56,7 +56,7 @@ def follow(client: AsdClient, *, submit: dict[str, Any] | None = None, attach: s
     until it is done."""
     started = time.monotonic()
     if sum(x is not None for x in (submit, attach, resume)) != 1:
-        raise ValueError("give exactly one of submit (the job), attach or resume (a job id)")
+        raise UsageError("give exactly one of submit (the job), attach or resume (a job id)")
     if submit is not None or resume is not None:
         request = client.submit(**submit) if submit is not None else client.resume(resume)
         reply = client.wait_for(lambda m: m.parent_id == request and isinstance(m, (Accepted, Error)), timeout=30)

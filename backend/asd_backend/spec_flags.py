@@ -15,6 +15,7 @@ from asd_protocol.errors import ProtocolError
 from asd_protocol.fields import Flag, Integer, ListOf, Number, Spec, Text
 from asd_protocol.job_spec import KIND_SECTIONS, JobSpec, get_path, leaves, partial_from_options
 
+from .errors import UsageError
 from .train.presets import PRESETS
 
 # Top-level fields that are not flags: the prompt is positional; the kind follows from the command.
@@ -97,7 +98,7 @@ def partial_from_args(args: argparse.Namespace, kind: str) -> dict[str, Any]:
         return partial_from_options(kind, prompt=args.prompt, **options)
     except ProtocolError as exc:
         name = (exc.field or "").split(".")[-1]
-        raise ValueError(f"--{name.replace('_', '-')} is not used by {kind} jobs; leave it out") from None
+        raise UsageError(f"--{name.replace('_', '-')} is not used by {kind} jobs; leave it out") from None
 
 
 def flag_error(exc: ProtocolError) -> str:

@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import UsageError
+
 # ε_φ of the texture family must keep up with the texture (docs/method.md ▸ Keeping up).
 KEEPING_UP = {"discriminator_lr": 0.01, "discriminator_steps": 16}
 REGIONS = ("top", "left", "bottom", "right")
@@ -120,21 +122,21 @@ def load_case(cfg: EditBenchConfig):
     from PIL import Image
 
     if not (cfg.mesh and cfg.source and cfg.targets):
-        raise ValueError("give --mesh, --source and --target together (or none, for the built-in case)")
+        raise UsageError("give --mesh, --source and --target together (or none, for the built-in case)")
     tm = trimesh.load(cfg.mesh, force="mesh", process=False)
     uv = getattr(tm.visual, "uv", None)
     if uv is None or len(uv) != len(tm.vertices):
-        raise ValueError(f"{cfg.mesh}: the mesh has no UV map; unwrap it first (Blender: Smart UV Project)")
+        raise UsageError(f"{cfg.mesh}: the mesh has no UV map; unwrap it first (Blender: Smart UV Project)")
     faces = np.asarray(tm.faces, np.uint32)
 
     def image(path: str) -> np.ndarray:
         if not Path(path).is_file():
-            raise ValueError(f"{path}: no such image")
+            raise UsageError(f"{path}: no such image")
         return np.asarray(Image.open(path).convert("RGBA"))
 
     source, targets = image(cfg.source), [image(p) for p in cfg.targets]
     if any(t.shape != source.shape for t in targets):
-        raise ValueError(f"every --target must have the source's size {source.shape[1]}×{source.shape[0]}")
+        raise UsageError(f"every --target must have the source's size {source.shape[1]}×{source.shape[0]}")
     rng = np.random.default_rng(cfg.seed)
     others = [pattern(*source.shape[:2], float(p), frequency=2.0) for p in rng.uniform(0, 1, 4)]
     return (np.asarray(tm.vertices, np.float32), faces, np.asarray(uv, np.float32)[faces], source, targets, others)

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from ..errors import UsageError
 from ..guidance.prompts import Conditioning, PromptBank, ViewPromptConfig
 from ..guidance.score_distillation import GuidanceConfig, ScoreDistillation
 from ..teachers.analytic import GaussianMixtureTeacher
@@ -55,9 +56,9 @@ class GmmBenchConfig:
     def __post_init__(self) -> None:
         for name in ("dim", "modes", "prompts", "particles", "steps", "true_samples", "projections"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1; got {getattr(self, name)}")
+                raise UsageError(f"{name} must be at least 1; got {getattr(self, name)}")
         if self.sigma <= 0:
-            raise ValueError(f"sigma must be positive; got {self.sigma}")
+            raise UsageError(f"sigma must be positive; got {self.sigma}")
 
 
 def sliced_w1(x: torch.Tensor, y: torch.Tensor, projections: int, generator: torch.Generator) -> float:

@@ -15,11 +15,13 @@ import zmq
 
 from asd_protocol import MeshSnapshot, decode, encode
 
+from ..errors import UsageError
+
 
 def run(triangles: int = 1_000_000, messages: int = 40, warmup: int = 3) -> dict[str, Any]:
     """Send `messages` meshes of `triangles` faces server→client and time their decoded arrival."""
     if triangles < 1 or messages < 1:
-        raise ValueError("triangles and messages must be at least 1")
+        raise UsageError("triangles and messages must be at least 1")
     rng = np.random.default_rng(0)
     n_vertices = triangles // 2 + 2
     mesh = MeshSnapshot(

@@ -35,6 +35,7 @@ from typing import Any
 from asd_protocol import Accepted, Done, MeshSnapshot, Progress
 from asd_protocol.client import AsdClient
 
+from ..errors import UsageError
 from ..loopback import free_port
 
 
@@ -249,7 +250,7 @@ def slow_reader(requests: int = 4000, jobs: int = 500, extra: tuple[str, ...] = 
 
 def run(clients: int = 20, steps: int = 60, mesh_every: int = 5, timeout: float = 600.0) -> dict[str, Any]:
     if clients < 1:
-        raise ValueError("clients must be at least 1")
+        raise UsageError("clients must be at least 1")
     with serving(wait=False) as server:
         followers = [AsdClient(server.address, client_name=f"bench-{i}", dead_after=60.0) for i in range(clients)]
         try:

@@ -25,6 +25,7 @@ import torch
 
 from asd_protocol.job_spec import JobSpec
 
+from ..errors import UsageError
 from ..mesh.extract import Mesh
 from ..teachers.analytic import RenderedShapeTeacher
 from ..train.presets import resolve_spec
@@ -73,7 +74,7 @@ def builtin_target(name: str):
         return extruded_star()
     if name == "mug":
         return mug()
-    raise ValueError(f"unknown built-in target {name!r}; use {', '.join(BUILTIN_TARGETS)} or a mesh file")
+    raise UsageError(f"unknown built-in target {name!r}; use {', '.join(BUILTIN_TARGETS)} or a mesh file")
 
 
 def load_target(spec: str):
@@ -85,7 +86,7 @@ def load_target(spec: str):
     else:
         path = Path(spec)
         if not path.is_file():
-            raise ValueError(f"target {spec!r} is neither a built-in ({', '.join(BUILTIN_TARGETS)}) nor a file")
+            raise UsageError(f"target {spec!r} is neither a built-in ({', '.join(BUILTIN_TARGETS)}) nor a file")
         mesh = trimesh.load(path, force="mesh")
     mesh = mesh.copy()
     mesh.apply_translation(-mesh.bounds.mean(axis=0))

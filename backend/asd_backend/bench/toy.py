@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import UsageError
 from ..mesh.extract import Mesh
 from ..nerf.background import SolidBackground
 from ..nerf.cameras import CameraBatch, orbit_cameras
@@ -55,12 +56,12 @@ class ToyBenchConfig:
 
     def __post_init__(self) -> None:
         if parse_prompt(self.prompt) is None:
-            raise ValueError(f"--prompt {self.prompt!r} names no world object; use a colour ({', '.join(COLOURS)}) "
+            raise UsageError(f"--prompt {self.prompt!r} names no world object; use a colour ({', '.join(COLOURS)}) "
                              f"and a shape ({', '.join(SHAPES)}), e.g. 'a red mug'")
         if self.method not in ("asd", "vsd", "sds"):
-            raise ValueError(f"--method must be asd, vsd or sds; got {self.method!r}")
+            raise UsageError(f"--method must be asd, vsd or sds; got {self.method!r}")
         if self.steps < 0 or self.views < 1:
-            raise ValueError("--steps must be ≥ 0 and --views ≥ 1")
+            raise UsageError("--steps must be ≥ 0 and --views ≥ 1")
 
 
 @functools.lru_cache(maxsize=16)
@@ -144,7 +145,7 @@ def run(cfg: ToyBenchConfig, device: str = "cpu", save: str | Path | None = None
 
     obj = parse_prompt(cfg.prompt)
     if obj is None:
-        raise ValueError(f"{cfg.prompt!r} names no world object")
+        raise UsageError(f"{cfg.prompt!r} names no world object")
     teacher = teacher or load_teacher("toy", device)
     spec = bench_spec(cfg)
     start = time.perf_counter()

@@ -22,6 +22,7 @@ from typing import Any
 
 from asd_protocol.job_spec import GuidanceSpec
 
+from ..errors import UsageError
 from .toy import ToyBenchConfig
 
 KEY = ("prompt", "method", "cfg", "seed", "steps_requested", "gamma_schedule")
@@ -46,7 +47,7 @@ class ToySweepConfig:
 
     def __post_init__(self) -> None:
         if self.seeds < 1:
-            raise ValueError(f"--seeds must be at least 1; got {self.seeds}")
+            raise UsageError(f"--seeds must be at least 1; got {self.seeds}")
         for prompt in self.prompts:  # each prompt and method checked as `asd bench toy` checks them
             for method in self.methods:
                 ToyBenchConfig(prompt=prompt, method=method)

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..artifacts import atomic_path
+from ..errors import UsageError
 from .extract import Mesh
 
 FORMATS = (".glb", ".obj", ".ply")
@@ -52,9 +53,9 @@ def write_mesh(mesh: Mesh, path: str | Path) -> Path:
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in FORMATS:
-        raise ValueError(f"cannot write {path.name}: use one of {', '.join(FORMATS)}")
+        raise UsageError(f"cannot write {path.name}: use one of {', '.join(FORMATS)}")
     if len(mesh.faces) == 0:
-        raise ValueError(f"cannot write {path.name}: the mesh is empty (nothing above the density threshold)")
+        raise UsageError(f"cannot write {path.name}: the mesh is empty (nothing above the density threshold)")
     mesh = to_blender_frame(mesh)
     vertices = mesh.vertices if suffix == ".ply" else z_up_to_y_up(mesh.vertices)
     colors = mesh.colors

@@ -25,7 +25,7 @@ import zmq.utils.z85
 from zmq.auth.thread import ThreadAuthenticator
 
 from ..artifacts import atomic_path
-from ..errors import AsdError
+from ..errors import AsdError, MissingFileError, UsageError
 
 log = logging.getLogger("asd.server")
 
@@ -99,19 +99,19 @@ def allow_client(curve_dir: Path, key: str, name: str | None = None, admin: bool
     if path.is_file():
         public, _ = zmq.auth.load_certificate(str(path))
         if public is None:
-            raise ValueError(f"{path} holds no public key")
+            raise UsageError(f"{path} holds no public key")
         user = name or path.stem
     else:
         text = key.strip()
         if len(text) != 40:
-            raise ValueError(f"{key!r} is neither a key file nor a 40-character Z85 public key")
+            raise UsageError(f"{key!r} is neither a key file nor a 40-character Z85 public key")
         try:
             zmq.utils.z85.decode(text)
         except (ValueError, KeyError):
-            raise ValueError(f"{key!r} is not a Z85 public key") from None
+            raise UsageError(f"{key!r} is not a Z85 public key") from None
         public, user = text.encode(), name or "client-" + text[:8].replace("/", "_")
     if not USER_PATTERN.fullmatch(user):
-        raise ValueError(f"user name {user!r}: use letters, digits, '_', '-' and '.' (at most 64), e.g. --name alice")
+        raise UsageError(f"user name {user!r}: use letters, digits, '_', '-' and '.' (at most 64), e.g. --name alice")
     return _write_certificate(target_dir / f"{user}.key", public,
                               metadata={"user": user, **({"role": "admin"} if admin else {})})
 
@@ -210,7 +210,7 @@ def secure_socket(ctx: zmq.Context, socket: zmq.Socket, curve_dir: Path) -> tupl
     """Make `socket` a CURVE server that admits allow-listed clients only. Call before bind."""
     secret = curve_dir / "server.key_secret"
     if not secret.is_file():
-        raise FileNotFoundError(f"no server key in {curve_dir}: run `asd keys init` first (or pass --curve-dir)")
+        raise MissingFileError(f"no server key in {curve_dir}: run `asd keys init` first (or pass --curve-dir)")
     check_permissions(curve_dir)
     allow = AllowList(curve_dir / AUTHORIZED)
     authenticator = ThreadAuthenticator(ctx)

@@ -52,7 +52,8 @@ from asd_protocol.job_spec import DEFAULT_TEACHER, METHODS, JobSpec, merge
 from asd_protocol.messages import now_iso
 
 from .. import __version__, job_layout
-from ..teachers.registry import TEACHERS, describe
+from ..errors import UsageError
+from ..teachers.registry import TEACHERS, describe, usage
 from ..train.presets import PRESETS, resolve_spec
 from . import auth
 from .commands import WORKER_TYPES, WorkerReady
@@ -74,50 +75,66 @@ def event(name: str, **fields: Any) -> None:
     log.info(json.dumps({"ts": round(time.time(), 3), "event": name, **fields}, default=str))
 
 
+def _setting(default: Any, help: str, **metadata: Any) -> Any:
+    """A ServerConfig field with the help its `asd serve` flag shows (cli.py generates the flags)."""
+    factory = {"default_factory": default} if callable(default) else {"default": default}
+    return dataclasses.field(**factory, metadata={"help": help, **metadata})
+
+
+def _gpu_list(text: str) -> tuple[int, ...]:
+    """--gpus text to indices (argparse shows an ArgumentTypeError's message as the flag's error)."""
+    import argparse
+
+    try:
+        return tuple(int(g) for g in text.split(",") if g.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give GPU indices separated by commas, e.g. 0,1") from None
+
+
 @dataclasses.dataclass
 class ServerConfig:
-    bind: str = "tcp://127.0.0.1:5555"
-    results: Path = Path("asd-results")
-    teacher: str = DEFAULT_TEACHER
-    """Default teacher spec (teachers/registry.py); the built-in teachers are always offered as well."""
-    discriminator_models: tuple[str, ...] = ()
-    """Models a job may name as `model.discriminator_model` (hub ids or folders on this server); none by
-    default: a client must not make the server open paths or download repositories of its choosing."""
-    device: str = "auto"
-    gpus: list[int] | None = None
-    """One worker per listed GPU; None: one worker on `device`."""
-    curve_dir: Path | None = None
-    insecure: bool = False
-    heartbeat_interval: float = 2.0
-    max_queued_per_user: int = 8
-    """Queued jobs one user may have (a CURVE key's user; on loopback without CURVE, the one local user)."""
-    max_queued: int = 64
-    """Queued jobs on the whole server."""
-    max_message_bytes: int = 256 * 1024 * 1024
-    max_pending_replies: int = 1000
-    """Reliable messages kept for a client that does not read; past it (or max_pending_bytes) its backlog is
-    dropped and it is told so."""
-    max_pending_bytes: int = 64 << 20
-    max_pending_total_bytes: int = 256 << 20
-    """The same over every client together (routing ids cost nothing without CURVE); past it the largest
-    backlog is dropped first."""
-    limits: ServerLimits = dataclasses.field(default_factory=ServerLimits)
-    """What jobs may ask of this machine (resolutions, steps, texture sizes)."""
-    ray: str | None = None
-    """Workers on a Ray cluster: "local", "auto" or "ray://HOST:PORT" (ray_pool.py); None: local processes."""
-    min_workers: int = 1
-    max_workers: int = 1
-    ray_resource: str = "GPU"
-    """What each Ray worker asks for: "GPU" (one each), "CPU", or a custom resource's name."""
-    max_attempts: int = 3
-    """Times a job whose cluster worker was lost goes back to the queue before it fails."""
+    """Everything `asd serve` can be told; each field is its flag (`--max-queued` …) with this help."""
+
+    bind: str = _setting("tcp://127.0.0.1:5555", "address to listen on (loopback by default)")
+    # _setting returns dataclasses.field (RUF009 cannot see it); its defaults are immutable or factories.
+    results: Path = _setting(Path("asd-results"), "folder for jobs, meshes and checkpoints")  # noqa: RUF009
+    teacher: str = _setting(DEFAULT_TEACHER, f"default teacher: {usage()}; the built-in ones are always offered")
+    discriminator_models: tuple[str, ...] = _setting(
+        (), "a model jobs may name as model.discriminator_model (hub id or folder; repeatable). None by default: "
+            "a client must not make the server open paths or download repositories of its choosing",
+        flag="discriminator_model", repeatable=True, metavar="ID_OR_PATH")
+    device: str = _setting("auto", "auto | cpu | cuda[:N] (one worker)")
+    gpus: tuple[int, ...] | None = _setting(
+        None, "one worker per listed GPU, e.g. 0,1 (unset: one worker on --device)", parse=_gpu_list)
+    curve_dir: Path | None = _setting(None, "CURVE keys (asd keys init); required off loopback")  # noqa: RUF009
+    insecure: bool = _setting(False, "allow a non-loopback bind without CURVE (a trusted LAN only)")
+    heartbeat_interval: float = _setting(2.0, "seconds between heartbeats to each client")
+    max_queued_per_user: int = _setting(8, "queued jobs one user may have (a CURVE key's user; on loopback without "
+                                           "CURVE, the one local user)", aliases=("--max-queued-per-client",))
+    max_queued: int = _setting(64, "queued jobs on the whole server")
+    max_message_bytes: int = _setting(256 * 1024 * 1024, "the largest message a client may send, in bytes")
+    max_pending_replies: int = _setting(1000, "reliable replies kept for a client that does not read; past it (or "
+                                              "--max-pending-mib) its backlog is dropped and it is told so")
+    max_pending_mib: int = _setting(64, "the same cap in MiB of waiting replies, per client")
+    max_pending_total_mib: int = _setting(256, "MiB of waiting replies over all clients together (routing ids "
+                                               "cost nothing without CURVE); past it the largest backlog is dropped")
+    limits: ServerLimits = _setting(ServerLimits,  # noqa: RUF009
+                                    "what jobs may ask of this machine (its own flags: --max-steps …)")
+    ray: str | None = _setting(None, "run the workers as Ray actors: local, auto or ray://HOST:PORT (pip install "
+                                     "'asd-studio[cluster]'; docs/cluster.md); unset: local processes")
+    min_workers: int = _setting(1, "--ray: actors kept even when idle")
+    max_workers: int = _setting(1, "--ray: actors at most, started while jobs wait")
+    ray_resource: str = _setting("GPU", "--ray: what each actor asks for: GPU (one each), CPU, or a custom "
+                                        "resource's name")
+    max_attempts: int = _setting(3, "--ray: times a job whose worker was lost goes back to the queue before it "
+                                    "fails")
 
     def __post_init__(self) -> None:
         self.results = Path(self.results)
         if self.curve_dir is not None:
             self.curve_dir = Path(self.curve_dir)
         if not is_loopback(self.bind) and self.curve_dir is None and not self.insecure:
-            raise ValueError(f"refusing to listen on {self.bind} without CURVE: anyone who can reach it could run "
+            raise UsageError(f"refusing to listen on {self.bind} without CURVE: anyone who can reach it could run "
                              "jobs. Run `asd keys init`, pass --curve-dir, and allow clients with `asd keys allow`; "
                              "or pass --insecure on a trusted network")
 
@@ -169,8 +186,8 @@ class Server:
                         "can reach this port can run jobs and read results", self.config.bind)
         s.bind(self.config.bind)
         self.address = s.getsockopt_string(zmq.LAST_ENDPOINT)
-        self.delivery = Delivery(s, self.config.max_pending_replies, self.config.max_pending_bytes,
-                                 self.config.max_pending_total_bytes)
+        self.delivery = Delivery(s, self.config.max_pending_replies, self.config.max_pending_mib << 20,
+                                 self.config.max_pending_total_mib << 20)
         if self.config.ray is not None:
             from .ray_pool import RayWorkerPool
 

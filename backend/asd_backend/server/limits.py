@@ -14,9 +14,12 @@ from asd_protocol import ProtocolError
 from asd_protocol import errors as codes
 from asd_protocol.job_spec import JobSpec
 
+from ..errors import UsageError
+
 
 def _limit(default: int, doc: str) -> Any:
-    return dataclasses.field(default=default, metadata={"doc": doc})
+    """A limit with its doc (welcome's description) and the help of its `asd serve` flag."""
+    return dataclasses.field(default=default, metadata={"doc": doc, "help": f"the most a job may ask for: {doc}"})
 
 
 @dataclasses.dataclass
@@ -33,7 +36,7 @@ class ServerLimits:
     def __post_init__(self) -> None:
         for name, value in self.to_json().items():
             if value < 1:
-                raise ValueError(f"server limit {name} must be at least 1; got {value}")
+                raise UsageError(f"server limit {name} must be at least 1; got {value}")
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -29,7 +29,7 @@ from asd_protocol import Done, Error, decode, encode
 from asd_protocol import errors as codes
 
 from ..artifacts import atomic_path
-from ..errors import AsdError
+from ..errors import AsdError, UsageError
 from .commands import WORKER_TYPES, RunJob, StopWorker, WorkerReady
 from .ray_worker import SKIP, StreamingWorker
 from .workers import Pool
@@ -74,7 +74,7 @@ class RayWorkerPool(Pool):
     def __init__(self, ctx: zmq.Context, results: Path, address: str = "local", *, min_workers: int = 1,
                  max_workers: int = 1, resource: str = "GPU", idle_seconds: float = 60.0) -> None:
         if not 0 <= min_workers <= max_workers or max_workers < 1:
-            raise ValueError(f"need 0 ≤ --min-workers ≤ --max-workers and --max-workers ≥ 1; got {min_workers}, "
+            raise UsageError(f"need 0 ≤ --min-workers ≤ --max-workers and --max-workers ≥ 1; got {min_workers}, "
                              f"{max_workers}")
         try:
             import ray
@@ -100,7 +100,7 @@ class RayWorkerPool(Pool):
 
     # -- life cycle --------------------------------------------------------------------------------
 
-    def start(self, gpus: list[int] | None = None, device: str = "auto") -> None:
+    def start(self, gpus: tuple[int, ...] | None = None, device: str = "auto") -> None:
         ray = self.ray
         # A Ray driver exits its process when the head (GCS) stays unreachable for 60 s; this process is
         # the front end, which must keep serving the job list: let it wait instead, and watch the head.

@@ -262,7 +262,7 @@ def classify_failure(exc: BaseException) -> tuple[str, str]:
     """An error code and what the artist can do about it."""
     import torch
 
-    from ..errors import AsdError
+    from ..errors import AsdError, UsageError
 
     if isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower():
         return codes.OUT_OF_MEMORY, ("the GPU ran out of memory: choose a lighter preset (preview), a lower "
@@ -272,10 +272,11 @@ def classify_failure(exc: BaseException) -> tuple[str, str]:
     if is_disk_full(exc):
         return codes.DISK_FULL, ("the server's disk is full: free space there, then resume the job (its last "
                                  "checkpoint is kept)")
+    if isinstance(exc, UsageError):
+        return codes.INVALID_FIELD, "fix the setting named in the message and submit again"
     if isinstance(exc, AsdError):
-        return codes.JOB_FAILED, "fix the setting named in the message and submit again"
-    if isinstance(exc, ValueError):
-        return codes.INVALID_FIELD, "a setting is out of range; see the message"
+        return codes.JOB_FAILED, "the message says what went wrong and what to do"
+    # Anything else is a bug (or a library's failure), whatever its type: not the artist's setting.
     return codes.JOB_FAILED, "see the server log for details; try again, or a lighter preset"
 
 

@@ -57,7 +57,7 @@ class Pool:
     cluster_error: str | None = None
     """Why no worker can be had now (a lost cluster head), or None."""
 
-    def start(self, gpus: list[int] | None, device: str) -> None:  # pragma: no cover - abstract
+    def start(self, gpus: tuple[int, ...] | None, device: str) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def get(self, identity: bytes) -> Any | None:
@@ -100,7 +100,7 @@ class WorkerPool(Pool):
         self.workers: dict[bytes, WorkerHandle] = {}
         self._mp = multiprocessing.get_context("spawn")
 
-    def start(self, gpus: list[int] | None, device: str) -> None:
+    def start(self, gpus: tuple[int, ...] | None, device: str) -> None:
         if gpus:
             for i, gpu in enumerate(gpus):
                 self.spawn(i, "cuda", {"CUDA_VISIBLE_DEVICES": str(gpu)})

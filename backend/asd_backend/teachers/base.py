@@ -15,6 +15,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from ..errors import UsageError
+
 EPSILON = "epsilon"
 V_PREDICTION = "v_prediction"
 
@@ -61,7 +63,7 @@ class Teacher(ABC):
     def discriminator_options(self, guidance: Any, model: Any = None, nerf: Any = None) -> dict[str, Any]:
         """What this teacher's ε_φ is built with, from a job spec's guidance, model and nerf sections."""
         if model is not None and getattr(model, "discriminator_model", None):
-            raise ValueError(f"a separate discriminator model needs a Stable Diffusion teacher, not {self.name!r}")
+            raise UsageError(f"a separate discriminator model needs a Stable Diffusion teacher, not {self.name!r}")
         return {}
 
     @property

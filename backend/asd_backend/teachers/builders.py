@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from ..errors import UsageError
+
 TOKENIZER_DIR = Path(__file__).resolve().parent.parent / "assets" / "tiny_clip_tokenizer"
 BUILDER_VERSION = 1  # bump when a config below changes, so cached folders are rebuilt
 PREDICTION_TYPES = ("epsilon", "v_prediction")
@@ -77,9 +79,9 @@ def build_pipeline(shape: str = "tiny", seed: int = 0, dtype: torch.dtype = torc
     from transformers import CLIPTextConfig, CLIPTextModel
 
     if shape not in SHAPES:
-        raise ValueError(f"unknown pipeline shape {shape!r}; choose one of {', '.join(SHAPES)}")
+        raise UsageError(f"unknown pipeline shape {shape!r}; choose one of {', '.join(SHAPES)}")
     if prediction_type not in PREDICTION_TYPES:
-        raise ValueError(f"unknown prediction type {prediction_type!r}; choose one of {', '.join(PREDICTION_TYPES)}")
+        raise UsageError(f"unknown prediction type {prediction_type!r}; choose one of {', '.join(PREDICTION_TYPES)}")
     config = SHAPES[shape]
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(**config["unet"])

@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..errors import UsageError
+
 if TYPE_CHECKING:
     from .base import Teacher
 
@@ -95,7 +97,7 @@ def find_teacher(spec: str) -> tuple[TeacherEntry, str]:
     name, _, argument = spec.partition(":")
     entry = TEACHERS.get(name)
     if entry is None or (argument and not entry.takes_argument):
-        raise ValueError(f"unknown teacher {spec!r}; use one of {usage()}")
+        raise UsageError(f"unknown teacher {spec!r}; use one of {usage()}")
     return entry, argument
 
 

@@ -20,6 +20,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from ..artifacts import atomic_path
+from ..errors import MissingFileError
 from .world import COLOURS, SHAPES, all_objects
 
 JUDGE_DIR = Path(__file__).resolve().parent.parent / "assets" / "toy_judge"
@@ -62,7 +63,7 @@ def load_judge(folder: Path = JUDGE_DIR) -> Judge:
 
     path = folder / "judge.safetensors"
     if not path.is_file():
-        raise FileNotFoundError(f"no toy judge at {path}; train one with `asd toy train-judge`")
+        raise MissingFileError(f"no toy judge at {path}; train one with `asd toy train-judge`")
     config = json.loads((folder / "judge.json").read_text())
     judge = Judge(width=config["width"])
     judge.load_state_dict(load_file(path))

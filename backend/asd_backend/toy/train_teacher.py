@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..artifacts import atomic_path
+from ..errors import UsageError
 from ..guidance.prompts import DIRECTIONS, ViewPromptConfig, view_direction, view_prompt
 from ..nerf.cameras import CameraBatch, CameraConfig, sample_cameras
 from ..teachers.builders import SCHEDULER, tokenizer
@@ -99,12 +100,12 @@ class ToyTrainingConfig:
         self.out = Path(self.out)
         for name in ("views_per_object", "vae_batch", "batch", "checkpoint_every", "validate_every"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1; got {getattr(self, name)}")
+                raise UsageError(f"{name} must be at least 1; got {getattr(self, name)}")
         for name in ("vae_steps", "steps", "warmup_steps"):
             if getattr(self, name) < 0:
-                raise ValueError(f"{name} must not be negative; got {getattr(self, name)}")
+                raise UsageError(f"{name} must not be negative; got {getattr(self, name)}")
         if self.empty_caption + self.plain_caption > 1:
-            raise ValueError("empty_caption + plain_caption must be at most 1")
+            raise UsageError("empty_caption + plain_caption must be at most 1")
 
 
 # -- data ----------------------------------------------------------------------------------------
@@ -281,10 +282,10 @@ class ToyTeacherTrainer:
             return False
         state = torch.load(self.checkpoint_path, weights_only=False, map_location=self.device)
         if _identity(state["config"]) != _identity(_jsonable(dataclasses.asdict(self.config))):
-            raise ValueError(f"{self.checkpoint_path} was made with other settings; use another --out folder or "
+            raise UsageError(f"{self.checkpoint_path} was made with other settings; use another --out folder or "
                              "delete the checkpoint to start again")
         if state["stage"] == "decoder" and self.config.steps != state["config"]["steps"]:
-            raise ValueError(f"{self.checkpoint_path} has finished its {state['config']['steps']} UNet steps and "
+            raise UsageError(f"{self.checkpoint_path} has finished its {state['config']['steps']} UNet steps and "
                              "moved on to the decoder; ask for that many steps, or train again in another folder")
         for name in ("vae", "unet", "text_encoder", "vae_opt", "opt", "decoder_opt"):
             if name in state:  # checkpoints from before the decoder stage have no decoder_opt
