@@ -139,7 +139,19 @@ def bench_spec(cfg: ToyBenchConfig):
     return resolve_spec(partial)
 
 
-def run(cfg: ToyBenchConfig, device: str = "cpu", save: str | Path | None = None, teacher=None) -> dict[str, Any]:
+def trace_summary(trace: list[dict[str, float]]) -> dict[str, float]:
+    """ε_φ's diagnostics (guidance/score_distillation.py) averaged over the last quarter of the steps."""
+    tail = trace[len(trace) * 3 // 4:]
+    out = {}
+    for key in ("phi_noise_error_ratio", "phi_teacher_distance", "loss_discriminator"):
+        values = [m[key] for m in tail if key in m]
+        if values:
+            out[f"{key}_last_quarter"] = round(float(np.mean(values)), 4)
+    return out
+
+
+def run(cfg: ToyBenchConfig, device: str = "cpu", save: str | Path | None = None, teacher=None,
+        trace: str | Path | None = None) -> dict[str, Any]:
     from ..teachers import load_teacher
     from ..train.text_to_3d import generate
 
@@ -149,8 +161,10 @@ def run(cfg: ToyBenchConfig, device: str = "cpu", save: str | Path | None = None
     teacher = teacher or load_teacher("toy", device)
     spec = bench_spec(cfg)
     start = time.perf_counter()
-    with BarEvents(spec.steps, f"bench toy {cfg.prompt!r} {cfg.method} {cfg.cfg:g}") as events:
+    with BarEvents(spec.steps, f"bench toy {cfg.prompt!r} {cfg.method} {cfg.cfg:g}", keep=True) as events:
         result = generate(teacher, spec, events=events)
+    if trace:
+        Path(trace).write_text("".join(json.dumps(m) + "\n" for m in events.trace))
     seconds = time.perf_counter() - start
     report: dict[str, Any] = {"benchmark": "toy", "prompt": cfg.prompt, "method": cfg.method, "cfg": cfg.cfg,
                               "steps": result.steps_done, "seed": cfg.seed}
@@ -165,6 +179,7 @@ def run(cfg: ToyBenchConfig, device: str = "cpu", save: str | Path | None = None
         errors = [abs((a - float(c) + 180) % 360 - 180) for a, c in zip(verdict["azimuth"],
                                                                           cameras.azimuth_deg.tolist(), strict=True)]
         report["judge_azimuth_error_deg"] = round(float(np.median(errors)), 1)
+    report |= trace_summary(events.trace)
     report["seconds"] = round(seconds, 1)
     report["faces"] = len(result.mesh.faces)
     if save:
@@ -180,7 +195,7 @@ def _command(args: argparse.Namespace) -> int:
     from ..dataclass_flags import dataclass_from_args
 
     cfg = dataclass_from_args(ToyBenchConfig, args)
-    report = run(cfg, device=args.device, save=args.save)
+    report = run(cfg, device=args.device, save=args.save, trace=args.trace)
     if args.json:
         print(json.dumps(report))
     else:
@@ -198,6 +213,8 @@ def add_cli(kinds: argparse._SubParsersAction) -> None:
     p = kinds.add_parser("toy", help="text-to-3D with the toy teacher, scored against the exact world object")
     add_dataclass_flags(p, ToyBenchConfig)
     p.add_argument("--save", default=None, metavar="MESH", help="write the final mesh (.glb/.obj/.ply)")
+    p.add_argument("--trace", default=None, metavar="JSONL", help="write every step's metrics (losses, ε_φ's "
+                   "diagnostics), one JSON line each")
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     p.set_defaults(handler=_command)

@@ -153,10 +153,20 @@ class GuidanceOutput:
     x_t: Tensor
     eps_teacher: Tensor  # guided ε̃
     eps_reference: Tensor
+    eps_cond: Tensor | None = None  # the teacher's conditional prediction, for ε_φ's diagnostics
 
     def metrics(self) -> dict[str, float]:
-        return {"loss_guidance": float(self.loss.detach()), "grad_norm": float(self.grad.norm()),
-                "t_mean": float(self.t.float().mean())}
+        metrics = {"loss_guidance": float(self.loss.detach()), "grad_norm": float(self.grad.norm()),
+                   "t_mean": float(self.t.float().mean())}
+        if self.eps_cond is not None:
+            # Does ε_φ keep up (docs/method.md ▸ Keeping up)? On the generator's own render: its error on the
+            # true noise as a share of the teacher's (below 1: it models the renders better than the teacher),
+            # and how far it has moved from the teacher.
+            teacher_error = float((self.eps_cond - self.noise).pow(2).mean())
+            metrics["phi_noise_error_ratio"] = float((self.eps_reference - self.noise).pow(2).mean()) / max(
+                teacher_error, 1e-12)
+            metrics["phi_teacher_distance"] = float((self.eps_reference - self.eps_cond).pow(2).mean()) ** 0.5
+        return metrics
 
 
 class ScoreDistillation:
@@ -270,7 +280,7 @@ class ScoreDistillation:
             noise = torch.randn(z.shape, device=z.device, dtype=z.dtype, generator=generator)
             x_t = self.teacher.add_noise(z.detach(), noise, t)
             with phase("teacher"):
-                eps_teacher, _ = self.teacher_eps(x_t, t, c, camera)
+                eps_teacher, eps_cond = self.teacher_eps(x_t, t, c, camera)
             if self.config.method == "dds":
                 source_t = self.teacher.add_noise(source, noise, t)
                 with phase("teacher"):
@@ -287,7 +297,7 @@ class ScoreDistillation:
         target = (z - grad).detach()
         loss = 0.5 * F.mse_loss(z, target, reduction="sum") / z.shape[0]
         return GuidanceOutput(loss=loss, grad=grad, t=t, noise=noise, x_t=x_t, eps_teacher=eps_teacher,
-                              eps_reference=reference)
+                              eps_reference=reference, eps_cond=eps_cond if self.discriminator is not None else None)
 
     def discriminator_group(self, lr: float) -> list[dict[str, Any]]:
         """ε_φ's parameters as an optimizer parameter group (none for SDS and DDS)."""
