@@ -358,6 +358,29 @@ def test_resume_continues_exactly(tmp_path, asd_home):
     np.testing.assert_array_equal(straight.mesh.vertices, resumed.mesh.vertices)
 
 
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_a_damaged_checkpoint_fails_the_resume_with_a_clear_error_and_is_set_aside(tmp_path, asd_home, damage):
+    """A torn checkpoint failed a resume with "IndexError…"/"EOFError", and the hint offered resume again."""
+    from asd_backend.errors import AsdError
+    from asd_backend.teachers import load_teacher
+    from asd_backend.train.presets import resolve_spec
+    from asd_backend.train.text_to_3d import check_resume, generate
+
+    config = resolve_spec({"prompt": "a teapot", "preset": "smoke", "seed": 0, "schedule": {"steps": 6},
+                           "output": {"mesh_every": 0, "mc_resolution": 32}})
+    teacher = load_teacher("tiny", "cpu")
+    stop_after = iter([False, True])
+    generate(teacher, config, workdir=tmp_path, events=Recording(lambda: next(stop_after, False)))
+    checkpoint = tmp_path / "checkpoint.pt"
+    data = checkpoint.read_bytes()
+    checkpoint.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"\x00garbage" * 100)
+    with pytest.raises(AsdError, match=r"damaged.*set aside as checkpoint\.pt\.damaged.*Start the job again"):
+        generate(teacher, config, workdir=tmp_path, resume=True)
+    assert not checkpoint.exists() and (tmp_path / "checkpoint.pt.damaged").is_file()
+    assert check_resume(tmp_path, config) == 0  # nothing offers to resume it again
+    assert not getattr(teacher.unet, "_hf_peft_config_loaded", False)  # the guidance was closed
+
+
 def test_a_checkpoint_of_the_first_versions_layout_resumes_on_the_fast_path(tmp_path):
     # The reference implementation stores the hash table as the first version did ([T, F]); its
     # checkpoint (table and Adam moments) resumes on the fast path ([F, T]) and trains on.

@@ -171,12 +171,24 @@ def save_checkpoint(path: Path, step: int, model: Generator3D, optimizer: torch.
 
 def load_checkpoint(path: Path, model: Generator3D, optimizer: torch.optim.Optimizer, guidance: ScoreDistillation,
                     generators: dict[str, torch.Generator]) -> tuple[int, int]:
-    """Restore the training state; returns (step, snapshots)."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    model.load_state_dict(state["model"])
-    if guidance.discriminator is not None and state["discriminator"] is not None:
-        guidance.discriminator.load_trainable_state(state["discriminator"])
-    optimizer.load_state_dict(state["optimizer"])
+    """Restore the training state; returns (step, snapshots). A checkpoint that cannot be read (a torn
+    disk, a file from an incompatible version) is set aside as checkpoint.pt.damaged, with its record, and
+    an AsdError says so: nothing offers to resume it again, and the artist starts the job over."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        if guidance.discriminator is not None and state["discriminator"] is not None:
+            guidance.discriminator.load_trainable_state(state["discriminator"])
+        optimizer.load_state_dict(state["optimizer"])
+    except Exception as exc:  # torch reports damage as RuntimeError, EOFError, IndexError, UnpicklingError…
+        damaged = path.with_name(path.name + ".damaged")
+        path.replace(damaged)
+        record = path.with_name(CHECKPOINT_RECORD)
+        if record.exists():
+            record.replace(record.with_name(record.name + ".damaged"))
+        raise AsdError(f"the checkpoint {path} is damaged or from an incompatible version ({type(exc).__name__}: "
+                       f"{str(exc)[:200]}); it was set aside as {damaged.name}. Start the job again (without "
+                       "resume)") from exc
     _match_state_layout(optimizer)
     if guidance.scaler is not None and state.get("scaler"):
         guidance.scaler.load_state_dict(state["scaler"])
