@@ -452,23 +452,6 @@ def _bench_3d(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bench_edit(args: argparse.Namespace) -> int:
-    from .bench import edit
-
-    cfg = edit.EditBenchConfig(method=args.method, cfg=args.cfg, steps=args.steps, seed=args.seed,
-                               variant=args.variant, modes=args.modes, mesh=args.mesh, source=args.source,
-                               targets=args.target or [], discriminator_lr=args.discriminator_lr,
-                               discriminator_steps=args.discriminator_steps,
-                               uncond_shrink=args.uncond_shrink)
-    report = edit.run(cfg, device=args.device)
-    if args.json:
-        _print_json(report)
-    else:
-        print(f"{report['case']}, {cfg.method} at CFG {cfg.cfg:g}: edit {report['psnr_edit']} dB, keep "
-              f"{report['psnr_keep']} dB, saturated {100 * report['saturated']:.2f}%, {report['seconds']:.0f} s")
-    return 0
-
-
 def _bench_serve(args: argparse.Namespace) -> int:
     from .bench import serve
 
@@ -596,24 +579,9 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     toy.add_cli(kinds)
     toy_sweep.add_cli(kinds)
 
-    p = kinds.add_parser("edit", help="texture editing against an exact, CFG-sensitive teacher")
-    p.add_argument("--method", choices=["sds", "dds", "vsd", "asd"], default="asd")
-    p.add_argument("--cfg", type=float, default=7.5)
-    p.add_argument("--steps", type=int, default=400)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--variant", type=int, default=0, help="built-in case: 0 (settings chosen on it), 1, 2, … (new)")
-    p.add_argument("--modes", type=int, default=2, help="equally likely edits in the built-in case")
-    p.add_argument("--mesh", default=None, help="a mesh with UVs (.obj/.glb/.ply) instead of the built-in sphere")
-    p.add_argument("--source", default=None, metavar="PNG", help="the texture before the edit")
-    p.add_argument("--target", type=_names, default=None, metavar="PNG[,PNG…]",
-                   help="what the edit prompt means: one or several equally likely textures")
-    p.add_argument("--discriminator-lr", type=float, default=None, help="ε_φ's lr (default: keeping-up value)")
-    p.add_argument("--discriminator-steps", type=int, default=None, help="ε_φ updates per step (default: 16)")
-    p.add_argument("--uncond-shrink", type=float, default=0.05,
-                   help="how far the unconditional's textures are pulled towards their mean (0: exactly them)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(handler=_bench_edit)
+    from .bench import edit
+
+    edit.add_cli(kinds)
 
     p = kinds.add_parser("serve", help="latency of progress and mesh delivery to many clients over loopback")
     p.add_argument("--clients", type=int, default=20)

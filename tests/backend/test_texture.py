@@ -150,3 +150,19 @@ def test_bench_edit_reads_a_mesh_and_textures_from_files(tmp_path):
     report = bench_edit("--method", "sds", "--cfg", "1", "--steps", "150", "--mesh", str(tmp_path / "ball.obj"),
                         "--source", str(tmp_path / "source.png"), "--target", str(tmp_path / "target.png"))
     assert report["case"] == "files" and report["psnr_edit"] > 20 and report["psnr_keep"] > 25, report
+
+
+def test_bench_edit_edits_a_world_object_with_the_toy_teacher_and_the_products_eps_phi():
+    """Issue 22, item 5: a red mug's texture edited to "a blue mug" by the learned teacher, scored against the
+    exact blue paint; ASD with the product's ε_φ settings (not the analytic family's keeping-up ones)."""
+    from asd_backend.bench.edit import EditBenchConfig, world_case
+
+    vertices, faces, uvs, source, targets, _ = world_case(EditBenchConfig(teacher="toy"))
+    assert uvs.shape == (len(faces), 3, 2) and 0 <= uvs.min() and uvs.max() <= 1 and faces.max() < len(vertices)
+    assert (source[..., :3] == (204, 26, 26)).all() and (targets[0][..., :3] == (38, 77, 217)).all()
+    report = bench_edit("--teacher", "toy", "--method", "asd", "--steps", "3", "--views", "4")
+    assert report["case"] == "toy teacher: a red mug -> a blue mug" and report["psnr_edit"] is not None
+    assert report["spec"]["prompt"] == "a blue mug" and report["spec"]["edit"]["source_prompt"] == "a red mug"
+    assert report["spec"]["guidance"]["discriminator_steps"] == 1  # the product's default, not 16
+    with pytest.raises(ValueError, match="two world objects of one shape"):
+        EditBenchConfig(teacher="toy", world_edit="a red mug -> a blue cube")

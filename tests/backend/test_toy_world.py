@@ -135,3 +135,24 @@ def test_every_shape_renders_something_inside_its_bounds(shape):
     coverage = render_objects([WorldObject(shape, "white")], cameras, 32).coverage
     assert 0.05 < float(coverage.mean()) < 0.6
     assert float(coverage[..., 0, :].sum() + coverage[..., -1, :].sum()) == 0  # nothing touches the frame
+
+
+def test_toy_sweep_plans_matched_and_equal_time_rows_and_tabulates_seeds():
+    from asd_backend.bench.toy_sweep import ToySweepConfig, matched_cfg, plan, table
+
+    assert matched_cfg(30, -0.75) == 8.25 and matched_cfg(7.5, -0.75) == 2.625
+    runs = plan(ToySweepConfig(prompts=("a red mug",), methods=("asd",), cfgs=(30.0,), seeds=2, matched=True), [])
+    assert [(r.method, r.cfg, r.seed) for r in runs] == [("asd", 30.0, 0), ("sds", 8.25, 0), ("vsd", 8.25, 0),
+                                                         ("asd", 30.0, 1), ("sds", 8.25, 1), ("vsd", 8.25, 1)]
+    row = {"prompt": "a red mug", "cfg": 30.0, "steps": 1200, "steps_requested": 0, "gamma_schedule": "",
+           "render_psnr": 18.0, "saturated": 0.4, "judge_shape_accuracy": 1.0, "judge_colour_accuracy": 1.0,
+           "chamfer_l1_rel": 0.03, "iou": 0.2, "nearest_shape": "mug"}
+    rows = [row | {"method": "asd", "seed": 0, "seconds": 180.0}, row | {"method": "asd", "seed": 1, "seconds": 170.0,
+                                                                        "render_psnr": 20.0},
+            row | {"method": "sds", "seed": 0, "seconds": 60.0}]
+    # SDS given ASD's time: its steps scaled by the mean time ratio (175 s / 60 s × 1200 steps).
+    timed = plan(ToySweepConfig(prompts=("a red mug",), methods=("sds",), cfgs=(30.0,), seeds=1,
+                                sds_equal_time=True), rows)
+    assert [(r.method, r.steps) for r in timed] == [("sds", 0), ("sds", 3500)]
+    text = table(rows)
+    assert "| a red mug | asd | 30 | 1200 | 2 | 19.00 ± 1.41 |" in text and "| 2/2 |" in text

@@ -32,28 +32,61 @@ KEEPING_UP = {"discriminator_lr": 0.01, "discriminator_steps": 16}
 REGIONS = ("top", "left", "bottom", "right")
 
 
+def _opt(default: Any, help: str, **metadata: Any) -> Any:
+    return dataclasses.field(default=default, metadata={"help": help, **metadata})
+
+
+def _png_list(text: str) -> tuple[str, ...]:
+    return tuple(name for name in text.split(",") if name)
+
+
 @dataclasses.dataclass
 class EditBenchConfig:
-    method: str = "asd"
-    cfg: float = 7.5
-    steps: int = 400
-    seed: int = 0
-    variant: int = 0
-    """Built-in case: 0 is the one the settings were chosen on; others are new sources, modes, regions."""
-    modes: int = 2
-    """Equally likely edits of the built-in case."""
-    mesh: str | None = None
-    source: str | None = None
-    targets: list[str] = dataclasses.field(default_factory=list)
-    views: int = 24
-    resolution: int = 64
-    sigma: float = 0.05
-    uncond_shrink: float = 0.05
-    """How far the unconditional's textures are pulled towards their mean (0: exactly them)."""
-    lr: float = 0.02
-    discriminator_lr: float | None = None
-    """ε_φ's rate (ASD and VSD): unset, the keeping-up values measured for this teacher family."""
-    discriminator_steps: int | None = None
+    """`asd bench edit`'s settings; each field is its flag."""
+
+    method: str = _opt("asd", "sds | dds | vsd | asd")
+    cfg: float = _opt(7.5, "classifier-free guidance scale")
+    steps: int = _opt(400, "optimisation steps")
+    seed: int = _opt(0, "seed of the views, the noise and ε_φ")
+    variant: int = _opt(0, "built-in case: 0 (settings chosen on it), 1, 2, … (new sources, modes, regions)")
+    modes: int = _opt(2, "equally likely edits in the built-in case")
+    mesh: str | None = _opt(None, "a mesh with UVs (.obj/.glb/.ply) instead of the built-in sphere")
+    source: str | None = _opt(None, "the texture before the edit (PNG)")
+    targets: tuple[str, ...] = _opt((), "what the edit prompt means: one or several equally likely textures (PNG, "
+                                        "comma-separated)", flag="target", parse=_png_list, metavar="PNG[,PNG…]")
+    teacher: str = _opt("", "toy: edit a world object with the toy teacher (see --world-edit); empty: the exact "
+                            "analytic teacher")
+    world_edit: str = _opt("a red mug -> a blue mug", "with --teacher toy: the source and the edit prompt, each a "
+                                                      "world object of the same shape")
+    views: int = _opt(24, "precomputed views the texture is rendered into")
+    resolution: int = _opt(64, "side of those views (the toy teacher: its native 32)")
+    sigma: float = _opt(0.05, "the analytic teacher's noise scale")
+    uncond_shrink: float = _opt(0.05, "how far the analytic unconditional's textures are pulled towards their "
+                                      "mean (0: exactly them)")
+    lr: float = _opt(0.02, "texel learning rate")
+    discriminator_lr: float | None = _opt(None, "ε_φ's lr (ASD, VSD); unset: the keeping-up value for the analytic "
+                                                "teacher, the product's default for the toy teacher")
+    discriminator_steps: int | None = _opt(None, "ε_φ updates per step; unset as --discriminator-lr")
+
+    def __post_init__(self) -> None:
+        if self.method not in ("sds", "dds", "vsd", "asd"):
+            raise UsageError(f"--method must be sds, dds, vsd or asd; got {self.method!r}")
+        if self.teacher not in ("", "toy"):
+            raise UsageError(f"--teacher must be toy or left out (the analytic teacher); got {self.teacher!r}")
+        if self.teacher and world_pair(self.world_edit) is None:
+            raise UsageError(f"--world-edit {self.world_edit!r}: give 'SOURCE -> EDIT', two world objects of one "
+                             "shape, e.g. 'a red mug -> a blue mug'")
+
+
+def world_pair(text: str):
+    """('a red mug -> a blue mug') → the two WorldObjects, or None when it is not two of one shape."""
+    from ..toy.world import parse_prompt
+
+    source, _, edit = text.partition("->")
+    before, after = parse_prompt(source.strip()), parse_prompt(edit.strip())
+    if before is None or after is None or before.shape != after.shape:
+        return None
+    return before, after
 
 
 def uv_sphere(n_lon: int = 48, n_lat: int = 24, radius: float = 1.0, per_vertex: bool = False):
@@ -142,6 +175,30 @@ def load_case(cfg: EditBenchConfig):
     return (np.asarray(tm.vertices, np.float32), faces, np.asarray(uv, np.float32)[faces], source, targets, others)
 
 
+def world_case(cfg: EditBenchConfig, side: int = 64):
+    """A world object's exact surface (marching cubes of its signed distance, bench/toy.py), unwrapped by
+    xatlas; the source texture is the source paint everywhere, the one target the edit's paint."""
+    import xatlas
+
+    from .toy import exact_mesh
+
+    before, after = world_pair(cfg.world_edit)
+    surface = exact_mesh(before.shape, 96)
+    vmapping, faces, uv = xatlas.parametrize(np.asarray(surface.vertices, np.float32),
+                                             np.asarray(surface.faces, np.uint32))
+    vertices = np.asarray(surface.vertices, np.float32)[vmapping]
+
+    def solid(colour: str) -> np.ndarray:
+        from ..toy.world import COLOURS
+
+        rgba = np.empty((side, side, 4), np.uint8)
+        rgba[..., :3], rgba[..., 3] = np.asarray(COLOURS[colour], np.uint8), 255
+        return rgba
+
+    faces = faces.astype(np.uint32)
+    return vertices, faces, uv.astype(np.float32)[faces], solid(before.colour), [solid(after.colour)], []
+
+
 def scores(result: np.ndarray, source: np.ndarray, targets: list[np.ndarray], seen: np.ndarray) -> dict[str, float]:
     rgb = lambda x: x[..., :3].astype(np.float64) / 255  # noqa: E731
     out, src, modes = rgb(result), rgb(source), [rgb(t) for t in targets]
@@ -171,18 +228,37 @@ def run(cfg: EditBenchConfig, device: str = "cpu") -> dict[str, Any]:
     from .progress import BarEvents
 
     files = bool(cfg.mesh or cfg.source or cfg.targets)
-    vertices, faces, uvs, source, targets, others = load_case(cfg) if files else builtin_case(cfg.variant, cfg.modes)
-    raster = UVRasterizer.orbit(NormalisedMesh.from_world(vertices, faces, uvs), views=cfg.views,
-                                resolution=cfg.resolution, seed=cfg.seed, device=device)
-    tensor = lambda image: to_tensor(image, device)[0]  # noqa: E731
-    teacher = RenderedTextureTeacher(raster, {"edit": [tensor(t) for t in targets], "source": tensor(source),
-                                              "others": [tensor(o) for o in others]}, sigma=cfg.sigma, device=device,
-                                     uncond_shrink=cfg.uncond_shrink)
     guidance: dict[str, Any] = {"method": cfg.method, "cfg": cfg.cfg}
+    if cfg.teacher == "toy":
+        from ..teachers import load_teacher
+
+        vertices, faces, uvs, source, targets, others = world_case(cfg)
+        teacher = load_teacher("toy", device)
+        resolution = teacher.native_resolution
+        raster = UVRasterizer.orbit(NormalisedMesh.from_world(vertices, faces, uvs), views=cfg.views,
+                                    resolution=resolution, seed=cfg.seed, device=device)
+        source_prompt, prompt = (part.strip() for part in cfg.world_edit.split("->"))
+        case = f"toy teacher: {cfg.world_edit}"
+        keeping_up = {}  # the product's own ε_φ settings, unless given
+    else:
+        vertices, faces, uvs, source, targets, others = (load_case(cfg) if files
+                                                         else builtin_case(cfg.variant, cfg.modes))
+        resolution = cfg.resolution
+        raster = UVRasterizer.orbit(NormalisedMesh.from_world(vertices, faces, uvs), views=cfg.views,
+                                    resolution=resolution, seed=cfg.seed, device=device)
+        tensor = lambda image: to_tensor(image, device)[0]  # noqa: E731
+        teacher = RenderedTextureTeacher(raster, {"edit": [tensor(t) for t in targets], "source": tensor(source),
+                                                  "others": [tensor(o) for o in others]}, sigma=cfg.sigma,
+                                         device=device, uncond_shrink=cfg.uncond_shrink)
+        source_prompt, prompt = "source", "edit"
+        case = "files" if files else f"built-in variant {cfg.variant}, {cfg.modes} modes"
+        keeping_up = KEEPING_UP
     if cfg.method in ("asd", "vsd"):
-        guidance |= {k: v if getattr(cfg, k) is None else getattr(cfg, k) for k, v in KEEPING_UP.items()}
-    spec = resolve_spec({"kind": "edit_texture", "prompt": "edit", "seed": cfg.seed, "guidance": guidance,
-                         "edit": {"source_prompt": "source", "strength": 1.0, "steps": cfg.steps, "lr": cfg.lr,
+        guidance |= {k: getattr(cfg, k) for k in ("discriminator_lr", "discriminator_steps")
+                     if getattr(cfg, k) is not None or k in keeping_up}
+        guidance |= {k: v for k, v in keeping_up.items() if guidance.get(k) is None}
+    spec = resolve_spec({"kind": "edit_texture", "prompt": prompt, "seed": cfg.seed, "guidance": guidance,
+                         "edit": {"source_prompt": source_prompt, "strength": 1.0, "steps": cfg.steps, "lr": cfg.lr,
                                   "views": cfg.views, "every": 0}})
     started = time.perf_counter()
     with BarEvents(spec.steps, f"bench edit {cfg.method} cfg {cfg.cfg:g}") as events:
@@ -191,5 +267,33 @@ def run(cfg: EditBenchConfig, device: str = "cpu") -> dict[str, Any]:
     seen = raster.visible_texels(*source.shape[:2]).cpu().numpy()
     return {"benchmark": "edit", "method": cfg.method, "cfg": cfg.cfg,
             **scores(final.texture, source, targets, seen), "seconds": round(seconds, 1),
-            "case": "files" if files else f"built-in variant {cfg.variant}, {cfg.modes} modes",
+            "case": case,
             "spec": spec.to_json(), "settings": dataclasses.asdict(cfg)}
+
+
+# -- the command line (flags generated from EditBenchConfig) --------------------------------------------
+
+def _command(args: Any) -> int:
+    import json
+
+    from ..dataclass_flags import dataclass_from_args
+
+    cfg = dataclass_from_args(EditBenchConfig, args)
+    report = run(cfg, device=args.device)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"{report['case']}, {cfg.method} at CFG {cfg.cfg:g}: edit {report['psnr_edit']} dB, keep "
+              f"{report['psnr_keep']} dB, saturated {100 * report['saturated']:.2f}%, {report['seconds']:.0f} s")
+    return 0
+
+
+def add_cli(kinds: Any) -> None:
+    from ..dataclass_flags import add_dataclass_flags
+
+    p = kinds.add_parser("edit", help="texture editing against an exact, CFG-sensitive teacher (or the toy teacher "
+                                      "on a world object)")
+    add_dataclass_flags(p, EditBenchConfig)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON document")
+    p.set_defaults(handler=_command)
