@@ -8,6 +8,7 @@ directly, since timers do not fire in background mode.
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import subprocess
 import sys
 import tempfile
@@ -22,30 +23,40 @@ from .session import ImageUpdate, JobUpdate, MeshUpdate, Notice, Session, progre
 TICK_INTERVAL = 0.1
 TEST_TIMEOUT = 5.0
 
-_session: Session | None = None
-_test: tuple[Session, float] | None = None
-_targets: dict[str, dict] = {}  # submit request id -> where its object goes: scene name, 3D-cursor location
-_edits: dict[str, dict] = {}  # submit request id -> the object whose texture it edits
-_backend: subprocess.Popen | None = None
-_messages: list[tuple[str, str]] = []  # (level, text) of recent notices, newest last
-_last_state = ""  # the session's connection state at the previous tick
+@dataclasses.dataclass
+class ConnectionState:
+    """Everything this Blender holds about its backend, in one place (`state`); shutdown() resets it."""
+
+    session: Session | None = None
+    session_key: tuple = ()  # the address and keys `session` was made for
+    test: tuple[Session, float] | None = None  # a connection test's probe and its deadline
+    targets: dict[str, dict] = dataclasses.field(default_factory=dict)
+    """Submit request id -> where its object goes: scene name, 3D-cursor location."""
+    edits: dict[str, dict] = dataclasses.field(default_factory=dict)
+    """Submit request id -> the object whose texture it edits."""
+    backend: subprocess.Popen | None = None  # the local backend this Blender started
+    messages: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    """(level, text) of recent notices, newest last."""
+    last_state: str = ""  # the session's connection state at the previous tick
+
+
+state = ConnectionState()
 
 
 def session(context: bpy.types.Context | None = None) -> Session:
     """The session for the preferences' address, (re)connecting when the address or keys changed."""
-    global _session
     prefs = preferences.get(context)
     wanted = (prefs.address, prefs.server_public_key, prefs.client_public_key, prefs.client_secret_key)
-    if _session is not None and getattr(_session, "_key", None) != wanted:
-        _session.close()
-        _session = None
-    if _session is None:
-        _session = Session(prefs.address, online_access=bpy.app.online_access,
-                           server_public_key=prefs.server_public_key, client_public_key=prefs.client_public_key,
-                           client_secret_key=prefs.client_secret_key)
-        _session._key = wanted
+    if state.session is not None and state.session_key != wanted:
+        state.session.close()
+        state.session = None
+    if state.session is None:
+        state.session = Session(prefs.address, online_access=bpy.app.online_access,
+                                server_public_key=prefs.server_public_key, client_public_key=prefs.client_public_key,
+                                client_secret_key=prefs.client_secret_key)
+        state.session_key = wanted
         start_timer()
-    return _session
+    return state.session
 
 
 def connected_session(context: bpy.types.Context | None = None) -> Session:
@@ -62,10 +73,10 @@ def connected_session(context: bpy.types.Context | None = None) -> Session:
 
 def has_running_job(context: bpy.types.Context | None = None) -> bool:
     """Whether a job this Blender follows is queued or running (what Cancel can act on)."""
-    if _session is None:
+    if state.session is None:
         return False
     props = properties.get(context)
-    job = _session.jobs.get(props.active_job)
+    job = state.session.jobs.get(props.active_job)
     if job is not None and not job.finished:
         return True
     return any(item.status in ("queued", "running") for item in props.jobs)
@@ -79,33 +90,33 @@ def start_timer() -> None:
 def remember_target(request_id: str, context: bpy.types.Context) -> None:
     """Where the object of the job submitted by `request_id` goes: this scene, at the 3D cursor."""
     clear_errors()
-    _targets[request_id] = {"scene": context.scene.name, "location": tuple(context.scene.cursor.location)}
+    state.targets[request_id] = {"scene": context.scene.name, "location": tuple(context.scene.cursor.location)}
 
 
 def remember_edit(request_id: str, object_name: str, prompt: str, prepared: dict) -> None:
     """What the edit submitted by `request_id` applies to: the object, its image node, the look it replaces."""
     clear_errors()
-    _edits[request_id] = {"object": object_name, "prompt": prompt, "original": prepared["original"],
+    state.edits[request_id] = {"object": object_name, "prompt": prompt, "original": prepared["original"],
                           "node": prepared["node"], "before": prepared["before"]}
 
 
 def recent_messages() -> list[tuple[str, str]]:
-    return list(_messages[-5:])
+    return list(state.messages[-5:])
 
 
 def _notice(level: str, text: str) -> None:
-    _messages.append((level, text))
-    del _messages[:-20]
+    state.messages.append((level, text))
+    del state.messages[:-20]
     print(f"ASD Studio: {level}: {text}", file=sys.stderr)
 
 
 def tick() -> float | None:
     """Poll, apply, return when to run again (None stops the timer when there is nothing to follow)."""
     _tick_test()
-    if _session is None:
-        return TICK_INTERVAL if _test is not None else None
+    if state.session is None:
+        return TICK_INTERVAL if state.test is not None else None
     props = properties.get()
-    for update in _session.poll():
+    for update in state.session.poll():
         if isinstance(update, JobUpdate):
             _apply_job(props, update)
         elif isinstance(update, MeshUpdate):
@@ -119,7 +130,7 @@ def tick() -> float | None:
             _notice(update.level, update.text)
             if update.level == "ERROR" and (update.job_id is None or update.job_id == props.active_job):
                 set_status(props, update.text, error=True)
-    _show_state(props, _session)
+    _show_state(props, state.session)
     _redraw()
     return TICK_INTERVAL
 
@@ -131,20 +142,19 @@ def set_status(props, text: str, error: bool = False) -> None:
 
 def clear_errors() -> None:
     """Forget the notices of errors and warnings: a new job starts, or the connection came back."""
-    _messages[:] = [m for m in _messages if m[0] == "INFO"]
+    state.messages[:] = [m for m in state.messages if m[0] == "INFO"]
 
 
 def _show_state(props, current: Session) -> None:
     """Status line and progress bar from the session's state, every tick: a lost connection first,
     then the job the panel follows (its phase is always the current one), else the connection. An
     error stays until its cause is gone: the connection is (back) up, or the next job starts."""
-    global _last_state
-    state, was = current.client.state, _last_state
-    _last_state = state
-    if state == "lost":
+    now, was = current.client.state, state.last_state
+    state.last_state = now
+    if now == "lost":
         set_status(props, current.status, error=True)
         return
-    if state == "connected" and was != "connected":
+    if now == "connected" and was != "connected":
         clear_errors()
         set_status(props, current.status)
     job = current.jobs.get(props.active_job) if props.active_job else None
@@ -152,7 +162,7 @@ def _show_state(props, current: Session) -> None:
         props.progress = 1.0 if job.status == "completed" else job.fraction
         props.progress_text = progress_text(job)
         set_status(props, *status_text(job))
-    elif state == "connecting" and not props.status_error:
+    elif now == "connecting" and not props.status_error:
         set_status(props, current.status)
 
 
@@ -183,11 +193,11 @@ def _apply_job(props, update: JobUpdate) -> None:
 
 def _apply_mesh(props, update: MeshUpdate) -> None:
     job = update.job
-    target = _targets.get(job.request_id, {})
+    target = state.targets.get(job.request_id, {})
     scn = bpy.data.scenes.get(target.get("scene", "")) or bpy.context.scene
     location = target.get("location", tuple(scn.cursor.location))
     settings = {"prompt": job.prompt, "seed": job.spec.get("seed"),
-                "method": job.spec.get("guidance", {}).get("method"), "server": _session.address}
+                "method": job.spec.get("guidance", {}).get("method"), "server": state.session.address}
     obj = scene.ensure_object(job.job_id, job.prompt or job.job_id, scn, location, settings)
     scene.apply_mesh(obj, update.buffers, smooth=update.final)
     scene.stand_on(obj, location, update.buffers)
@@ -206,7 +216,7 @@ def _apply_mesh(props, update: MeshUpdate) -> None:
 
 
 def _apply_texture(update: ImageUpdate) -> None:
-    edit = _edits.get(update.job.request_id)
+    edit = state.edits.get(update.job.request_id)
     obj = bpy.data.objects.get(edit["object"]) if edit else None
     if obj is None:
         return
@@ -232,23 +242,21 @@ def _redraw() -> None:
 
 def start_test(context: bpy.types.Context) -> None:
     """Begin a non-blocking connection test; the tick reports its outcome in the status line."""
-    global _test
     prefs = preferences.get(context)
-    if _test is not None:
-        _test[0].close()
+    if state.test is not None:
+        state.test[0].close()
     probe = Session(prefs.address, online_access=bpy.app.online_access, client_name="asd-studio-blender-test",
                     server_public_key=prefs.server_public_key, client_public_key=prefs.client_public_key,
                     client_secret_key=prefs.client_secret_key, dead_after=TEST_TIMEOUT)
-    _test = (probe, time.monotonic() + TEST_TIMEOUT)
+    state.test = (probe, time.monotonic() + TEST_TIMEOUT)
     properties.get(context).status = f"testing {prefs.address}…"
     start_timer()
 
 
 def _tick_test() -> None:
-    global _test
-    if _test is None:
+    if state.test is None:
         return
-    probe, deadline = _test
+    probe, deadline = state.test
     updates = probe.poll()
     props = properties.get()
     errors = [u for u in updates if isinstance(u, Notice) and u.level == "ERROR"]
@@ -264,7 +272,7 @@ def _tick_test() -> None:
     else:
         return
     probe.close()
-    _test = None
+    state.test = None
 
 
 # -- local backend ------------------------------------------------------------------------------
@@ -272,7 +280,6 @@ def _tick_test() -> None:
 
 def start_backend(context: bpy.types.Context) -> str:
     """Spawn `asd serve` on loopback with the Python from the preferences; stopped when Blender quits."""
-    global _backend
     prefs = preferences.get(context)
     python = bpy.path.abspath(prefs.backend_python) if prefs.backend_python else ""
     if not python or not Path(python).is_file():
@@ -280,28 +287,28 @@ def start_backend(context: bpy.types.Context) -> str:
                          "installed (for example the project's .venv/bin/python)")
     if not protocol.is_loopback(prefs.address):
         raise ValueError("a local backend listens on loopback: set the backend address to tcp://127.0.0.1:PORT")
-    if _backend is not None and _backend.poll() is None:
-        return f"a local backend is already running (pid {_backend.pid})"
+    if state.backend is not None and state.backend.poll() is None:
+        return f"a local backend is already running (pid {state.backend.pid})"
     results = bpy.path.abspath(prefs.backend_results) if prefs.backend_results else str(
         Path(tempfile.gettempdir()) / "asd-studio-results")
     log = Path(results) / "server.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as handle:
-        _backend = subprocess.Popen([python, "-m", "asd_backend.cli", "serve", "--bind", prefs.address,
+        state.backend = subprocess.Popen([python, "-m", "asd_backend.cli", "serve", "--bind", prefs.address,
                                      "--results", results, "--teacher", prefs.backend_teacher or "sd"],
                                     stdout=handle, stderr=subprocess.STDOUT)
-    return f"started a local backend (pid {_backend.pid}); log: {log}"
+    return f"started a local backend (pid {state.backend.pid}); log: {log}"
 
 
 def stop_backend() -> None:
-    global _backend
-    if _backend is not None and _backend.poll() is None:
-        _backend.terminate()
+    backend = state.backend
+    if backend is not None and backend.poll() is None:
+        backend.terminate()
         try:
-            _backend.wait(timeout=10)
+            backend.wait(timeout=10)
         except subprocess.TimeoutExpired:
-            _backend.kill()
-    _backend = None
+            backend.kill()
+    state.backend = None
 
 
 atexit.register(stop_backend)
@@ -311,7 +318,7 @@ def resync_jobs(props) -> None:
     """The job rows as the backend last said, whatever undo or a reopened file put back: job state is
     the backend's, not the scene's history. Rows the session does not know (a reopened file) say so
     until the backend's list arrives (it is asked on every welcome)."""
-    known = _session.jobs if _session is not None else {}
+    known = state.session.jobs if state.session is not None else {}
     for item in props.jobs:
         job = known.get(item.job_id)
         if job is not None:
@@ -340,14 +347,12 @@ def after_load() -> None:
 
 def shutdown() -> None:
     """Close sockets and stop the timer (unregister, or tests)."""
-    global _session, _test, _last_state
     if bpy.app.timers.is_registered(tick):
         bpy.app.timers.unregister(tick)
-    for s in (_session, _test[0] if _test else None):
+    for s in (state.session, state.test[0] if state.test else None):
         if s is not None:
             s.close()
-    _session, _test = None, None
-    _last_state = ""
-    _targets.clear()
-    _edits.clear()
     stop_backend()
+    messages = state.messages  # the notices outlive a reconnect (the panel shows them)
+    state.__init__()
+    state.messages = messages

@@ -8,9 +8,7 @@ import bpy
 from bpy.props import StringProperty
 from bpy.types import Operator
 
-from . import connection, preferences, properties, texture_edit
-
-RESUMABLE = ("failed", "cancelled", "interrupted")
+from . import connection, preferences, properties, protocol, texture_edit
 
 
 def _connected_or_report(operator: Operator, context: bpy.types.Context):
@@ -130,7 +128,7 @@ class ASD_OT_resume(Operator):
             cls.poll_message_set("Refresh the job list and select a job first")
             return False
         item = props.jobs[props.jobs_index]
-        if item.kind != "generate" or item.status not in RESUMABLE:
+        if item.kind != "generate" or item.status not in protocol.RESUMABLE_STATES:
             cls.poll_message_set("Only a failed, cancelled or interrupted generate job resumes")
             return False
         return True
@@ -242,7 +240,8 @@ class ASD_OT_edit_texture(Operator):
         objects = [o for o in context.selected_objects if o.type == "MESH"]
         try:
             session = connection.connected_session(context)
-            prepared = [(obj, texture_edit.prepare(obj, props.edit_smart_uv)) for obj in objects]
+            side = session.welcome.limits.get("max_edit_texture_side", texture_edit.MAX_SIDE)
+            prepared = [(obj, texture_edit.prepare(obj, props.edit_smart_uv, side)) for obj in objects]
         except (ValueError, RuntimeError) as exc:
             connection.set_status(props, str(exc), error=True)
             self.report({"ERROR"}, str(exc))

@@ -10,9 +10,38 @@ except ImportError:  # developing from the repository: the package installed by 
 Accepted, Done, Error, Image, Jobs, JobSpec, Log, MeshSnapshot, Progress, Texture, Welcome = (
     wire.Accepted, wire.Done, wire.Error, wire.Image, wire.Jobs, wire.JobSpec, wire.Log, wire.MeshSnapshot,
     wire.Progress, wire.Texture, wire.Welcome)
+RESUMABLE_STATES = wire.RESUMABLE_STATES
+
+
+def spec_range(section: str, name: str) -> tuple[float, float]:
+    """(lo, hi) of a job-spec setting, e.g. ("guidance", "cfg"): the add-on allows what the spec allows."""
+    import dataclasses
+
+    section_cls = next(f.type for f in dataclasses.fields(JobSpec) if f.name == section)
+    if isinstance(section_cls, str):  # postponed annotations: resolve the section's class by name
+        section_cls = getattr(wire.job_spec, section_cls)
+    field = next(f for f in dataclasses.fields(section_cls) if f.name == name)
+    rule = field.metadata["spec"]
+    return float(rule.lo), float(rule.hi)
+
 AsdClient = client.AsdClient
 is_loopback = client.is_loopback
 load_keypair = client.load_keypair
 
-__all__ = ["Accepted", "AsdClient", "Done", "Error", "Image", "JobSpec", "Jobs", "Log", "MeshSnapshot", "Progress",
-           "Texture", "Welcome", "is_loopback", "load_keypair"]
+__all__ = [
+    "RESUMABLE_STATES",
+    "Accepted",
+    "AsdClient",
+    "Done",
+    "Error",
+    "Image",
+    "JobSpec",
+    "Jobs",
+    "Log",
+    "MeshSnapshot",
+    "Progress",
+    "Texture",
+    "Welcome",
+    "is_loopback",
+    "load_keypair",
+]

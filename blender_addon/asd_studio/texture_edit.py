@@ -16,7 +16,7 @@ import numpy as np
 
 from .scene import write_image
 
-MAX_SIDE = 2048
+MAX_SIDE = 2048  # before a server says its own (welcome.limits.max_edit_texture_side)
 ORIGINAL = "asd_original_image"  # object property: the image the first edit started from
 HISTORY = "asd_edit_history"  # JSON list, oldest first: {"job", "image", "before": a look}
 
@@ -81,11 +81,12 @@ def bake_base_color(obj: bpy.types.Object, material: bpy.types.Material, node: b
         scene.render.engine, scene.cycles.samples = engine, samples
 
 
-def read_image(image: bpy.types.Image) -> np.ndarray:
-    """An image as H×W×4 uint8, rows top-down, at most MAX_SIDE a side."""
-    if max(image.size) > MAX_SIDE:
+def read_image(image: bpy.types.Image, max_side: int = MAX_SIDE) -> np.ndarray:
+    """An image as H×W×4 uint8, rows top-down, at most `max_side` a side (the server's
+    max_edit_texture_side, from its welcome)."""
+    if max(image.size) > max_side:
         image = image.copy()
-        scale = MAX_SIDE / max(image.size)
+        scale = max_side / max(image.size)
         image.scale(max(8, int(image.size[0] * scale)), max(8, int(image.size[1] * scale)))
         copy = image
     else:
@@ -190,7 +191,7 @@ def history(obj: bpy.types.Object) -> list[dict]:
     return json.loads(obj.get(HISTORY, "[]"))
 
 
-def prepare(obj: bpy.types.Object, smart_uv: bool) -> dict:
+def prepare(obj: bpy.types.Object, smart_uv: bool, max_side: int = MAX_SIDE) -> dict:
     """Everything to send for one object: geometry, UVs, the current base-colour texture, and the
     look to come back to. The material looks as before afterwards (vertex colours or a flat colour
     are baked into an image to send, and stay linked as they were)."""
@@ -203,7 +204,7 @@ def prepare(obj: bpy.types.Object, smart_uv: bool) -> dict:
     node = base_color_node(obj)
     if node is None:
         raise ValueError(f"{obj.name!r}: its material has no Principled BSDF whose Base Color could be edited")
-    texture = read_image(node.image)
+    texture = read_image(node.image, max_side)
     if before["kind"] != "image":
         restore_look(obj, before)  # the baked image only travels; the artist's material is unchanged
     original = obj.get(ORIGINAL) or node.image.name

@@ -10,6 +10,7 @@ from .job_spec import JobSpec
 from .messages import (
     MESSAGE_TYPES,
     PROTOCOL_VERSION,
+    RESUMABLE_STATES,
     Accepted,
     Attach,
     Cancel,
@@ -35,7 +36,8 @@ from .messages import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "MESSAGE_TYPES", "PROTOCOL_VERSION", "Accepted", "Attach", "Cancel", "Done", "Error", "FrameLimits",
-    "Heartbeat", "Hello", "Image", "JobInfo", "JobSpec", "Jobs", "ListJobs", "Log", "MeshSnapshot", "Message",
-    "Progress", "ProtocolError", "Resume", "Submit", "TeacherInfo", "Texture", "Welcome", "decode", "encode",
+    "MESSAGE_TYPES", "PROTOCOL_VERSION", "RESUMABLE_STATES", "Accepted", "Attach", "Cancel", "Done", "Error",
+    "FrameLimits", "Heartbeat", "Hello", "Image", "JobInfo", "JobSpec", "Jobs", "ListJobs", "Log", "MeshSnapshot",
+    "Message", "Progress", "ProtocolError", "Resume", "Submit", "TeacherInfo", "Texture", "Welcome", "decode",
+    "encode",
 ]

@@ -50,6 +50,7 @@ MAX_IMAGE_SIDE = 4096
 
 JOB_STATES = ("queued", "running", "completed", "cancelled", "failed", "interrupted")
 DONE_STATES = ("completed", "cancelled", "failed")
+RESUMABLE_STATES = ("failed", "cancelled", "interrupted")  # a generate job in these continues from its checkpoint
 LOG_LEVELS = ("debug", "info", "warning", "error")
 # A job's phases, in order (`progress.phase`): edit jobs rasterize, generate jobs extract at the end.
 PHASES = ("starting", "loading", "rasterizing", "optimizing", "extracting")

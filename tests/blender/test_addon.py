@@ -77,6 +77,31 @@ def test_every_icon_the_panels_draw_is_one_blender_has():
     assert {"MESH_MONKEY", "BRUSH_DATA", "ERROR", "INFO"} <= names
 
 
+def test_the_panel_offers_what_the_server_says(addon, tmp_path, asd_home):
+    """Methods, presets and limits come from the server's welcome; the CFG range is the job spec's (the panel
+    capped it at 100 where a job may ask 200); an edit's texture is shrunk to the server's own limit."""
+    from asd_studio import properties, texture_edit
+
+    connection = addon
+    prefs = bpy.context.preferences.addons[ADDON].preferences
+    props = bpy.context.scene.asd
+    props.cfg = 150.0
+    assert props.cfg == 150.0
+    with running_server(tmp_path / "results", free_port(), "--max-edit-texture-side", "16") as server:
+        prefs.address = server.address
+        connect(connection)
+        welcome = connection.state.session.welcome
+        offered = [item[0] for item in properties.method_items(props, bpy.context)]
+        assert offered == [m for m in welcome.methods if m != "dds"]
+        presets = [item[0] for item in properties.preset_items(props, bpy.context)]
+        assert presets == list(welcome.presets) and "toy" in presets
+        props.preset = "toy"  # any preset the server offers can be chosen
+        assert props.preset == "toy"
+        obj, _, _ = _textured_sphere()  # a 64×32 texture
+        prepared = texture_edit.prepare(obj, False, welcome.limits["max_edit_texture_side"])
+        assert prepared["texture"].shape == (8, 16, 4)  # H×W: 64 wide, 32 high, halved twice
+
+
 def test_generate_streams_into_one_object_with_colours(addon, tmp_path, asd_home):
     connection = addon
     prefs = bpy.context.preferences.addons[ADDON].preferences

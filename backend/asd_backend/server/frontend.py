@@ -22,6 +22,7 @@ import zmq
 
 from asd_protocol import (
     PROTOCOL_VERSION,
+    RESUMABLE_STATES,
     Accepted,
     Attach,
     Cancel,
@@ -428,7 +429,7 @@ class Server:
         if job.kind != "generate":
             raise ProtocolError(codes.UNSUPPORTED, f"job {job.job_id} is an {job.kind} job; only generate jobs keep "
                                 "checkpoints", field="header.job_id", hint="submit it again")
-        if job.status not in ("failed", "cancelled", "interrupted"):
+        if job.status not in RESUMABLE_STATES:
             raise ProtocolError(codes.INVALID_FIELD, f"job {job.job_id} is {job.status}; only failed, cancelled or "
                                 "interrupted jobs resume", field="header.job_id")
         if not self._has_checkpoint(job):
