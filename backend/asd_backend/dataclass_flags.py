@@ -1,7 +1,8 @@
 """Command-line flags generated from a plain config dataclass, so a setting is declared once.
 
-Each field becomes `--field-name`, parsed by its type, its help ending with the default. A field's
-metadata may give its `help`, other spellings (`aliases`), a `parse` function for text the type cannot
+Each field becomes `--field-name`, parsed by its type, its help ending with the default. A field's help
+is its attribute docstring (the string literal under it, as the config classes document their fields);
+its metadata may give the `help` instead, other spellings (`aliases`), a `parse` function for text the type cannot
 read (e.g. "0,1"), a `flag` name other than the field's, `repeatable` (the flag given once per value) and a
 `metavar`.
 Tuples of numbers take several values.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import types
 import typing
 from pathlib import Path
@@ -23,8 +25,29 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def attribute_docs(cls: type) -> dict[str, str]:
+    """The docstrings under a class's annotated attributes (read from its source; none without source)."""
+    import ast
+    import inspect
+    import textwrap
+
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__[:-1]):
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError, SyntaxError):
+            continue
+        body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+        for node, after in itertools.pairwise(body):
+            if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(after, ast.Expr)
+                    and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str)):
+                docs[node.target.id] = " ".join(after.value.value.split())
+    return docs
+
+
 def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str, ...] = ()) -> None:
     hints = typing.get_type_hints(cls)
+    docs = attribute_docs(cls)
     for field in dataclasses.fields(cls):
         if field.name in skip or not field.init:
             continue
@@ -32,7 +55,7 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, *, skip: tup
         if typing.get_origin(kind) in (typing.Union, types.UnionType):  # X | None: parsed as X
             kind = next(a for a in typing.get_args(kind) if a is not type(None))
         default = field.default if field.default is not dataclasses.MISSING else field.default_factory()  # type: ignore[misc]
-        text = field.metadata.get("help", field.name.replace("_", " "))
+        text = field.metadata.get("help") or docs.get(field.name) or field.name.replace("_", " ")
         shown = (", ".join(map(str, default)) or "none") if isinstance(default, (tuple, list)) else default
         kwargs: dict[str, Any] = {"dest": field.name, "default": argparse.SUPPRESS,
                                   "help": f"{text} (default: {shown})"}

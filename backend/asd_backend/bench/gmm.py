@@ -142,3 +142,49 @@ def run(cfg: GmmBenchConfig, methods: list[str], scales: list[float], workers: i
     bar.close()
     return {"benchmark": "2d", "settings": {**dataclasses.asdict(cfg), "methods": methods, "cfg": scales},
             "results": results}
+
+
+# -- the command line (flags generated from GmmBenchConfig) ---------------------------------------------
+
+def _floats(text: str) -> list[float]:
+    import argparse
+
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _names(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def _command(args: Any) -> int:
+    import json
+
+    from ..dataclass_flags import dataclass_from_args
+
+    cfg = dataclass_from_args(GmmBenchConfig, args)
+    report = run(cfg, args.methods, args.cfg, workers=args.workers)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"{'method':<8}{'cfg':>7}{'sliced_w1':>11}{'coverage':>10}{'norm_ratio':>12}{'seconds':>9}")
+    for r in report["results"]:
+        print(f"{r['method']:<8}{r['cfg']:>7g}{r['sliced_w1']:>11.4f}{r['coverage']:>10.2f}"
+              f"{r['norm_ratio']:>12.3f}{r['seconds']:>9.1f}")
+    return 0
+
+
+def add_cli(kinds: Any) -> None:
+    from ..dataclass_flags import add_dataclass_flags
+
+    p = kinds.add_parser("2d", help="SDS/VSD/ASD against exact Gaussian-mixture teachers")
+    add_dataclass_flags(p, GmmBenchConfig)
+    p.add_argument("--cfg", type=_floats, default=[1.0, 7.5, 30.0, 100.0],
+                   help="CFG scales, comma-separated (default: 1,7.5,30,100)")
+    p.add_argument("--methods", type=_names, default=["sds", "vsd", "asd"], help="comma-separated (default: "
+                   "sds,vsd,asd)")
+    p.add_argument("--workers", type=int, default=None, help="parallel processes (default: one per core)")
+    p.add_argument("--json", action="store_true", help="print the JSON report instead of a table")
+    p.set_defaults(handler=_command)

@@ -6,6 +6,7 @@ validates every message exactly as the add-on does. Throughput counts the array 
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from typing import Any
@@ -76,3 +77,31 @@ def run(triangles: int = 1_000_000, messages: int = 40, warmup: int = 3) -> dict
         "intact": intact,
         "goal_gb_per_s": 1.0,
     }
+
+
+# -- the command line ------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class ProtocolBenchConfig:
+    triangles: int = 1_000_000
+    """Triangles in each mesh frame."""
+    messages: int = 40
+    """Mesh messages timed."""
+
+
+def _command(args: Any) -> int:
+    import json
+
+    from ..dataclass_flags import dataclass_from_args
+
+    cfg = dataclass_from_args(ProtocolBenchConfig, args)
+    print(json.dumps(run(triangles=cfg.triangles, messages=cfg.messages), indent=2))
+    return 0
+
+
+def add_cli(kinds: Any) -> None:
+    from ..dataclass_flags import add_dataclass_flags
+
+    p = kinds.add_parser("protocol", help="mesh-frame throughput over loopback ZeroMQ")
+    add_dataclass_flags(p, ProtocolBenchConfig)
+    p.set_defaults(handler=_command)

@@ -298,3 +298,74 @@ def run(clients: int = 20, steps: int = 60, mesh_every: int = 5, timeout: float 
             "time_to_first_mesh_seconds": first_mesh,
             "note": "latency = arrival minus the header timestamp (set where the message was made: the worker)"}
 
+
+# -- the command line (flags generated from ServeBenchConfig) -------------------------------------------
+
+@dataclasses.dataclass
+class ServeBenchConfig:
+    scenario: str = "latency"
+    """latency | cancel (cancel to done, in long phases too) | slow-reader (memory with a client that never reads)
+    | soak (random jobs, fuzz, slow readers, worker kills) | ray (jobs per minute on local workers and on 1 and 2
+    Ray actors); comma-separated."""
+    clients: int = 20
+    """latency: clients following one job."""
+    steps: int = 60
+    """latency: the job's steps."""
+    mesh_every: int = 5
+    """latency: a preview mesh every N steps."""
+    requests: int = 4000
+    """slow-reader: unread list_jobs requests."""
+    jobs: int = 500
+    """slow-reader: finished jobs the server lists."""
+    compare: bool = False
+    """slow-reader: also run with the backlog cap off."""
+    soak_seconds: float = 180.0
+    """soak: how long."""
+    ray: str | None = None
+    """local: the same as --scenario ray."""
+    seed: int = 0
+
+
+def _scenarios(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def _command(args: Any) -> int:
+    import json
+
+    from ..dataclass_flags import dataclass_from_args
+
+    cfg = dataclass_from_args(ServeBenchConfig, args)
+
+    def _print_json(report: dict) -> None:
+        print(json.dumps(report, indent=2), flush=True)
+
+    if cfg.ray is not None and cfg.ray != "local":
+        raise UsageError("asd bench serve --ray: only 'local' (the benchmark starts its own Ray instances)")
+    for scenario in _scenarios("ray" if cfg.ray else cfg.scenario):
+        if scenario == "latency":
+            _print_json(run(clients=cfg.clients, steps=cfg.steps, mesh_every=cfg.mesh_every))
+        elif scenario == "cancel":
+            _print_json(cancel_latency())
+        elif scenario == "slow-reader":
+            _print_json(slow_reader(cfg.requests, cfg.jobs))
+            if cfg.compare:  # the same without the cap: what it prevents
+                _print_json(slow_reader(cfg.requests, cfg.jobs, ("--max-pending-replies", str(10**9),
+                                                                 "--max-pending-mib", str(10**6))))
+        elif scenario == "ray":
+            _print_json(ray_throughput())
+        elif scenario == "soak":
+            from . import soak
+
+            _print_json(soak.run(seconds=cfg.soak_seconds, seed=cfg.seed))
+        else:
+            raise UsageError(f"--scenario {scenario!r}: choose from latency, cancel, slow-reader, soak, ray")
+    return 0
+
+
+def add_cli(kinds: Any) -> None:
+    from ..dataclass_flags import add_dataclass_flags
+
+    p = kinds.add_parser("serve", help="latency of progress and mesh delivery to many clients over loopback")
+    add_dataclass_flags(p, ServeBenchConfig)
+    p.set_defaults(handler=_command)

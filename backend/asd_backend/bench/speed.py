@@ -16,6 +16,7 @@ whole cube from step 16, full-grid extraction) and the fast one in one process, 
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 from typing import Any
@@ -133,3 +134,96 @@ def _trend(values: list[float]) -> dict[str, float] | None:
     k = max(1, len(values) // 5)
     return {"first": round(statistics.mean(values[:k]), 5), "last": round(statistics.mean(values[-k:]), 5),
             "steps": len(values)}
+
+
+# -- the command line (flags generated from SpeedBenchConfig) -------------------------------------------
+
+@dataclasses.dataclass
+class SpeedBenchConfig:
+    preset: str = "standard"
+    """A preset, or several: preview,standard,paper."""
+    teacher: str = "random-sd21"
+    """random-sd21 (full size, random weights) | toy | tiny | sd."""
+    device: str = "auto"
+    method: str = "asd"
+    """asd | vsd | sds."""
+    steps: int = 20
+    """Steps timed after the warm-up."""
+    warmup: int | None = None
+    """Steps before timing (unset: past the reference path's first occupancy refresh)."""
+    resolution: int | None = None
+    """Render side (unset: the preset's largest)."""
+    compare: bool = False
+    """Run the reference path and the fast one side by side and print the speed-ups."""
+    json: bool = False
+    """Print the full report as JSON."""
+
+
+def _presets(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def _command(args: Any) -> int:
+    import json
+
+    from ..dataclass_flags import dataclass_from_args
+
+    cfg = dataclass_from_args(SpeedBenchConfig, args)
+    presets = _presets(cfg.preset)
+    loaded = load_teacher(cfg.teacher, cfg.device)  # once, for every preset
+    measure = compare if cfg.compare else run
+    reports = [measure(preset=name, teacher=cfg.teacher, device=cfg.device, method=cfg.method,
+                       steps=cfg.steps, warmup=cfg.warmup, resolution=cfg.resolution, loaded=loaded)
+               for name in presets]
+    if cfg.json:
+        print(json.dumps(reports[0] if len(reports) == 1 else reports, indent=2))
+        return 0
+    for report in reports:
+        if cfg.compare:
+            _print_speed(report["reference"], report["fast"], report["speedup"])
+        else:
+            _print_speed(report)
+    return 0
+
+
+def _print_speed(report: dict, fast: dict | None = None, speedup: dict | None = None) -> None:
+    """A preset's timing as a table: phases per step, extraction; with --compare, both paths and ratios."""
+    columns = [report] + ([fast] if fast else [])
+    head = f"{report['preset']} on {report['device']} ({report['threads']} threads), {report['teacher']} teacher, "
+    print(head + f"{report['render_resolution']}² renders, {report['samples_per_ray']} samples per ray")
+    names = ["reference", "fast", "speed-up"] if fast else [report["implementation"]]
+    print(f"{'':<26}" + "".join(f"{n:>12}" for n in names))
+
+    def row(label: str, key: str, unit: str = "s") -> None:
+        values = [c.get(key) for c in columns] + ([speedup.get(key)] if speedup else [])
+        cells = [f"{v:>11.3f}{unit}" if v is not None else f"{'–':>12}" for v in values[:len(columns)]]
+        if speedup:
+            cells.append(f"{values[-1]:>11.2f}×" if values[-1] else f"{'–':>12}")
+        print(f"{label:<26}" + "".join(cells))
+
+    row("seconds per step", "seconds_per_step")
+    row("warm-up seconds per step", "warmup_seconds_per_step")
+    for phase in report["phases"]:
+        values = [c["phases"].get(phase) for c in columns]
+        ratio = (speedup or {}).get("phases", {}).get(phase)
+        print(f"  {phase:<24}" + "".join(f"{v:>11.3f}s" if v is not None else f"{'–':>12}" for v in values)
+              + (f"{ratio:>11.2f}×" if ratio else (f"{'–':>12}" if speedup else "")))
+    print(f"{'samples evaluated':<26}" + "".join(f"{c['samples_evaluated']:>12,}" for c in columns)
+          + f"  of {report['samples_generated']:,}")
+    row(f"extraction at {report['mc_resolution']}³", "extract_seconds")
+    if report.get("peak_memory_gib") is not None:
+        print(f"{'peak memory':<26}" + "".join(f"{c['peak_memory_gib']:>10.2f}GB" for c in columns))
+    def duration(c: dict) -> str:
+        seconds = (c["seconds_per_step"] or 0) * c["preset_steps"]
+        return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+    print(f"whole preset ({report['preset_steps']} steps of optimisation): about "
+          + " / ".join(duration(c) for c in columns))
+
+
+def add_cli(kinds: Any) -> None:
+    from ..dataclass_flags import add_dataclass_flags
+
+    p = kinds.add_parser("speed", help="seconds per step by phase, extraction time and peak GPU memory of a preset")
+    add_dataclass_flags(p, SpeedBenchConfig)
+    p.set_defaults(handler=_command)
