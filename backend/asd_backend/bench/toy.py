@@ -47,6 +47,10 @@ class ToyBenchConfig:
     seed: int = 0
     gamma_schedule: str = dataclasses.field(default="", metadata={
         "help": "ASD's γ schedule, constant | official (empty: the product's default)"})
+    discriminator_lr: float = dataclasses.field(default=0.0, metadata={
+        "help": "ε_φ's learning rate (0: the product's default), to measure whether ε_φ keeps up"})
+    discriminator_steps: int = dataclasses.field(default=0, metadata={
+        "help": "ε_φ updates per step (0: the product's default)"})
     preset: str = dataclasses.field(default="toy", metadata={"help": "the job preset the run starts from"})
     views: int = dataclasses.field(default=8, metadata={"help": "held-out views for the render scores and judge"})
     render_size: int = dataclasses.field(default=64, metadata={"help": "side of the held-out renders"})
@@ -136,6 +140,10 @@ def bench_spec(cfg: ToyBenchConfig):
         partial["schedule"] = {"steps": cfg.steps}
     if cfg.gamma_schedule:
         partial["guidance"]["gamma_schedule"] = cfg.gamma_schedule
+    if cfg.discriminator_lr:
+        partial["guidance"]["discriminator_lr"] = cfg.discriminator_lr
+    if cfg.discriminator_steps:
+        partial["guidance"]["discriminator_steps"] = cfg.discriminator_steps
     return resolve_spec(partial)
 
 
