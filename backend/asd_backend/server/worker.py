@@ -173,18 +173,22 @@ class _WorkerEvents(JobEvents):
         self.worker, self.job_id, self.spec = worker, job_id, spec
         self.last_progress = 0.0
         self.step = 0
+        self.first_step: int | None = None  # a resumed job starts past 1: its rate counts this run's steps only
 
     def should_stop(self) -> bool:
         return self.worker.should_stop(self.job_id)
 
     def progress(self, step: int, total: int, metrics: dict[str, float]) -> None:
         self.step = step
+        if self.first_step is None:
+            self.first_step = step
         now = time.monotonic()
         if now - self.last_progress < PROGRESS_INTERVAL and step != total:
             return
         self.last_progress = now
-        elapsed = float(metrics.get("seconds", 0.0))
-        eta = elapsed / max(step, 1) * (total - step) if step else None
+        elapsed = float(metrics.get("seconds", 0.0))  # since this run's loop began
+        done_here = step - self.first_step + 1
+        eta = elapsed / done_here * (total - step) if step else None
         losses = {k: float(v) for k, v in metrics.items() if k.startswith("loss") and isinstance(v, float)}
         self.worker.emit(Progress(job_id=self.job_id, phase="optimizing", step=step, total=total,
                                   loss=metrics.get("loss"), losses=losses, eta_seconds=eta, elapsed_seconds=elapsed))
