@@ -57,6 +57,16 @@ def preset_items(self, context) -> list:
     return offered(PRESETS, list(welcome.presets) if welcome else None, "presets")
 
 
+def teacher_suggestions(self, context, edit_text: str) -> list[tuple[str, str]]:
+    """The teachers the server offers, as suggestions for the Teacher field (any other spec, such as
+    sd:PATH on the server, may still be typed)."""
+    welcome = _welcome()
+    if welcome is None:
+        return []
+    return [(t.name, t.description + ("" if t.trained else " (untrained: noise)")) for t in welcome.teachers
+            if edit_text.lower() in t.name.lower()]
+
+
 def _spec_range(section: str, name: str) -> tuple[float, float]:
     """The job spec's own range of a setting, so the panel allows what a job may ask for."""
     from .protocol import spec_range
@@ -84,7 +94,9 @@ class ASD_SceneProperties(PropertyGroup):
                        max=_spec_range("guidance", "cfg")[1], soft_max=100.0,
                        description="Classifier-free guidance scale")
     seed: IntProperty(name="Seed", default=0, min=0)
-    teacher: StringProperty(name="Teacher", default="", description="Empty: the backend's default teacher")
+    teacher: StringProperty(name="Teacher", default="", search=teacher_suggestions, search_options={"SUGGESTION"},
+                            description="Empty: the backend's default teacher; the field suggests the ones it "
+                                        "offers")
     edit_prompt: StringProperty(name="Edit", default="", description="What the selected objects' textures should "
                                 "become, e.g. 'weathered bronze'")
     source_prompt: StringProperty(name="Source", default="", description="What they are now (default: the "

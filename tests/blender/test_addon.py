@@ -95,6 +95,9 @@ def test_the_panel_offers_what_the_server_says(addon, tmp_path, asd_home):
         assert offered == [m for m in welcome.methods if m != "dds"]
         presets = [item[0] for item in properties.preset_items(props, bpy.context)]
         assert presets == list(welcome.presets) and "toy" in presets
+        suggested = [name for name, _ in properties.teacher_suggestions(props, bpy.context, "")]
+        assert suggested == [t.name for t in welcome.teachers] and "toy" in suggested
+        assert [n for n, _ in properties.teacher_suggestions(props, bpy.context, "TO")] == ["toy"]
         props.preset = "toy"  # any preset the server offers can be chosen
         assert props.preset == "toy"
         obj, _, _ = _textured_sphere()  # a 64×32 texture
