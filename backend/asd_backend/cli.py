@@ -12,7 +12,7 @@ from asd_protocol.errors import ProtocolError
 
 from . import __version__
 from .errors import AsdError, MissingFileError, UsageError
-from .job_events import JobEvents
+from .progress_bar import ProgressBar
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -87,33 +87,6 @@ class _StopOnInterrupt:
         return self.requested
 
 
-class _ProgressBar(JobEvents):
-    """A local job's events: a progress bar on stderr, phases as lines, Ctrl-C as a clean stop (the first
-    one; a second one stops Python)."""
-
-    def __init__(self, total: int, desc: str, stop: _StopOnInterrupt, initial: int = 0) -> None:
-        self.bar = _progress(total, desc, initial=initial)
-        self.stop = stop
-
-    def should_stop(self) -> bool:
-        return self.stop()
-
-    def progress(self, step: int, total: int, metrics: dict[str, float]) -> None:
-        self.bar.n = step
-        shown = {"loss": f"{metrics['loss']:.3g}"} if "loss" in metrics else {}
-        if "resolution" in metrics:
-            shown["res"] = int(metrics["resolution"])
-        self.bar.set_postfix(shown, refresh=False)
-        self.bar.refresh()
-
-    def phase(self, name: str, message: str) -> None:
-        self.bar.close()
-        _say(f"{name}: {message}…")
-
-    def close(self) -> None:
-        self.bar.close()
-
-
 def _run_record(kind: str, spec, teacher, notice: str | None, result, started: float, **extra) -> dict:
     from . import artifacts
 
@@ -137,10 +110,8 @@ def _image(args: argparse.Namespace) -> int:
     workdir = out.with_name(out.stem + "_run")
     started = time.time()
     teacher, notice = _load_teacher(spec, args.device)
-    with _StopOnInterrupt() as stop:
-        events = _ProgressBar(spec.steps, "distilling", stop)
+    with _StopOnInterrupt() as stop, ProgressBar(spec.steps, "distilling", stop=stop, details=True) as events:
         result = run_job(teacher, spec, workdir, events)
-        events.close()
     shutil.copyfile(workdir / job_layout.IMAGE, out)
     artifacts.write_json(out.with_suffix(".json"), _run_record("image", spec, teacher, notice, result, started,
                                                                output=str(out), run_folder=str(workdir)))
@@ -193,10 +164,9 @@ def _generate(args: argparse.Namespace) -> int:
             _say(f"resuming {workdir} from step {start} of {spec.steps}")
     started = time.time()
     teacher, notice = _load_teacher(spec, args.device)
-    with _StopOnInterrupt() as stop:
-        events = _ProgressBar(spec.steps, "generating", stop, initial=start)
+    with (_StopOnInterrupt() as stop,
+          ProgressBar(spec.steps, "generating", initial=start, stop=stop, details=True) as events):
         result = run_job(teacher, spec, workdir, events, resume=args.resume)
-        events.close()
     if result.stopped:
         _say(f"interrupted at step {result.summary['steps']} of {spec.steps}; the checkpoint is in {workdir}/. "
              "Continue with the same command and --resume")

@@ -221,11 +221,11 @@ def scores(result: np.ndarray, source: np.ndarray, targets: list[np.ndarray], se
 
 
 def run(cfg: EditBenchConfig, device: str = "cpu") -> dict[str, Any]:
+    from ..progress_bar import ProgressBar
     from ..teachers.analytic import RenderedTextureTeacher
     from ..texture.edit import edit_texture, to_tensor
     from ..texture.raster import NormalisedMesh, UVRasterizer
     from ..train.presets import resolve_spec
-    from .progress import BarEvents
 
     files = bool(cfg.mesh or cfg.source or cfg.targets)
     guidance: dict[str, Any] = {"method": cfg.method, "cfg": cfg.cfg}
@@ -261,7 +261,7 @@ def run(cfg: EditBenchConfig, device: str = "cpu") -> dict[str, Any]:
                          "edit": {"source_prompt": source_prompt, "strength": 1.0, "steps": cfg.steps, "lr": cfg.lr,
                                   "views": cfg.views, "every": 0}})
     started = time.perf_counter()
-    with BarEvents(spec.steps, f"bench edit {cfg.method} cfg {cfg.cfg:g}") as events:
+    with ProgressBar(spec.steps, f"bench edit {cfg.method} cfg {cfg.cfg:g}") as events:
         final = edit_texture(teacher, vertices, faces, uvs, source, spec, rasterizer=raster, events=events)
     seconds = time.perf_counter() - started
     seen = raster.visible_texels(*source.shape[:2]).cpu().numpy()

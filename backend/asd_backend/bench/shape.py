@@ -212,11 +212,11 @@ def run(cfg: ShapeBenchConfig, device: str = "cpu", save: str | None = None) -> 
     teacher = RenderedShapeTeacher(target, distractor_for(target), resolution=cfg.resolution, sigma=cfg.sigma,
                                    device=device, colourways=cfg.colourways,
                                    colourway_shift=cfg.colourway_shift, uncond_shrink=cfg.uncond_shrink)
-    from .progress import BarEvents
+    from ..progress_bar import ProgressBar
 
     spec = bench_spec(cfg)
     start = time.perf_counter()
-    with BarEvents(spec.steps, f"bench 3d {cfg.target} {cfg.method}") as events:
+    with ProgressBar(spec.steps, f"bench 3d {cfg.target} {cfg.method}") as events:
         result = generate(teacher, spec, events=events)
     seconds = time.perf_counter() - start
     scores = metrics(result.mesh, target, cfg.samples, cfg.iou_grid, cfg.seed)  # both in the field's frame

@@ -31,10 +31,10 @@ from ..errors import UsageError
 from ..mesh.extract import Mesh
 from ..nerf.background import SolidBackground
 from ..nerf.cameras import CameraBatch, orbit_cameras
+from ..progress_bar import ProgressBar
 from ..toy.judge import ORIENTED, load_judge
 from ..toy.render import render_objects
 from ..toy.world import BOUNDING_RADIUS, COLOURS, SHAPES, WorldObject, parse_prompt
-from .progress import BarEvents
 from .shape import SATURATED, metrics
 
 
@@ -169,7 +169,7 @@ def run(cfg: ToyBenchConfig, device: str = "cpu", save: str | Path | None = None
     teacher = teacher or load_teacher("toy", device)
     spec = bench_spec(cfg)
     start = time.perf_counter()
-    with BarEvents(spec.steps, f"bench toy {cfg.prompt!r} {cfg.method} {cfg.cfg:g}", keep=True) as events:
+    with ProgressBar(spec.steps, f"bench toy {cfg.prompt!r} {cfg.method} {cfg.cfg:g}", keep=True) as events:
         result = generate(teacher, spec, events=events)
     if trace:
         Path(trace).write_text("".join(json.dumps(m) + "\n" for m in events.trace))
