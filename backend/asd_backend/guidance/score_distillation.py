@@ -154,18 +154,27 @@ class GuidanceOutput:
     eps_teacher: Tensor  # guided ε̃
     eps_reference: Tensor
     eps_cond: Tensor | None = None  # the teacher's conditional prediction, for ε_φ's diagnostics
+    gamma: Tensor | None = None  # ε_φ's γ at each sample's t (ASD; 0 for VSD)
 
     def metrics(self) -> dict[str, float]:
         metrics = {"loss_guidance": float(self.loss.detach()), "grad_norm": float(self.grad.norm()),
                    "t_mean": float(self.t.float().mean())}
         if self.eps_cond is not None:
-            # Does ε_φ keep up (docs/method.md ▸ Keeping up)? On the generator's own render: its error on the
-            # true noise as a share of the teacher's (below 1: it models the renders better than the teacher),
-            # and how far it has moved from the teacher.
-            teacher_error = float((self.eps_cond - self.noise).pow(2).mean())
-            metrics["phi_noise_error_ratio"] = float((self.eps_reference - self.noise).pow(2).mean()) / max(
-                teacher_error, 1e-12)
-            metrics["phi_teacher_distance"] = float((self.eps_reference - self.eps_cond).pow(2).mean()) ** 0.5
+            # Does ε_φ keep up (docs/method.md ▸ Keeping up)? On the generator's own render, fresh noise:
+            # - phi_objective_ratio: ε_φ's own objective ‖ε_φ − ε‖² + γ‖ε_φ − ε_T‖² as a share of its value at
+            #   the start (ε_φ = ε_T): below 1, it has learned something of the renders the teacher does not say;
+            # - phi_noise_error_ratio: its error on the noise over the teacher's (VSD's objective; for ASD
+            #   above 1 by design, its optimum overshoots the renders' score away from the teacher's);
+            # - phi_teacher_distance: how far (RMS) it has moved from the teacher.
+            dims = tuple(range(1, self.noise.ndim))
+            teacher_error = (self.eps_cond - self.noise).pow(2).mean(dims)
+            phi_error = (self.eps_reference - self.noise).pow(2).mean(dims)
+            distance = (self.eps_reference - self.eps_cond).pow(2).mean(dims)
+            gamma = self.gamma if self.gamma is not None else torch.zeros_like(distance)
+            start = float(teacher_error.mean()) or 1e-12
+            metrics["phi_objective_ratio"] = float((phi_error + gamma * distance).mean()) / start
+            metrics["phi_noise_error_ratio"] = float(phi_error.mean()) / start
+            metrics["phi_teacher_distance"] = float(distance.mean()) ** 0.5
         return metrics
 
 
@@ -297,7 +306,8 @@ class ScoreDistillation:
         target = (z - grad).detach()
         loss = 0.5 * F.mse_loss(z, target, reduction="sum") / z.shape[0]
         return GuidanceOutput(loss=loss, grad=grad, t=t, noise=noise, x_t=x_t, eps_teacher=eps_teacher,
-                              eps_reference=reference, eps_cond=eps_cond if self.discriminator is not None else None)
+                              eps_reference=reference, eps_cond=eps_cond if self.discriminator is not None else None,
+                              gamma=self.gamma_at(t, t.float()) if self.discriminator is not None else None)
 
     def discriminator_group(self, lr: float) -> list[dict[str, Any]]:
         """ε_φ's parameters as an optimizer parameter group (none for SDS and DDS)."""
