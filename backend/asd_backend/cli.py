@@ -93,6 +93,7 @@ def _run_record(kind: str, spec, teacher, notice: str | None, result, started: f
     return {"kind": kind, "prompt": spec.prompt, "spec": spec.to_json(), "device": str(teacher.device),
             "teacher": {"name": teacher.name, "trained": teacher.trained, "description": teacher.description},
             "notice": notice, **result.summary, "steps_done": result.summary["steps"], "outputs": result.outputs,
+            "final_metrics": result.final_metrics,
             **extra,
             "seconds": round(time.time() - started, 2), "versions": artifacts.versions()}
 

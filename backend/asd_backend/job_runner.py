@@ -32,6 +32,9 @@ class JobResult:
     """steps, seconds, and per kind: faces and resumed_from (3D)."""
     mesh: Any = None
     """A 3D job's final mesh (mesh/extract.Mesh, the field's frame), for a host that writes other formats."""
+    final_metrics: dict[str, float] = dataclasses.field(default_factory=dict)
+    """The last step's metrics (image and edit jobs), for a run record; not in `summary`, whose values are
+    plain (the protocol's `done.summary` carries no nested objects)."""
 
 
 def png_metadata(spec: JobSpec, teacher: Any) -> dict[str, str]:
@@ -135,8 +138,8 @@ def _image(teacher: Any, spec: JobSpec, folder: Path, events: JobEvents, *, resu
     final = distill_image(teacher, spec, _WritingFrames(events, folder, metadata))
     # Written even when stopped early: the image of the last step is a result the artist can keep.
     write_png(folder / job_layout.IMAGE, final.image, metadata)
-    return JobResult(events.should_stop(), {"image": job_layout.IMAGE}, {"steps": final.step,
-                                                                         "final_metrics": _numbers(final.metrics)})
+    return JobResult(events.should_stop(), {"image": job_layout.IMAGE}, {"steps": final.step},
+                     final_metrics=_numbers(final.metrics))
 
 
 def _edit(teacher: Any, spec: JobSpec, folder: Path, events: JobEvents, *, resume: bool,
@@ -153,8 +156,8 @@ def _edit(teacher: Any, spec: JobSpec, folder: Path, events: JobEvents, *, resum
     final = edit_texture(teacher, inputs["vertices"], inputs["faces"], inputs["uvs"], inputs["texture"], spec,
                          events=events)
     write_png(folder / job_layout.TEXTURE, final.texture, png_metadata(spec, teacher))
-    return JobResult(events.should_stop(), {"texture": job_layout.TEXTURE}, {"steps": final.step,
-                                                                             "final_metrics": _numbers(final.metrics)})
+    return JobResult(events.should_stop(), {"texture": job_layout.TEXTURE}, {"steps": final.step},
+                     final_metrics=_numbers(final.metrics))
 
 
 def _numbers(metrics: dict[str, Any]) -> dict[str, float]:

@@ -67,6 +67,20 @@ def test_welcome_lists_capabilities_and_untrained_teacher(server):
     assert "smoke" in welcome.presets and welcome.default_teacher == "tiny"
 
 
+def test_an_image_job_completes_with_its_result_and_frames(server):
+    """The job runner's summary crosses the wire as it is (plain values only: `done.summary` refuses nested
+    objects), and the image job's frames (image.every) are files in its folder."""
+    with server.client() as client:
+        job = submit(client, kind="image", spec={"image": {"steps": 4, "every": 2, "resolution": 64}})
+        got = follow(client, job)
+    done = got[-1][1]
+    assert done.status == "completed" and done.outputs == {"image": "image.png"}, done
+    assert done.summary["steps"] == 4 and all(not isinstance(v, dict) for v in done.summary.values())
+    assert any(isinstance(m, Image) and m.role == "result" and m.final for _, m in got)
+    assert (server.results / job / "image.png").is_file()
+    assert (server.results / job / "frames" / "step_00002.png").is_file()
+
+
 def test_a_server_job_writes_the_turntable_frames_it_was_asked_for(server):
     """The server honours every output setting the CLI does: the frames are files in the job's folder,
     named in `done`'s outputs, as `asd generate` writes them in NAME_run/."""
