@@ -35,8 +35,6 @@ from ..phase_timer import PhaseTimer, phases_of
 from ..teachers.base import Teacher
 
 IMPLEMENTATIONS = ("fast", "reference")
-CHECKPOINT_NAME = job_layout.CHECKPOINT
-CHECKPOINT_RECORD = job_layout.CHECKPOINT_RECORD  # the spec and step beside it, readable without torch.load
 
 
 @dataclasses.dataclass
@@ -165,7 +163,7 @@ def save_checkpoint(path: Path, step: int, model: Generator3D, optimizer: torch.
             raise
         raise OSError(errno.ENOSPC, f"disk full: the checkpoint at step {step} could not be written to "
                       f"{path.parent} ({free >> 20} MiB free); the previous checkpoint is kept") from exc
-    write_json(path.with_name(CHECKPOINT_RECORD), {"step": step, "snapshots": snapshots,
+    write_json(path.with_name(job_layout.CHECKPOINT_RECORD), {"step": step, "snapshots": snapshots,
                                                    "spec": spec.to_json()})
 
 
@@ -183,7 +181,7 @@ def load_checkpoint(path: Path, model: Generator3D, optimizer: torch.optim.Optim
     except Exception as exc:  # torch reports damage as RuntimeError, EOFError, IndexError, UnpicklingError…
         damaged = path.with_name(path.name + ".damaged")
         path.replace(damaged)
-        record = path.with_name(CHECKPOINT_RECORD)
+        record = path.with_name(job_layout.CHECKPOINT_RECORD)
         if record.exists():
             record.replace(record.with_name(record.name + ".damaged"))
         raise AsdError(f"the checkpoint {path} is damaged or from an incompatible version ({type(exc).__name__}: "
@@ -217,8 +215,8 @@ def checkpoint_record(workdir: Path) -> dict[str, Any] | None:
     """The checkpoint's JSON record ({step, snapshots, spec}), or None when there is no checkpoint."""
     import json
 
-    record = Path(workdir) / CHECKPOINT_RECORD
-    if not (Path(workdir) / CHECKPOINT_NAME).is_file() or not record.is_file():
+    record = Path(workdir) / job_layout.CHECKPOINT_RECORD
+    if not (Path(workdir) / job_layout.CHECKPOINT).is_file() or not record.is_file():
         return None
     try:
         return json.loads(record.read_text())
@@ -286,7 +284,7 @@ def generate(teacher: Teacher, spec: JobSpec, *, workdir: Path | None = None, re
         generators = {"cpu": torch.Generator().manual_seed(spec.seed)}
         generators["device"] = (generators["cpu"] if device.type == "cpu"
                                 else torch.Generator(device=device).manual_seed(spec.seed + 1))
-        checkpoint = None if workdir is None else Path(workdir) / CHECKPOINT_NAME
+        checkpoint = None if workdir is None else Path(workdir) / job_layout.CHECKPOINT
         start = snapshots = 0
         if resume and checkpoint is not None and check_resume(Path(workdir), spec):
             start, snapshots = load_checkpoint(checkpoint, model, optimizer, guidance, generators)
