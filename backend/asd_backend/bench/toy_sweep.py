@@ -26,8 +26,6 @@ from ..errors import UsageError
 from .toy import ToyBenchConfig
 
 KEY = ("prompt", "method", "cfg", "seed", "steps_requested", "gamma_schedule")
-SCORES = ("render_psnr", "saturated", "judge_shape_accuracy", "judge_colour_accuracy", "chamfer_l1_rel", "iou",
-          "judge_azimuth_error_deg", "seconds")
 
 
 @dataclasses.dataclass
@@ -105,8 +103,9 @@ def sweep(cfg: ToySweepConfig, out: Path, device: str = "cpu") -> int:
     from ..teachers import load_teacher
     from .toy import run
 
-    done = {row_key(r) for r in read_rows(out)}
-    todo = [r for r in plan(cfg, read_rows(out)) if _key_of(r) not in done]
+    rows = read_rows(out)
+    done = {row_key(r) for r in rows}
+    todo = [r for r in plan(cfg, rows) if _key_of(r) not in done]
     teacher = load_teacher("toy", device) if todo else None
     for i, run_cfg in enumerate(todo, 1):
         print(f"[{i}/{len(todo)}] {run_cfg.prompt!r} {run_cfg.method} CFG {run_cfg.cfg:g} seed {run_cfg.seed}"
@@ -119,7 +118,8 @@ def sweep(cfg: ToySweepConfig, out: Path, device: str = "cpu") -> int:
 
 
 def _key_of(run_cfg: ToyBenchConfig) -> tuple:
-    return (run_cfg.prompt, run_cfg.method, run_cfg.cfg, run_cfg.seed, run_cfg.steps, run_cfg.gamma_schedule)
+    """The key its row will have (a row records the steps asked for as steps_requested)."""
+    return row_key({**dataclasses.asdict(run_cfg), "steps_requested": run_cfg.steps})
 
 
 def _cell(rows: list[dict[str, Any]], key: str, scale_by: float = 1.0, digits: int = 2) -> str:
