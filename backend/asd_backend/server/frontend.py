@@ -163,6 +163,9 @@ class Server:
         self.address = config.bind
         self._last_heartbeat = 0.0
         self._last_supervise = 0.0
+        # Jobs whose newest record could not be written (a full disk): written again every half second
+        # until it fits, so a job that ends while the disk is full is not left 'running' on disk.
+        self._unsaved: set[str] = set()
 
     # -- life cycle ------------------------------------------------------------------------------
 
@@ -264,6 +267,7 @@ class Server:
             self._supervise_workers()
             self._resend_progress(now)
             self._end_revoked_peers()
+            self._save_unsaved()
         if now - self._last_heartbeat > self.config.heartbeat_interval:
             self._last_heartbeat = now
             self.delivery.heartbeat(now, lambda job_id: self.table.jobs.get(job_id) is not None
@@ -342,11 +346,23 @@ class Server:
 
     def _save(self, job: Job) -> None:
         """A job's record after a change. A write that fails (a full disk) is logged and the server keeps
-        serving from memory; the next change of the job writes the record again."""
+        serving from memory; the record is written again every half second until it fits."""
         try:
             self.store.save(job)
         except OSError as exc:
-            event("record_not_saved", job=job.job_id, disk_full=is_disk_full(exc), error=str(exc))
+            if job.job_id not in self._unsaved:
+                event("record_not_saved", job=job.job_id, disk_full=is_disk_full(exc), error=str(exc))
+            self._unsaved.add(job.job_id)
+        else:
+            self._unsaved.discard(job.job_id)
+
+    def _save_unsaved(self) -> None:
+        for job_id in list(self._unsaved):
+            job = self.table.jobs.get(job_id)
+            if job is None:
+                self._unsaved.discard(job_id)
+            else:
+                self._save(job)
 
     def _visible(self, peer: Peer, job: Job) -> bool:
         return peer.admin or job.client == peer.user
