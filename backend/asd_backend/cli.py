@@ -257,7 +257,6 @@ def _submit(args: argparse.Namespace) -> int:
     if not (args.attach or args.resume):
         spec = partial_from_args(args, kind)
         resolve_spec(spec)  # refused here, before connecting, as the server would; it checks again
-        spec.pop("prompt")
     with _client(args) as client:
         welcome = wait_for_welcome(client)
         print(f"connected to {welcome.server} at {args.server}", file=sys.stderr)
@@ -273,8 +272,7 @@ def _submit(args: argparse.Namespace) -> int:
                 bar.set_postfix(loss="-" if p.loss is None else f"{p.loss:.3g}", refresh=False)
                 bar.refresh()
 
-        submit = None if args.attach or args.resume else {"prompt": args.prompt, "kind": kind, "spec": spec}
-        result = follow(client, submit=submit, attach=args.attach, resume=args.resume,
+        result = follow(client, submit=spec, attach=args.attach, resume=args.resume,
                         out_dir=out.parent if out.parent.name else Path("."),
                         final_name=out.name, keep_snapshots=args.save_snapshots, on_progress=on_progress)
         if bar is not None:

@@ -51,6 +51,7 @@ def choose_teacher() -> tuple[str, str, str]:
 
 def run(prompt: str, outputs: Path = Path("outputs")) -> int:
     from asd_protocol.client import AsdClient
+    from asd_protocol.job_spec import partial_from_options
 
     from .remote_job import follow, wait_for_welcome
 
@@ -84,7 +85,8 @@ def run(prompt: str, outputs: Path = Path("outputs")) -> int:
                     eta = "" if p.eta_seconds is None or p.step == p.total else f", about {p.eta_seconds:.0f} s left"
                     print(f"  {p.phase}: step {p.step}/{p.total}{eta}", flush=True)
 
-            result = follow(client, submit={"prompt": prompt, "preset": preset, "teacher": teacher},
+            result = follow(client, submit=partial_from_options("generate", prompt=prompt, preset=preset,
+                                                                     teacher=teacher),
                             out_dir=lambda job: outputs / job, on_progress=on_progress)
     finally:
         server.send_signal(signal.SIGINT)

@@ -39,12 +39,8 @@ class RemoteResult:
 def wait_for_welcome(client: AsdClient, timeout: float = 15.0) -> Welcome:
     msg = client.wait_for(lambda m: isinstance(m, (Welcome, Error)), timeout=timeout)
     if isinstance(msg, Error):
-        raise RemoteJobError(f"{msg.code}: {msg.message} {msg.hint}".strip())
+        raise RemoteJobError(msg.text)
     return msg
-
-
-def _error_text(msg: Error) -> str:
-    return f"{msg.code}: {msg.message}" + (f" ({msg.hint})" if msg.hint else "")
 
 
 def follow(client: AsdClient, *, submit: dict[str, Any] | None = None, attach: str | None = None,
@@ -58,10 +54,10 @@ def follow(client: AsdClient, *, submit: dict[str, Any] | None = None, attach: s
     if sum(x is not None for x in (submit, attach, resume)) != 1:
         raise UsageError("give exactly one of submit (the job), attach or resume (a job id)")
     if submit is not None or resume is not None:
-        request = client.submit(**submit) if submit is not None else client.resume(resume)
+        request = client.submit(submit) if submit is not None else client.resume(resume)
         reply = client.wait_for(lambda m: m.parent_id == request and isinstance(m, (Accepted, Error)), timeout=30)
         if isinstance(reply, Error):
-            raise RemoteJobError(_error_text(reply))
+            raise RemoteJobError(reply.text)
         job_id = reply.job_id
     else:
         job_id = attach
@@ -102,7 +98,7 @@ def follow(client: AsdClient, *, submit: dict[str, Any] | None = None, attach: s
             elif isinstance(msg, Error):
                 if msg.job_id is None and msg.parent_id is None:
                     continue
-                errors.append(_error_text(msg))
+                errors.append(msg.text)
             elif isinstance(msg, Done):
                 if msg.status == "failed":
                     raise RemoteJobError(f"job {job_id} failed: " + ("; ".join(errors) or "no reason given"))

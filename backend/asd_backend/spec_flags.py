@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from asd_protocol.errors import ProtocolError
+from asd_protocol.errors import ProtocolError, error_text
 from asd_protocol.fields import Flag, Integer, ListOf, Number, Spec, Text
 from asd_protocol.job_spec import KIND_SECTIONS, JobSpec, get_path, leaves, partial_from_options
 
@@ -106,6 +106,5 @@ def flag_error(exc: ProtocolError) -> str:
     field = exc.field or ""
     if field.startswith(("spec.", "content.spec.")):
         name = field.split(".")[-1]
-        where = "the prompt " if name == "prompt" else f"--{name.replace('_', '-')}: "
-        return f"{where}{exc.message}" + (f" ({exc.hint})" if exc.hint else "")
-    return str(exc) + (f" ({exc.hint})" if exc.hint else "")
+        return error_text(exc.message, exc.hint, "the prompt" if name == "prompt" else f"--{name.replace('_', '-')}")
+    return exc.text

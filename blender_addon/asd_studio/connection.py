@@ -342,7 +342,7 @@ def after_load() -> None:
         try:
             session()  # connects; the welcome asks for the job list, which updates every row
         except (ValueError, RuntimeError) as exc:
-            set_status(props, str(exc), error=True)
+            set_status(props, protocol.reason(exc), error=True)
 
 
 def shutdown() -> None:

@@ -17,8 +17,8 @@ def _connected_or_report(operator: Operator, context: bpy.types.Context):
     try:
         return connection.connected_session(context)
     except (ValueError, RuntimeError) as exc:
-        connection.set_status(properties.get(context), str(exc), error=True)
-        operator.report({"ERROR"}, str(exc))
+        connection.set_status(properties.get(context), protocol.reason(exc), error=True)
+        operator.report({"ERROR"}, protocol.reason(exc))
         return None
 
 
@@ -47,10 +47,10 @@ class ASD_OT_generate(Operator):
         if props.teacher.strip():
             options["teacher"] = props.teacher.strip()
         try:
-            request = session.submit(prompt, **options)
+            request = session.submit(protocol.partial_from_options("generate", prompt=prompt, **options))
         except (ValueError, ConnectionError) as exc:  # a setting out of range, or no backend answering now
-            connection.set_status(props, str(exc), error=True)
-            self.report({"ERROR"}, str(exc))
+            connection.set_status(props, protocol.reason(exc), error=True)
+            self.report({"ERROR"}, protocol.reason(exc))
             return {"CANCELLED"}
         connection.remember_target(request, context)
         props.active_request, props.active_job = request, ""
@@ -167,7 +167,7 @@ class ASD_OT_test_connection(Operator):
         try:
             connection.start_test(context)
         except (ValueError, RuntimeError) as exc:
-            self.report({"ERROR"}, str(exc))
+            self.report({"ERROR"}, protocol.reason(exc))
             return {"CANCELLED"}
         self.report({"INFO"}, f"Testing {preferences.get(context).address}…")
         return {"FINISHED"}
@@ -183,7 +183,7 @@ class ASD_OT_start_backend(Operator):
         try:
             message = connection.start_backend(context)
         except (ValueError, OSError) as exc:
-            self.report({"ERROR"}, str(exc))
+            self.report({"ERROR"}, protocol.reason(exc))
             return {"CANCELLED"}
         self.report({"INFO"}, message)
         return {"FINISHED"}
@@ -243,20 +243,20 @@ class ASD_OT_edit_texture(Operator):
             side = session.welcome.limits.get("max_edit_texture_side", texture_edit.MAX_SIDE)
             prepared = [(obj, texture_edit.prepare(obj, props.edit_smart_uv, side)) for obj in objects]
         except (ValueError, RuntimeError) as exc:
-            connection.set_status(props, str(exc), error=True)
-            self.report({"ERROR"}, str(exc))
+            connection.set_status(props, protocol.reason(exc), error=True)
+            self.report({"ERROR"}, protocol.reason(exc))
             return {"CANCELLED"}
         for obj, data in prepared:
             try:
-                request = session.submit(prompt, kind="edit_texture", source_prompt=props.source_prompt.strip()
-                                         or obj.name, object_name=obj.name, strength=props.strength,
-                                         steps=props.edit_steps, method=props.edit_method, cfg=props.cfg,
-                                         seed=props.seed, negative_prompt=props.negative_prompt,
-                                         vertices=data["vertices"], faces=data["faces"], uvs=data["uvs"],
+                spec = protocol.partial_from_options(
+                    "edit_texture", prompt=prompt, source_prompt=props.source_prompt.strip() or obj.name,
+                    object_name=obj.name, strength=props.strength, steps=props.edit_steps, method=props.edit_method,
+                    cfg=props.cfg, seed=props.seed, negative_prompt=props.negative_prompt)
+                request = session.submit(spec, vertices=data["vertices"], faces=data["faces"], uvs=data["uvs"],
                                          texture=data["texture"])
             except (ValueError, ConnectionError) as exc:  # a setting out of range, or no backend answering now
-                connection.set_status(props, str(exc), error=True)
-                self.report({"ERROR"}, str(exc))
+                connection.set_status(props, protocol.reason(exc), error=True)
+                self.report({"ERROR"}, protocol.reason(exc))
                 return {"CANCELLED"}
             connection.remember_edit(request, obj.name, prompt, data)
             props.active_request, props.active_job = request, ""

@@ -11,6 +11,13 @@ Accepted, Done, Error, Image, Jobs, JobSpec, Log, MeshSnapshot, Progress, Textur
     wire.Accepted, wire.Done, wire.Error, wire.Image, wire.Jobs, wire.JobSpec, wire.Log, wire.MeshSnapshot,
     wire.Progress, wire.Texture, wire.Welcome)
 RESUMABLE_STATES = wire.RESUMABLE_STATES
+partial_from_options = wire.job_spec.partial_from_options
+
+
+def reason(exc: BaseException) -> str:
+    """What a failed request shows the artist: a spec error in the protocol's one format (with its hint),
+    anything else as it says."""
+    return exc.text if isinstance(exc, wire.ProtocolError) else str(exc)
 
 
 def spec_range(section: str, name: str) -> tuple[float, float]:

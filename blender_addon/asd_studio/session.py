@@ -110,10 +110,10 @@ class Session:
 
     # -- requests ---------------------------------------------------------------------------------
 
-    def submit(self, prompt: str, **options: Any) -> str:
-        kind = options.pop("kind", "generate")
-        request = self.client.submit(prompt, kind=kind, **options)
-        self.requests[request] = JobView(job_id="", prompt=prompt, kind=kind)
+    def submit(self, spec: dict[str, Any], **arrays: Any) -> str:
+        """Send a job (a partial job spec, the protocol's one request form; an edit's arrays beside it)."""
+        request = self.client.submit(spec, **arrays)
+        self.requests[request] = JobView(job_id="", prompt=spec["prompt"], kind=spec.get("kind", "generate"))
         return request
 
     def cancel(self, job_id: str) -> None:
@@ -191,7 +191,7 @@ class Session:
             return updates
         if msg.job_id is None:
             if isinstance(msg, protocol.Error):
-                return [Notice("ERROR", _error_text(msg))]
+                return [Notice("ERROR", msg.text)]
             return []
         job = self._job(msg.job_id)
         if isinstance(msg, protocol.Progress):
@@ -209,7 +209,7 @@ class Session:
         if isinstance(msg, protocol.Log):
             return [Notice("WARNING" if msg.level in ("warning", "error") else "INFO", msg.text, job.job_id)]
         if isinstance(msg, protocol.Error):
-            job.error = _error_text(msg)
+            job.error = msg.text
             return [Notice("ERROR", job.error, job.job_id)]
         if isinstance(msg, protocol.Done):
             job.status, job.cancelling = msg.status, False
@@ -257,6 +257,3 @@ def status_text(job: JobView) -> tuple[str, bool]:
         return f"failed: {job.error or 'see the backend log'}", True
     return progress_text(job), False
 
-
-def _error_text(msg) -> str:
-    return msg.message + (f" — {msg.hint}" if msg.hint else "")

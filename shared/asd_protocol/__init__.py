@@ -4,7 +4,7 @@ No bpy, no torch: standard library, numpy and pyzmq only, so the add-on can bund
 The specification is docs/protocol.md.
 """
 
-from .errors import ProtocolError
+from .errors import ProtocolError, error_text
 from .frames import FrameLimits, decode, encode
 from .job_spec import JobSpec
 from .messages import (
@@ -39,5 +39,5 @@ __all__ = [
     "MESSAGE_TYPES", "PROTOCOL_VERSION", "RESUMABLE_STATES", "Accepted", "Attach", "Cancel", "Done", "Error",
     "FrameLimits", "Heartbeat", "Hello", "Image", "JobInfo", "JobSpec", "Jobs", "ListJobs", "Log", "MeshSnapshot",
     "Message", "Progress", "ProtocolError", "Resume", "Submit", "TeacherInfo", "Texture", "Welcome", "decode",
-    "encode",
+    "encode", "error_text",
 ]

@@ -11,7 +11,7 @@ import ipaddress
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -21,7 +21,6 @@ import zmq
 from . import errors
 from .errors import ProtocolError
 from .frames import DEFAULT_LIMITS, FrameLimits, decode, encode
-from .job_spec import merge, partial_from_options
 from .messages import (
     PROTOCOL_VERSION,
     SERVER,
@@ -178,16 +177,19 @@ class AsdClient:
         except zmq.Again:
             return False
 
-    def submit(self, prompt: str, kind: str = "generate", *, spec: dict[str, Any] | None = None,
-               **options: Any) -> str:
+    def submit(self, spec: Mapping[str, Any], **arrays: Any) -> str:
         """Send a job; the `accepted` (or `error`) reply has this call's return value as parent_id.
 
-        Settings come as flat options named as the CLI names them (cfg=…, steps=…, strength=…; None:
-        unset) and/or as a partial `spec`; arrays (vertices, faces, uvs, texture) go beside it.
+        `spec` is a partial job spec, the one request form: `{"prompt": "a red mug", "kind": "generate",
+        "preset": "preview", "guidance": {"cfg": 30}}`; what it leaves out the server fills from the preset.
+        `partial_from_options` makes one from flat settings named as the CLI names them (cfg=…, steps=…).
+        An edit job's arrays (vertices, faces, uvs, texture) go beside it.
         """
-        arrays = {k: options.pop(k) for k in ARRAY_FIELDS if k in options}
-        partial = merge(spec or {}, partial_from_options(kind, prompt=prompt, **options))
-        return self.send(Submit(spec=partial, **arrays))
+        unknown = sorted(set(arrays) - set(ARRAY_FIELDS))
+        if unknown:
+            raise TypeError(f"submit() takes the spec and the arrays {', '.join(ARRAY_FIELDS)}; got {unknown}: "
+                            "settings go in the spec (partial_from_options makes one from flat settings)")
+        return self.send(Submit(spec=dict(spec), **arrays))
 
     def cancel(self, job_id: str) -> str:
         return self.send(Cancel(job_id=job_id))

@@ -22,6 +22,13 @@ BACKLOG_DROPPED = "backlog_dropped"  # the client did not read its replies; they
 ACCESS_REVOKED = "access_revoked"  # the client's key was removed from the allow-list
 
 
+def error_text(message: str, hint: str = "", where: str | None = None) -> str:
+    """How every error reads to a person (the CLI, the add-on's status line, a remote job's failure):
+    'where: message — hint', each part only when present."""
+    text = f"{where}: {message}" if where else message
+    return f"{text} — {hint}" if hint else text
+
+
 class ProtocolError(ValueError):
     """A message that cannot be accepted, with what was wrong and what to do.
 
@@ -35,6 +42,11 @@ class ProtocolError(ValueError):
         self.message = message
         self.field = field
         self.hint = hint
+
+    @property
+    def text(self) -> str:
+        """The error as a person reads it (`error_text`)."""
+        return error_text(self.message, self.hint, self.field)
 
     def __repr__(self) -> str:
         return f"ProtocolError(code={self.code!r}, field={self.field!r}, message={self.message!r})"

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .errors import INVALID_FIELD, ProtocolError
+from .errors import INVALID_FIELD, ProtocolError, error_text
 from .fields import (
     Array,
     Integer,
@@ -408,6 +408,11 @@ class Error(Message):
     message: str = text(max_len=4000)
     hint: str = text("", max_len=4000)
     field: str | None = text(None, optional=True, max_len=256)
+
+    @property
+    def text(self) -> str:
+        """The error as a person reads it (`error_text`): the same words whoever shows it."""
+        return error_text(self.message, self.hint, self.field)
 
     @classmethod
     def from_exception(cls, exc: ProtocolError, **header: Any) -> Error:

@@ -53,3 +53,26 @@ def test_every_type_crosses_the_socket(free_port):
             assert decode(frames).msg_id == msg.msg_id
     finally:
         ctx.destroy(linger=0)
+
+
+
+def test_the_client_takes_one_request_form_and_every_error_reads_one_way(free_port):
+    """`submit` takes a partial spec (flat settings go through `partial_from_options`; the server tests submit
+    that way end to end); a stray setting is a TypeError saying where settings go, before anything is sent;
+    an error reads 'field: message — hint' whoever shows it."""
+    import pytest
+
+    from asd_protocol import Error, ProtocolError, error_text
+    from asd_protocol.client import AsdClient
+    from asd_protocol.job_spec import partial_from_options
+
+    spec = partial_from_options("generate", prompt="a red mug", cfg=30.0, preset="smoke")
+    assert spec == {"kind": "generate", "prompt": "a red mug", "preset": "smoke", "guidance": {"cfg": 30.0}}
+    with AsdClient(f"tcp://127.0.0.1:{free_port}", client_name="tests") as client:
+        with pytest.raises(TypeError, match="partial_from_options"):
+            client.submit(spec, cfg=7.5)
+    with pytest.raises(ProtocolError) as refused:
+        partial_from_options("generate", prompt="a mug", strength=0.5)  # an edit setting
+    assert refused.value.text.startswith("spec.strength: 'strength' is not a setting of generate jobs — settings: ")
+    assert Error.from_exception(refused.value).text == refused.value.text
+    assert error_text("disk is full") == "disk is full" and error_text("m", "h", "f") == "f: m — h"

@@ -11,6 +11,12 @@ import time
 from pathlib import Path
 
 from asd_protocol.client import AsdClient
+from asd_protocol.job_spec import merge, partial_from_options
+
+
+def partial_spec(prompt: str, kind: str = "generate", spec: dict | None = None, **settings) -> dict:
+    """The partial spec a test submits: flat settings named as the CLI names them, over a nested partial."""
+    return merge(spec or {}, partial_from_options(kind, prompt=prompt, **settings))
 
 
 class LiveServer:

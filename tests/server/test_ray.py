@@ -18,7 +18,7 @@ pytest.importorskip("ray")
 from asd_backend.loopback import free_port
 from asd_protocol import Done, Image, Log, MeshSnapshot, Progress
 
-from .live_server import running_server
+from .live_server import partial_spec, running_server
 from .test_server import follow, submit
 
 RAY = ("--ray", "local", "--min-workers", "2", "--max-workers", "2", "--ray-resource", "asd_worker")
@@ -156,8 +156,8 @@ def test_losing_the_ray_head_fails_the_running_job_cleanly_and_the_job_list_stil
             request = client.list_jobs()  # the front end still serves
             listing = client.wait_for(lambda m: m.parent_id == request, timeout=20)
             assert [(j.job_id, j.status) for j in listing.jobs] == [(job, "failed")]
-            refused = client.wait_for(lambda m, r=client.submit("another", preset="smoke"): m.parent_id == r,
-                                      timeout=20)
+            request = client.submit(partial_spec("another", preset="smoke"))
+            refused = client.wait_for(lambda m: m.parent_id == request, timeout=20)
             assert refused.msg_type == "error" and "Ray head" in refused.message and "cluster" in refused.hint
         assert server.process.poll() is None
     for pid in ray_processes:  # the head's helpers, orphaned by its loss: not left behind by the test

@@ -17,7 +17,7 @@ from asd_backend.loopback import free_port
 from asd_protocol import Accepted, Done, Error, Image, Jobs, Log, MeshSnapshot, Progress, Submit, Welcome, encode
 from asd_protocol.client import LOST
 
-from .live_server import running_server, start_server, stop_server
+from .live_server import partial_spec, running_server, start_server, stop_server
 
 
 def submit(client, prompt="a teapot", **options) -> str:
@@ -25,7 +25,7 @@ def submit(client, prompt="a teapot", **options) -> str:
 
 
 def accepted(client, prompt="a teapot", **options) -> Accepted:
-    request = client.submit(prompt, preset="smoke", **options)
+    request = client.submit(partial_spec(prompt, preset="smoke", **options))
     reply = client.wait_for(lambda m: m.parent_id == request and isinstance(m, (Accepted, Error)), timeout=30)
     assert isinstance(reply, Accepted), reply
     return reply
@@ -325,7 +325,7 @@ def test_curve_allowed_key_works_unknown_key_and_plaintext_are_refused(tmp_path,
                     started = time.monotonic()
                     # A refused connection must not block the caller, nor keep the request for later.
                     with pytest.raises(ConnectionError, match="not sent"):
-                        client.submit("still never blocks")
+                        client.submit(partial_spec("still never blocks"))
                     assert time.monotonic() - started < 0.5
                     return client.lost_reason()
 
@@ -436,8 +436,8 @@ def test_progress_resent_by_the_front_end_counts_the_workers_eta_down(server):
     # re-sends. Each must carry the worker's estimate counted down (elapsed + eta unchanged), not a
     # second estimate from wall time since the job started (model loading included).
     with server.client() as client:
-        request = client.submit("a slow vase", spec={"preset": "preview", "schedule": {
-            "steps": 400, "resolution_schedule": [[0, 160]]}, "output": {"mesh_every": 0}})
+        request = client.submit(partial_spec("a slow vase", spec={"preset": "preview", "schedule": {
+            "steps": 400, "resolution_schedule": [[0, 160]]}, "output": {"mesh_every": 0}}))
         reply = client.wait_for(lambda m: m.parent_id == request and isinstance(m, (Accepted, Error)), timeout=30)
         assert isinstance(reply, Accepted), reply
         by_step: dict[int, list[Progress]] = {}
@@ -506,7 +506,7 @@ def test_a_client_cannot_make_the_server_open_a_discriminator_model_it_does_not_
     with server.client() as client:
         client.wait_for(lambda m: isinstance(m, Welcome), timeout=10)
         for name in ("/etc", "../../etc", str(existing), "/no/such/folder", "someone/some-repo"):
-            request = client.submit("a teapot", preset="smoke", steps=2, discriminator_model=name)
+            request = client.submit(partial_spec("a teapot", preset="smoke", steps=2, discriminator_model=name))
             reply = client.wait_for(lambda m, r=request: m.parent_id == r, timeout=30)
             assert isinstance(reply, Error), reply
             answers.append((reply.code, reply.field, reply.message, reply.hint))

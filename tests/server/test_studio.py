@@ -20,7 +20,7 @@ from asd_backend.server import auth
 from asd_protocol import Accepted, Cancel, Done, Error, Jobs, ListJobs, Progress, Resume, Welcome, encode
 from asd_protocol.client import LOST, AsdClient, load_keypair
 
-from .live_server import running_server, start_server, stop_server
+from .live_server import partial_spec, running_server, start_server, stop_server
 from .test_server import follow, submit
 
 
@@ -29,7 +29,7 @@ def reply_to(client: AsdClient, request: str, timeout: float = 15.0):
 
 
 def try_submit(client: AsdClient, prompt: str, steps: int = 400):
-    return reply_to(client, client.submit(prompt, preset="smoke", steps=steps))
+    return reply_to(client, client.submit(partial_spec(prompt, preset="smoke", steps=steps)))
 
 
 def listed(client: AsdClient) -> set[str]:
@@ -71,7 +71,7 @@ def test_the_results_folder_is_private_whatever_the_umask(tmp_path, asd_home):
     results.mkdir(mode=0o777)
     os.chmod(results, 0o777)  # an existing, open folder is closed too
     with umask(0), running_server(results, free_port()) as server, server.client() as client:
-        job = reply_to(client, client.submit("a teapot", preset="smoke", steps=2))
+        job = reply_to(client, client.submit(partial_spec("a teapot", preset="smoke", steps=2)))
         assert isinstance(job, Accepted), job
         client.wait_for(lambda m: m.job_id == job.job_id and isinstance(m, Done), timeout=120)
     paths = [results, *results.rglob("*")]
@@ -195,10 +195,10 @@ def test_limits_that_fit_the_machine_are_announced_and_enforced(tmp_path, asd_ho
         assert welcome.limits["max_queued_per_user"] == 8
         for options, field in [({"mc_resolution": 1024}, "content.spec.output.mc_resolution"),
                                ({"texture_size": 8192}, "content.spec.output.texture_size")]:
-            reply = reply_to(client, client.submit("a teapot", preset="smoke", **options))
+            reply = reply_to(client, client.submit(partial_spec("a teapot", preset="smoke", **options)))
             assert isinstance(reply, Error) and reply.code == "too_large" and reply.field == field, reply
             assert "at most" in reply.hint
-        reply = reply_to(client, client.submit("a cat", kind="image", preset="smoke", resolution=2048))
+        reply = reply_to(client, client.submit(partial_spec("a cat", kind="image", preset="smoke", resolution=2048)))
         assert isinstance(reply, Error) and reply.field == "content.spec.image.resolution", reply
 
 
@@ -331,14 +331,14 @@ def test_a_request_made_while_the_backend_is_gone_or_silent_is_refused_and_never
             server.process.send_signal(signal.SIGSTOP)
             time.sleep(client.stale_after + 0.5)
             with pytest.raises(ConnectionError, match="not sent"):
-                client.submit("asked of a frozen backend", preset="smoke", steps=2)
+                client.submit(partial_spec("asked of a frozen backend", preset="smoke", steps=2))
             server.process.send_signal(signal.SIGCONT)
             # A dead backend: the request cannot leave, and is not kept for whoever listens next.
             server.process.kill()
             server.process.wait()
             time.sleep(0.5)
             try:
-                client.submit("asked of a dead backend", preset="smoke", steps=2)
+                client.submit(partial_spec("asked of a dead backend", preset="smoke", steps=2))
             except ConnectionError as exc:
                 assert "not sent" in str(exc)
             assert client.not_sent >= 1

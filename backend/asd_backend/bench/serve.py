@@ -34,6 +34,7 @@ from typing import Any
 
 from asd_protocol import Accepted, Done, MeshSnapshot, Progress
 from asd_protocol.client import AsdClient
+from asd_protocol.job_spec import partial_from_options
 
 from ..errors import UsageError
 from ..loopback import free_port
@@ -56,7 +57,7 @@ def _summary(values: list[float]) -> dict[str, float]:
 def _time_to_first_mesh(client: AsdClient, timeout: float = 300.0) -> float:
     """Seconds from submitting a `preview` job to its first mesh at this client; the job is then cancelled."""
     started = time.monotonic()
-    request = client.submit("a first-mesh teapot", preset="preview")
+    request = client.submit(partial_from_options("generate", prompt="a first-mesh teapot", preset="preview"))
     accepted = client.wait_for(lambda m: m.parent_id == request and isinstance(m, Accepted), 30)
     client.wait_for(lambda m: m.job_id == accepted.job_id and isinstance(m, MeshSnapshot), timeout)
     seconds = time.monotonic() - started
@@ -129,7 +130,7 @@ def _cancel_latency(client: AsdClient, phase: str) -> tuple[float, str]:
         spec = {"preset": "preview"}
     else:  # a long last phase: a big extraction, then a big preview render
         spec = {"preset": "smoke", "steps": 2, "mesh_every": 0, "mc_resolution": 512, "preview_render": 1024}
-    request = client.submit(f"a cancelled teapot ({phase})", **spec)
+    request = client.submit(partial_from_options("generate", prompt=f"a cancelled teapot ({phase})", **spec))
     job = client.wait_for(lambda m: m.parent_id == request and isinstance(m, Accepted), 30).job_id
     client.wait_for(lambda m: m.job_id == job and isinstance(m, Progress) and m.phase == phase
                     and (phase != "optimizing" or m.step >= 2), 300)
@@ -155,13 +156,15 @@ def _throughput(extra: tuple[str, ...], jobs: int, steps: int) -> dict[str, Any]
     """Jobs per minute on a fresh server with `extra` flags (once its workers are up and warm), and the
     latency of mesh snapshots (arrival minus the worker's header timestamp)."""
     with serving(*extra) as server, AsdClient(server.address, client_name="bench-ray", dead_after=120.0) as client:
-        warm = client.submit("a warm-up teapot", preset="smoke", steps=2, mesh_every=0)
+        warm = client.submit(partial_from_options("generate", prompt="a warm-up teapot", preset="smoke", steps=2,
+                                                  mesh_every=0))
         warm_id = client.wait_for(lambda m: m.parent_id == warm and isinstance(m, Accepted), 60).job_id
         client.wait_for(lambda m: m.job_id == warm_id and isinstance(m, Done), 300)
         started = time.monotonic()
         ids = []
         for i in range(jobs):
-            request = client.submit(f"a throughput teapot {i}", preset="smoke", steps=steps, mesh_every=3)
+            request = client.submit(partial_from_options("generate", prompt=f"a throughput teapot {i}", preset="smoke",
+                                                         steps=steps, mesh_every=3))
             ids.append(client.wait_for(lambda m, r=request: m.parent_id == r and isinstance(m, Accepted),
                                        60).job_id)
         left, mesh_ms = set(ids), []
@@ -261,7 +264,8 @@ def run(clients: int = 20, steps: int = 60, mesh_every: int = 5, timeout: float 
                 for c in followers:
                     c.poll(timeout=0.01)
             first_mesh = {"cold": _time_to_first_mesh(followers[0])}
-            request = followers[0].submit("a benchmark teapot", preset="smoke", steps=steps, mesh_every=mesh_every)
+            request = followers[0].submit(partial_from_options("generate", prompt="a benchmark teapot", preset="smoke",
+                                                               steps=steps, mesh_every=mesh_every))
             accepted = followers[0].wait_for(lambda m: m.parent_id == request and isinstance(m, Accepted), 30)
             job = accepted.job_id
             for c in followers[1:]:

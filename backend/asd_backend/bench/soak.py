@@ -24,6 +24,7 @@ import numpy as np
 
 from asd_protocol import Accepted, Error, Jobs, ListJobs, Submit, encode
 from asd_protocol.client import AsdClient
+from asd_protocol.job_spec import partial_from_options
 
 from .serve import memory_mib, serving
 
@@ -114,7 +115,8 @@ def run(seconds: float = 180.0, seed: int = 0, kill_every: float = 45.0,
                 action = rng.random()
                 if action < 0.015:  # about one job a second: more than the one worker finishes
                     kind, spec, arrays = _random_job(rng)
-                    request = artist.submit(f"soak {kind} {counts['submitted']}", kind=kind, **spec, **arrays)
+                    request = artist.submit(partial_from_options(kind, prompt=f"soak {kind} {counts['submitted']}",
+                                                                 **spec), **arrays)
                     pending[request] = artist
                     counts["submitted"] += 1
                 elif action < 0.025 and jobs:
