@@ -1,5 +1,7 @@
 """The distillation core against hand computation, on exact and on real diffusers teachers."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -318,6 +320,11 @@ def test_eps_phi_diagnostics_start_at_the_teacher_and_move_when_it_learns(tiny_t
     first = guidance.generator_loss(z, c, camera, generator=generator).metrics()
     assert first["phi_noise_error_ratio"] == pytest.approx(1.0, abs=1e-5) and first["phi_teacher_distance"] < 1e-5
     assert first["phi_objective_ratio"] == pytest.approx(1.0, abs=1e-5)
+    assert first["cfg_term_rms"] > 1e-4  # (s−1)(ε_c − ε_u), the term the three methods share; none at CFG 1
+    guided = guidance.config
+    guidance.config = dataclasses.replace(guided, cfg=1.0)
+    assert guidance.generator_loss(z, c, camera, generator=generator).metrics()["cfg_term_rms"] < 1e-6
+    guidance.config = guided
     optimizer = torch.optim.AdamW(guidance.discriminator.trainable_parameters(), lr=1e-3)
     for _ in range(60):
         optimizer.zero_grad()

@@ -165,7 +165,9 @@ class GuidanceOutput:
             #   the start (ε_φ = ε_T): below 1, it has learned something of the renders the teacher does not say;
             # - phi_noise_error_ratio: its error on the noise over the teacher's (VSD's objective; for ASD
             #   above 1 by design, its optimum overshoots the renders' score away from the teacher's);
-            # - phi_teacher_distance: how far (RMS) it has moved from the teacher.
+            # - phi_teacher_distance: how far (RMS) it has moved from the teacher;
+            # - cfg_term_rms: the RMS of the CFG term ε̃ − ε_c = (s−1)(ε_c − ε_u) that SDS, VSD and ASD share:
+            #   ε_φ can change the gradient only by as much as it moves against this.
             dims = tuple(range(1, self.noise.ndim))
             teacher_error = (self.eps_cond - self.noise).pow(2).mean(dims)
             phi_error = (self.eps_reference - self.noise).pow(2).mean(dims)
@@ -175,6 +177,7 @@ class GuidanceOutput:
             metrics["phi_objective_ratio"] = float((phi_error + gamma * distance).mean()) / start
             metrics["phi_noise_error_ratio"] = float(phi_error.mean()) / start
             metrics["phi_teacher_distance"] = float(distance.mean()) ** 0.5
+            metrics["cfg_term_rms"] = float((self.eps_teacher - self.eps_cond).pow(2).mean()) ** 0.5
         return metrics
 
 
