@@ -18,7 +18,16 @@ from pathlib import Path
 import bpy
 
 from . import preferences, properties, protocol, scene, texture_edit
-from .session import ImageUpdate, JobUpdate, MeshUpdate, Notice, Session, progress_text, status_text
+from .session import (
+    ImageUpdate,
+    JobUpdate,
+    MeshUpdate,
+    Notice,
+    Session,
+    batch_text,
+    progress_text,
+    status_text,
+)
 
 TICK_INTERVAL = 0.1
 TEST_TIMEOUT = 5.0
@@ -38,6 +47,8 @@ class ConnectionState:
     messages: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     """(level, text) of recent notices, newest last."""
     last_state: str = ""  # the session's connection state at the previous tick
+    batch: list[str] = dataclasses.field(default_factory=list)
+    """Submit request ids the panel follows together (an edit of several selected objects); empty: one job."""
 
 
 state = ConnectionState()
@@ -79,6 +90,8 @@ def has_running_job(context: bpy.types.Context | None = None) -> bool:
     job = state.session.jobs.get(props.active_job)
     if job is not None and not job.finished:
         return True
+    if any(not j.finished for j in batch_jobs()):
+        return True
     return any(item.status in ("queued", "running") for item in props.jobs)
 
 
@@ -91,6 +104,19 @@ def remember_target(request_id: str, context: bpy.types.Context) -> None:
     """Where the object of the job submitted by `request_id` goes: this scene, at the 3D cursor."""
     clear_errors()
     state.targets[request_id] = {"scene": context.scene.name, "location": tuple(context.scene.cursor.location)}
+
+
+def follow_batch(request_ids: list[str]) -> None:
+    """The panel follows these jobs together (one per selected object) instead of only the last one."""
+    state.batch = list(request_ids) if len(request_ids) > 1 else []
+
+
+def batch_jobs(current: Session | None = None) -> list:
+    """The jobs of the batch the panel follows that the backend has accepted (JobViews)."""
+    current = current or state.session
+    if current is None or not state.batch:
+        return []
+    return [j for j in current.jobs.values() if j.request_id and j.request_id in state.batch]
 
 
 def remember_edit(request_id: str, object_name: str, prompt: str, prepared: dict) -> None:
@@ -157,6 +183,17 @@ def _show_state(props, current: Session) -> None:
     if now == "connected" and was != "connected":
         clear_errors()
         set_status(props, current.status)
+    if state.batch:  # several objects edited at once: the panel follows them all
+        jobs = batch_jobs(current)
+        props.progress = sum(1.0 if j.status == "completed" else j.fraction for j in jobs) / len(state.batch)
+        props.progress_text = batch_text(jobs, len(state.batch))
+        failed = [j for j in jobs if j.status == "failed"]
+        if failed:
+            set_status(props, f"{len(failed)} of {len(state.batch)} failed: {failed[0].error or 'see the backend log'}",
+                       error=True)
+        else:
+            set_status(props, props.progress_text)
+        return
     job = current.jobs.get(props.active_job) if props.active_job else None
     if job is not None:
         props.progress = 1.0 if job.status == "completed" else job.fraction

@@ -53,6 +53,7 @@ class ASD_OT_generate(Operator):
             self.report({"ERROR"}, protocol.reason(exc))
             return {"CANCELLED"}
         connection.remember_target(request, context)
+        connection.follow_batch([])
         props.active_request, props.active_job = request, ""
         connection.set_status(props, "submitted, waiting for the backend…")
         props.progress, props.progress_text = 0.0, ""
@@ -76,11 +77,13 @@ class ASD_OT_cancel(Operator):
 
     def execute(self, context: bpy.types.Context) -> set[str]:
         props = properties.get(context)
-        job_id = self.job_id or props.active_job
-        if not job_id:
+        batch = [] if self.job_id else [j.job_id for j in connection.batch_jobs() if not j.finished]
+        job_ids = batch or [self.job_id or props.active_job]  # the panel's batch: all of its jobs
+        if not job_ids[0]:
             self.report({"WARNING"}, "No job to cancel")
             return {"CANCELLED"}
-        connection.session(context).cancel(job_id)
+        for job_id in job_ids:
+            connection.session(context).cancel(job_id)
         connection.set_status(props, "cancelling…")  # until the job ends (the tick keeps it)
         return {"FINISHED"}
 
@@ -110,6 +113,7 @@ class ASD_OT_attach(Operator):
             self.report({"WARNING"}, "Select a job in the list first")
             return {"CANCELLED"}
         connection.session(context).attach(job_id)
+        connection.follow_batch([])
         props.active_job = job_id
         return {"FINISHED"}
 
@@ -141,6 +145,7 @@ class ASD_OT_resume(Operator):
         job_id = props.jobs[props.jobs_index].job_id
         request = session.resume(job_id)
         connection.remember_target(request, context)
+        connection.follow_batch([])
         props.active_request, props.active_job = request, job_id
         connection.set_status(props, f"resuming {job_id}…")
         return {"FINISHED"}
@@ -246,6 +251,7 @@ class ASD_OT_edit_texture(Operator):
             connection.set_status(props, protocol.reason(exc), error=True)
             self.report({"ERROR"}, protocol.reason(exc))
             return {"CANCELLED"}
+        requests: list[str] = []  # the panel follows every object's job, not only the last
         for obj, data in prepared:
             try:
                 spec = protocol.partial_from_options(
@@ -255,11 +261,14 @@ class ASD_OT_edit_texture(Operator):
                 request = session.submit(spec, vertices=data["vertices"], faces=data["faces"], uvs=data["uvs"],
                                          texture=data["texture"])
             except (ValueError, ConnectionError) as exc:  # a setting out of range, or no backend answering now
+                connection.follow_batch(requests)  # those already sent run; the panel follows them
                 connection.set_status(props, protocol.reason(exc), error=True)
                 self.report({"ERROR"}, protocol.reason(exc))
                 return {"CANCELLED"}
             connection.remember_edit(request, obj.name, prompt, data)
+            requests.append(request)
             props.active_request, props.active_job = request, ""
+        connection.follow_batch(requests)
         connection.set_status(props, f"editing {len(prepared)} object(s)…")
         return {"FINISHED"}
 

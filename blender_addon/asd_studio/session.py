@@ -29,6 +29,7 @@ class JobView:
     snapshots: int = 0
     request_id: str = ""  # msg_id of the submit that made it (when submitted through this session)
     cancelling: bool = False  # Cancel was pressed; true until the job ends
+    waiting: str = ""  # a queued job: why the backend has no worker for it yet (its words)
 
     @property
     def fraction(self) -> float:
@@ -187,6 +188,7 @@ class Session:
                 job = self._job(info.job_id)
                 job.prompt, job.kind, job.status = info.prompt, info.kind, info.status
                 job.step, job.total, job.error, job.snapshots = info.step, info.total, info.error, info.snapshots
+                job.waiting = info.waiting
                 updates.append(JobUpdate(job))
             return updates
         if msg.job_id is None:
@@ -207,7 +209,11 @@ class Session:
             h, w = msg.pixels.shape[:2]
             return [ImageUpdate(job, image_pixels(msg.pixels), w, h, msg.final, getattr(msg, "role", "texture"))]
         if isinstance(msg, protocol.Log):
-            return [Notice("WARNING" if msg.level in ("warning", "error") else "INFO", msg.text, job.job_id)]
+            notice = Notice("WARNING" if msg.level in ("warning", "error") else "INFO", msg.text, job.job_id)
+            if job.status == "queued":  # while it waits, what the backend says is why: the row shows it
+                job.waiting = msg.text
+                return [notice, JobUpdate(job)]
+            return [notice]
         if isinstance(msg, protocol.Error):
             job.error = msg.text
             return [Notice("ERROR", job.error, job.job_id)]
@@ -244,11 +250,28 @@ def progress_text(job: JobView) -> str:
     if job.cancelling:
         return "cancelling…"
     if job.status == "queued":
-        return "queued on the backend"
+        return job.waiting or "queued on the backend"
     if job.phase == "optimizing" and job.total:
         eta = f", {duration_text(job.eta_seconds)} left" if job.eta_seconds is not None else ""
         return f"optimizing {job.step}/{job.total}{eta}"
     return PHASE_TEXT.get(job.phase, job.phase or "running") + "…"
+
+
+def batch_text(jobs: list[JobView], submitted: int) -> str:
+    """The progress line for several jobs followed together: '3 objects: 1 done, 1 running 4/12, 1 queued'."""
+    order = ("completed", "running", "queued", "cancelled", "failed")
+    words = {"completed": "done"}
+    counts = {s: [j for j in jobs if j.status == s] for s in order}
+    parts = []
+    for status in order:
+        if counts[status]:
+            part = f"{len(counts[status])} {words.get(status, status)}"
+            if status == "running" and len(counts[status]) == 1 and counts[status][0].total:
+                part += f" {counts[status][0].step}/{counts[status][0].total}"
+            parts.append(part)
+    if submitted > len(jobs):
+        parts.append(f"{submitted - len(jobs)} sent")
+    return f"{submitted} objects: " + ", ".join(parts)
 
 
 def status_text(job: JobView) -> tuple[str, bool]:

@@ -37,7 +37,7 @@ from .fields import (
 )
 from .job_spec import JOB_KINDS, MAX_PROMPT_CHARS, PartialJobSpec
 
-PROTOCOL_VERSION = "2.2"
+PROTOCOL_VERSION = "2.3"
 PROTOCOL_MAJOR = 2
 
 # Ids become folder names on the server: keep them to a safe alphabet.
@@ -167,6 +167,7 @@ class JobInfo:
     method: str = text("", max_len=16)
     snapshots: int = integer(0, lo=0)
     error: str = text("", max_len=2000)
+    waiting: str = text("", max_len=500)  # a queued job: why it has no worker yet ("" when it is not waiting)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -388,6 +388,36 @@ def test_edits_make_new_images_and_files_and_revert_steps_back(addon, tmp_path, 
     assert not bpy.ops.asd.revert_texture.poll()
 
 
+def test_an_edit_of_several_objects_is_followed_and_cancelled_as_one(addon, tmp_path, asd_home):
+    """With several objects selected the panel followed only the last one's job (and Cancel stopped only it)."""
+    connection = addon
+    prefs = bpy.context.preferences.addons[ADDON].preferences
+    prefs.output_dir = str(tmp_path / "textures")
+    first, _, _ = _textured_sphere("Left")
+    second, _, _ = _textured_sphere("Right")
+    for o in bpy.context.view_layer.objects:
+        o.select_set(o in (first, second))
+    props = bpy.context.scene.asd
+    with running_server(tmp_path / "results", free_port()) as server:
+        prefs.address = server.address
+        connect(connection)
+        props.edit_prompt, props.edit_steps = "weathered bronze", 400
+        assert bpy.ops.asd.edit_texture() == {"FINISHED"}
+        tick_until(connection, lambda: len(connection.batch_jobs()) == 2
+                   and any(j.status == "running" for j in connection.batch_jobs()))
+        assert props.progress_text.startswith("2 objects: ") and props.status == props.progress_text
+        assert bpy.ops.asd.cancel() == {"FINISHED"}  # both, not only the last
+        tick_until(connection, lambda: all(j.finished for j in connection.batch_jobs()), timeout=60)
+        assert sorted(j.status for j in connection.batch_jobs()) == ["cancelled", "cancelled"]
+        props.edit_steps = 3
+        assert bpy.ops.asd.edit_texture() == {"FINISHED"}
+        tick_until(connection, lambda: len(connection.batch_jobs()) == 2
+                   and all(j.finished for j in connection.batch_jobs()))
+        connection.tick()
+        assert props.progress_text == "2 objects: 2 done" and props.progress == 1.0, props.progress_text
+        assert len(texture_edit_history(first)) == 1 and len(texture_edit_history(second)) == 1
+
+
 def texture_edit_history(obj):
     from asd_studio import texture_edit
 

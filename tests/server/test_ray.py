@@ -176,3 +176,34 @@ def test_a_local_ray_instance_on_a_machine_without_gpus_uses_its_cpus(tmp_path, 
         job = submit(client, "a cup on a cpu-only ray", steps=4)
         assert follow(client, job, timeout=240)[-1][1].status == "completed"
         assert events(server, "ray_local_cpu")
+
+
+def test_a_cluster_that_cannot_place_a_worker_says_why_the_job_waits(tmp_path):
+    """On a cluster without the GPU the workers ask for, a queued job waited without a word: the pool now
+    names the reason, which the front end sends to the job's followers and shows in list_jobs."""
+    import ray
+    import zmq
+
+    from asd_backend.server.ray_pool import RayWorkerPool
+
+    # A real one-node cluster with CPUs only, joined as a cluster is (not the server's private instance,
+    # which would run its workers on the CPU instead).
+    ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False,
+             _node_ip_address="127.0.0.1", namespace="asd-tests")
+    ctx = zmq.Context()
+    pool = RayWorkerPool(ctx, tmp_path, address="auto", min_workers=0, max_workers=1, resource="GPU")
+    try:
+        pool.start()
+        assert pool.wait_reason() == "asking the Ray cluster for a worker"
+        pool.scale(1)  # a job waits: an actor asking for one GPU, which this cluster cannot place
+        deadline = time.monotonic() + 60
+        while "has no GPU" not in pool.wait_reason() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert pool.wait_reason() == ("the Ray cluster has no GPU (yet): the job waits for a node with one (an "
+                                      "autoscaler may add one); for CPU workers start the server with "
+                                      "--ray-resource CPU")
+        assert pool.capacity == (0.0, 0.0)
+    finally:
+        pool.stop()
+        ray.shutdown()
+        ctx.destroy(linger=0)

@@ -146,10 +146,19 @@ def test_cancel_a_running_job(server):
     assert (server.results / job / "checkpoint.pt").is_file()
 
 
-def test_cancel_a_queued_job(server):
+def test_a_queued_job_says_why_it_waits_and_can_be_cancelled(server):
+    """A queued job's followers hear why it has no worker (a log), and list_jobs shows the same words."""
     with server.client() as client:
         running = submit(client, steps=400)
+        client.wait_for(lambda m: m.job_id == running and isinstance(m, Progress) and m.phase != "starting",
+                        timeout=120)
         queued = submit(client, "waiting")
+        told = client.wait_for(lambda m: m.job_id == queued and isinstance(m, Log), timeout=10)
+        assert told.text == "queued (position 1): every worker is busy (1 of 1): it starts when one finishes"
+        request = client.list_jobs()
+        listing = client.wait_for(lambda m: m.parent_id == request and isinstance(m, Jobs), timeout=10)
+        waiting = {j.job_id: j.waiting for j in listing.jobs}
+        assert waiting[queued] == told.text and waiting[running] == ""
         client.cancel(queued)
         done = client.wait_for(lambda m: m.job_id == queued and isinstance(m, Done), timeout=30)
         assert done.status == "cancelled"

@@ -268,6 +268,7 @@ class Server:
             self._resend_progress(now)
             self._end_revoked_peers()
             self._save_unsaved()
+            self._explain_waits()
         if now - self._last_heartbeat > self.config.heartbeat_interval:
             self._last_heartbeat = now
             self.delivery.heartbeat(now, lambda job_id: self.table.jobs.get(job_id) is not None
@@ -600,7 +601,7 @@ class Server:
             job = self.table.next_queued()
             if job is None:
                 return
-            job.status, job.started_at, job.error = "running", time.time(), ""
+            job.status, job.started_at, job.error, job.waiting = "running", time.time(), "", ""
             job.touch()
             self._save(job)
             event("job_started", job=job.job_id, worker=worker.index, resume=job.resume)
@@ -663,6 +664,20 @@ class Server:
             self._publish(job, encode(Error(job_id=job_id, code=codes.WORKER_CRASHED, message=job.error,
                                             hint=self.resume_hint(job) or "submit it again once the cluster is back")))
             self._finish(job, Done(job_id=job_id, status="failed"))
+
+    def _explain_waits(self) -> None:
+        """Each queued job says why it has no worker (list_jobs' `waiting`); its followers hear it as a log
+        when the words change: every worker busy, a cluster without the GPU the workers ask for, a lost head."""
+        if not self.table.queue:
+            return
+        reason = self.pool.wait_reason()
+        for position, job_id in enumerate(self.table.queue, start=1):
+            job = self.table.jobs[job_id]
+            waiting = f"queued (position {position}): {reason}" if reason else ""
+            if waiting and waiting != job.waiting:
+                event("job_waiting", job=job_id, reason=reason, position=position)
+                self._publish(job, encode(Log(job_id=job_id, level="info", text=waiting[:4000])))
+            job.waiting = waiting
 
     def _publish(self, job: Job, frames: list, latest: str | None = None) -> None:
         self.delivery.publish(job.job_id, frames, latest)

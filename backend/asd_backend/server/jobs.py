@@ -48,6 +48,7 @@ class Job:
     resume: bool = False  # continue from the job's checkpoint when it runs
     attempts: int = 0  # times its (cluster) worker was lost under it
     seconds: float = 0.0
+    waiting: str = ""  # a queued job: why no worker has taken it (this server run only; not in the record)
 
     def touch(self) -> None:
         self.updated = utc_now()
@@ -56,11 +57,13 @@ class Job:
         return JobInfo(job_id=self.job_id, kind=self.kind, prompt=self.prompt, status=self.status,
                        created=self.created, updated=self.updated, step=self.step, total=self.total,
                        queue_position=queue_position, method=str(self.spec.get("guidance", {}).get("method", "")),
-                       snapshots=self.snapshots, error=self.error[:2000])
+                       snapshots=self.snapshots, error=self.error[:2000],
+                       waiting=self.waiting[:500] if self.status == "queued" else "")
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data.pop("started_at")
+        data.pop("waiting")
         return data
 
     @classmethod

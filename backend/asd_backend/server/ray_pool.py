@@ -96,6 +96,9 @@ class RayWorkerPool(Pool):
         self._next_index = 0
         self._actor_class = None
         self.cluster_error: str | None = None  # set while the cluster cannot be reached
+        # (total, free) of `resource` in the cluster, read by the head watch's thread: a call to a lost head
+        # would block the front end's loop, so it never asks Ray itself.
+        self.capacity: tuple[float, float] | None = None
         self._stopped = threading.Event()
 
     # -- life cycle --------------------------------------------------------------------------------
@@ -140,6 +143,8 @@ class RayWorkerPool(Pool):
         try:
             self.ray.nodes()
             answered.set()
+            self.capacity = (float(self.ray.cluster_resources().get(self.resource, 0.0)),
+                             float(self.ray.available_resources().get(self.resource, 0.0)))
         except Exception:  # unreachable: the event stays unset
             pass
 
@@ -233,6 +238,31 @@ class RayWorkerPool(Pool):
                 del self.workers[handle.identity]
                 self._retire(handle)
                 log.info(json.dumps({"event": "ray_actor_stopped", "worker": handle.index, "reason": "idle"}))
+
+    def wait_reason(self) -> str:
+        """Why a queued job has no actor now: the cluster lost, every actor busy at --max-workers, or actors
+        asked for that the cluster cannot place (no such resource, or all of it in use)."""
+        if self.cluster_error is not None:
+            return self.cluster_error
+        if self.idle() is not None:
+            return ""
+        live = [w for w in self.workers.values() if w.dead is None]
+        busy = sum(1 for w in live if w.job_id is not None)
+        starting = len(live) - busy
+        if not starting:
+            if len(live) >= self.max_workers:
+                return (f"every Ray worker is busy ({busy} of --max-workers {self.max_workers}): it starts when "
+                        "one finishes")
+            return "asking the Ray cluster for a worker"
+        total, free = self.capacity if self.capacity is not None else (None, None)
+        if total is not None and total < 1:
+            hint = "; for CPU workers start the server with --ray-resource CPU" if self.resource == "GPU" else ""
+            return (f"the Ray cluster has no {self.resource} (yet): the job waits for a node with one (an "
+                    f"autoscaler may add one){hint}")
+        if free is not None and free < 1:
+            return (f"every {self.resource} of the Ray cluster is in use ({total - free:g} of {total:g}): the job "
+                    "waits for one to be free")
+        return f"the Ray cluster is starting {starting} worker{'s' if starting != 1 else ''}"
 
     # -- one actor's bridge ------------------------------------------------------------------------
 

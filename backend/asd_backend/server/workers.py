@@ -43,6 +43,10 @@ class WorkerHandle:
         return f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'} {'is' if n == 1 else 'are'}"
+
+
 class Pool:
     """What the front end needs of a worker pool, whatever runs the workers: `socket` (a ROUTER its loop
     polls; each worker a routing id on it), `workers` (identity → handle with `ready`, `job_id`, `idle`,
@@ -83,6 +87,18 @@ class Pool:
 
     def scale(self, queued: int) -> None:
         """Follow the queue's length (a fixed pool does nothing)."""
+
+    def wait_reason(self) -> str:
+        """Why a queued job has no worker now, in the words its followers read ("" when one is free)."""
+        if self.cluster_error is not None:
+            return self.cluster_error
+        if self.idle() is not None:
+            return ""
+        starting = sum(1 for w in self.workers.values() if not w.ready and w.job_id is None)
+        busy = sum(1 for w in self.workers.values() if w.job_id is not None)
+        if starting:
+            return f"{_count(starting, 'worker')} starting" + (f", {busy} busy" if busy else "")
+        return f"every worker is busy ({busy} of {len(self.workers)}): it starts when one finishes"
 
     def stop(self) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
