@@ -15,6 +15,7 @@ import time
 import pytest
 import zmq
 
+from asd_backend.bench.serve import fill_filesystem
 from asd_backend.loopback import free_port
 from asd_backend.server import auth
 from asd_protocol import Accepted, Cancel, Done, Error, Jobs, ListJobs, Progress, Resume, Welcome, encode
@@ -234,10 +235,16 @@ def test_a_cancelled_job_resumes_from_its_checkpoint_with_asd_submit_resume(tmp_
 
 def test_a_short_soak_ends_with_every_job_finished_and_the_server_never_restarted(asd_home):
     """`asd bench serve --scenario soak`, briefly: random jobs, fuzz, poisoned spec keys, a slow reader,
-    routing ids that come and go, and worker kills."""
+    routing ids that come and go, worker kills and moments of a full disk (where a tmpfs can be mounted)."""
     from asd_backend.bench import soak
+    from asd_backend.errors import UsageError
 
-    report = soak.run(seconds=20, seed=1, kill_every=8, drain_timeout=240)
+    try:
+        report = soak.run(seconds=20, seed=1, kill_every=8, drain_timeout=240, full_disk_every=6)
+    except UsageError:  # not root: no filesystem of its own to fill; the rest of the mix still runs
+        report = soak.run(seconds=20, seed=1, kill_every=8, drain_timeout=240)
+    else:
+        assert report["full_disk_moments"] >= 2
     assert report["accepted"] > 0 and report["fuzz_replies"] > 0 and report["worker_kills"] >= 1
     assert report["poisoned_specs"] > 0 and report["routing_ids"] > 0
     assert report["unfinished"] == 0 and sum(report["jobs_by_status"].values()) >= report["accepted"]
@@ -269,24 +276,15 @@ def test_edit_work_is_bounded_by_views_times_pixels():
 @contextlib.contextmanager
 def small_filesystem(path, mib: int):
     """A real tmpfs of `mib` MiB at `path` (root can mount one here; elsewhere the test is skipped)."""
-    path.mkdir(parents=True, exist_ok=True)
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={mib}m,mode=0700", "tmpfs", str(path)],
-                             capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip()}")
-    try:
+    from asd_backend.bench.serve import small_filesystem as mounted
+    from asd_backend.errors import UsageError
+
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(mounted(path, mib))
+        except UsageError as exc:
+            pytest.skip(str(exc))
         yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], capture_output=True)
-
-
-def fill(path, leave_bytes: int = 0):
-    """Fill the filesystem at `path` to within `leave_bytes` of full; returns the filler file."""
-    filler = path / ".filler"
-    free = os.statvfs(path).f_bavail * os.statvfs(path).f_frsize
-    with open(filler, "ab") as handle:
-        handle.write(b"\0" * max(0, free - leave_bytes))
-    return filler
 
 
 def test_a_full_disk_refuses_the_submit_fails_the_checkpoint_clearly_and_the_server_keeps_serving(tmp_path, asd_home):
@@ -295,7 +293,7 @@ def test_a_full_disk_refuses_the_submit_fails_the_checkpoint_clearly_and_the_ser
     with small_filesystem(tmp_path / "disk", 48) as disk:
         results = disk / "results"
         with running_server(results, free_port()) as server, server.client() as client:
-            filler = fill(disk)
+            filler = fill_filesystem(disk)
             refused = try_submit(client, "a teapot", steps=2)
             assert isinstance(refused, Error) and refused.code == "disk_full", refused
             assert "disk is full" in refused.message and server.process.poll() is None
@@ -304,7 +302,7 @@ def test_a_full_disk_refuses_the_submit_fails_the_checkpoint_clearly_and_the_ser
             job = try_submit(client, "a teapot", steps=12)
             assert isinstance(job, Accepted), job
             client.wait_for(lambda m: m.job_id == job.job_id and isinstance(m, Progress) and m.step >= 1, timeout=120)
-            fill(disk, leave_bytes=16 << 10)  # room for records, not for a checkpoint
+            fill_filesystem(disk, leave_bytes=16 << 10)  # room for records, not for a checkpoint
             got = []
             client.wait_for(lambda m: m.job_id == job.job_id and isinstance(m, Done), timeout=120,
                             on_message=got.append)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import signal
 import statistics
 import subprocess
@@ -71,6 +72,7 @@ class BenchServer:
     process: subprocess.Popen
     address: str
     log: Path
+    results: Path
 
     def log_text(self) -> str:
         return self.log.read_text()
@@ -78,11 +80,15 @@ class BenchServer:
 
 @contextlib.contextmanager
 def serving(*extra: str, prepare: Callable[[Path], None] | None = None,
-            wait: bool = True) -> Iterator[BenchServer]:
+            wait: bool = True, disk_mib: int = 0) -> Iterator[BenchServer]:
     """An `asd serve` subprocess on a free loopback port (tiny teacher, CPU, `extra` flags) over a fresh
-    results folder (`prepare(results)` fills it first), stopped when the block ends."""
-    with tempfile.TemporaryDirectory(prefix="asd-bench-") as tmp:
+    results folder (`prepare(results)` fills it first), stopped when the block ends. `disk_mib`: the results
+    folder is a filesystem of its own of that size (a tmpfs; root only, else UsageError), so a benchmark
+    can fill it without touching any other disk."""
+    with tempfile.TemporaryDirectory(prefix="asd-bench-") as tmp, contextlib.ExitStack() as mounts:
         folder = Path(tmp)
+        if disk_mib:
+            mounts.enter_context(small_filesystem(folder / "results", disk_mib))
         if prepare is not None:
             prepare(folder / "results")
         address = f"tcp://127.0.0.1:{free_port()}"
@@ -91,7 +97,7 @@ def serving(*extra: str, prepare: Callable[[Path], None] | None = None,
             process = subprocess.Popen([sys.executable, "-m", "asd_backend.cli", "serve", "--bind", address,
                                         "--results", str(folder / "results"), "--teacher", "tiny", "--device",
                                         "cpu", *extra], stdout=handle, stderr=subprocess.STDOUT)
-        server = BenchServer(process, address, log)
+        server = BenchServer(process, address, log, folder / "results")
         try:
             if wait:
                 deadline = time.monotonic() + 120
@@ -102,6 +108,31 @@ def serving(*extra: str, prepare: Callable[[Path], None] | None = None,
             yield server
         finally:
             stop(process)
+
+
+@contextlib.contextmanager
+def small_filesystem(path: Path, mib: int) -> Iterator[Path]:
+    """A tmpfs of `mib` MiB mounted at `path` for the block (root only: UsageError elsewhere)."""
+    path.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={mib}m,mode=0700", "tmpfs", str(path)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        why = mounted.stderr.strip() or "mount failed"
+        raise UsageError(f"cannot mount a {mib} MiB tmpfs for the results ({why}): full-disk moments need root; "
+                         "leave them out (--full-disk-every 0)")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def fill_filesystem(path: Path, leave_bytes: int = 0) -> Path:
+    """Fill the filesystem holding `path` to within `leave_bytes` of full; returns the filler file."""
+    filler = path / ".filler"
+    stat = os.statvfs(path)
+    with open(filler, "ab") as handle:
+        handle.write(b"\0" * max(0, stat.f_bavail * stat.f_frsize - leave_bytes))
+    return filler
 
 
 def stop(server: subprocess.Popen) -> None:
@@ -325,6 +356,9 @@ class ServeBenchConfig:
     """slow-reader: also run with the backlog cap off."""
     soak_seconds: float = 180.0
     """soak: how long."""
+    full_disk_every: float = 30.0
+    """soak: fill the results folder (a 256 MiB tmpfs of its own; root only) to the last byte for 2 s every
+    this many seconds (0: never)."""
     ray: str | None = None
     """local: the same as --scenario ray."""
     seed: int = 0
@@ -361,7 +395,7 @@ def _command(args: Any) -> int:
         elif scenario == "soak":
             from . import soak
 
-            _print_json(soak.run(seconds=cfg.soak_seconds, seed=cfg.seed))
+            _print_json(soak.run(seconds=cfg.soak_seconds, seed=cfg.seed, full_disk_every=cfg.full_disk_every))
         else:
             raise UsageError(f"--scenario {scenario!r}: choose from latency, cancel, slow-reader, soak, ray")
     return 0

@@ -3,7 +3,8 @@
 Three artists submit random valid jobs (generate, image and texture-edit jobs, tiny teacher) and
 cancel, resume, attach and list at random; a fuzzer sends random and mutated frames, and specs whose
 keys hold control characters or lone surrogates; a slow reader asks for job lists and never reads,
-and so do fresh routing ids that come and go; the worker is killed every `kill_every` seconds. Then the
+and so do fresh routing ids that come and go; the worker is killed every `kill_every` seconds and the
+results folder's disk is full for 2 s every `full_disk_every` seconds. Then the
 artists stop and the queue drains. The report: jobs by final status (every job must end completed,
 cancelled or failed), error replies, server-side request failures, worker kills, server restarts
 (must be zero) and the front end's resident memory over time (flat, with the backlog cap).
@@ -26,7 +27,7 @@ from asd_protocol import Accepted, Error, Jobs, ListJobs, Submit, encode
 from asd_protocol.client import AsdClient
 from asd_protocol.job_spec import partial_from_options
 
-from .serve import memory_mib, serving
+from .serve import fill_filesystem, memory_mib, serving
 
 FINISHED = ("completed", "cancelled", "failed")
 
@@ -84,15 +85,19 @@ def _events(log: Path, name: str) -> int:
 
 
 def run(seconds: float = 180.0, seed: int = 0, kill_every: float = 45.0,
-        drain_timeout: float = 300.0) -> dict[str, Any]:
+        drain_timeout: float = 300.0, full_disk_every: float = 0.0) -> dict[str, Any]:
+    """`full_disk_every` > 0: the results folder is a 256 MiB filesystem of its own (root only), filled to
+    the last byte for 2 s every that many seconds."""
     import zmq
 
     rng = random.Random(seed)
-    with serving("--max-pending-replies", "200", "--max-queued-per-user", "6") as bench:
+    with serving("--max-pending-replies", "200", "--max-queued-per-user", "6",
+                 disk_mib=256 if full_disk_every > 0 else 0) as bench:
         server, address, log = bench.process, bench.address, bench.log
         counts = {"submitted": 0, "accepted": 0, "refused": 0, "cancels": 0, "resumes": 0, "attaches": 0,
                   "lists": 0, "fuzz_frames": 0, "fuzz_replies": 0, "slow_requests": 0, "worker_kills": 0,
-                  "poisoned_specs": 0, "routing_ids": 0}
+                  "poisoned_specs": 0, "routing_ids": 0, "full_disk_moments": 0}
+        filler, last_fill = None, time.monotonic()
         passers: list = []  # fresh routing ids that ask for a list and never read
         memory: list[float] = []
         artists: list[AsdClient] = []
@@ -173,10 +178,18 @@ def run(seconds: float = 180.0, seed: int = 0, kill_every: float = 45.0,
                             counts["worker_kills"] += 1
                         except ProcessLookupError:
                             pass
+                if full_disk_every > 0 and filler is None and now - last_fill > full_disk_every:
+                    filler, last_fill = fill_filesystem(bench.results), now  # not a byte left for anything
+                    counts["full_disk_moments"] += 1
+                elif filler is not None and now - last_fill > 2.0:
+                    filler.unlink()
+                    filler, last_fill = None, now
                 if now - last_sample > 1.0:
                     last_sample = now
                     memory.append(memory_mib(server.pid)["rss"])
                 time.sleep(0.02)
+            if filler is not None:
+                filler.unlink()
             # Drain: nobody submits any more; every job must end.
             lister = artists[0]
             deadline = time.monotonic() + drain_timeout
