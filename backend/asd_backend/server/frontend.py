@@ -49,6 +49,7 @@ from asd_protocol import (
 )
 from asd_protocol import errors as codes
 from asd_protocol.client import is_loopback
+from asd_protocol.fields import clean_text
 from asd_protocol.job_spec import DEFAULT_TEACHER, METHODS, JobSpec, merge
 from asd_protocol.messages import now_iso
 
@@ -315,10 +316,11 @@ class Server:
         except Exception as exc:  # a server never dies of one request
             log.exception("request failed")
             event("request_failed", client=peer.user, msg_type=msg.msg_type, job=msg.job_id, error=str(exc))
-            self.delivery.send(peer, Error(code=codes.SERVER_ERROR, message=f"the server could not handle this "
-                                   f"{msg.msg_type}: {type(exc).__name__}: {exc}"[:4000],
-                                   hint="see the server log; the server is still running", parent_id=msg.msg_id,
-                                   job_id=msg.job_id), reliable=True)
+            # Cleaned as the worker cleans a failure: an exception's text may hold newlines, and the reply must encode.
+            text = clean_text(f"the server could not handle this {msg.msg_type}: {type(exc).__name__}: {exc}")[:4000]
+            self.delivery.send(peer, Error(code=codes.SERVER_ERROR, message=text, hint="see the server log; the "
+                                           "server is still running", parent_id=msg.msg_id, job_id=msg.job_id),
+                               reliable=True)
 
     def _refuse(self, identity: bytes, key: str) -> None:
         """A key no longer allowed: forget its peer (its subscriptions and backlog) and tell it, at most
