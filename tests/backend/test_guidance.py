@@ -320,6 +320,7 @@ def test_eps_phi_diagnostics_start_at_the_teacher_and_move_when_it_learns(tiny_t
     first = guidance.generator_loss(z, c, camera, generator=generator).metrics()
     assert first["phi_noise_error_ratio"] == pytest.approx(1.0, abs=1e-5) and first["phi_teacher_distance"] < 1e-5
     assert first["phi_objective_ratio"] == pytest.approx(1.0, abs=1e-5)
+    assert first["phi_optimum_gap"] == pytest.approx(1.0, abs=1e-4)  # the whole way to its optimum still to go
     assert first["cfg_term_rms"] > 1e-4  # (s−1)(ε_c − ε_u), the term the three methods share; none at CFG 1
     guided = guidance.config
     guidance.config = dataclasses.replace(guided, cfg=1.0)
@@ -333,5 +334,6 @@ def test_eps_phi_diagnostics_start_at_the_teacher_and_move_when_it_learns(tiny_t
     ratios = [guidance.generator_loss(z, c, camera, generator=generator).metrics() for _ in range(8)]
     assert min(m["phi_teacher_distance"] for m in ratios) > 1e-3
     assert sum(m["phi_objective_ratio"] for m in ratios) / 8 < 1.0  # its own objective improved
+    assert sum(m["phi_optimum_gap"] for m in ratios) / 8 < 1.0  # and it is nearer its optimum
     if method == "vsd":  # γ = 0: its objective is the noise error
         assert all(m["phi_objective_ratio"] == pytest.approx(m["phi_noise_error_ratio"]) for m in ratios)

@@ -151,8 +151,8 @@ def trace_summary(trace: list[dict[str, float]]) -> dict[str, float]:
     """ε_φ's diagnostics (guidance/score_distillation.py) averaged over the last quarter of the steps."""
     tail = trace[len(trace) * 3 // 4:]
     out = {}
-    for key in ("phi_objective_ratio", "phi_noise_error_ratio", "phi_teacher_distance", "cfg_term_rms",
-                "loss_discriminator"):
+    for key in ("phi_objective_ratio", "phi_noise_error_ratio", "phi_teacher_distance", "phi_optimum_gap",
+                "cfg_term_rms", "loss_discriminator"):
         values = [m[key] for m in tail if key in m]
         if values:
             out[f"{key}_last_quarter"] = round(float(np.mean(values)), 4)

@@ -166,6 +166,9 @@ class GuidanceOutput:
             # - phi_noise_error_ratio: its error on the noise over the teacher's (VSD's objective; for ASD
             #   above 1 by design, its optimum overshoots the renders' score away from the teacher's);
             # - phi_teacher_distance: how far (RMS) it has moved from the teacher;
+            # - phi_optimum_gap: how far ε_φ still is from the minimiser of its objective on this render,
+            #   ε* = (ε + γ·ε_T)/(1 + γ) (a NeRF's render is a function of the camera ε_φ is given, so
+            #   E[ε | x_t, camera] = ε), over the teacher's distance from it: 1 at the start, 0 at the optimum;
             # - cfg_term_rms: the RMS of the CFG term ε̃ − ε_c = (s−1)(ε_c − ε_u) that SDS, VSD and ASD share:
             #   ε_φ can change the gradient only by as much as it moves against this.
             dims = tuple(range(1, self.noise.ndim))
@@ -178,6 +181,11 @@ class GuidanceOutput:
             metrics["phi_noise_error_ratio"] = float(phi_error.mean()) / start
             metrics["phi_teacher_distance"] = float(distance.mean()) ** 0.5
             metrics["cfg_term_rms"] = float((self.eps_teacher - self.eps_cond).pow(2).mean()) ** 0.5
+            g = expand_like(gamma, self.noise)
+            optimum = (self.noise + g * self.eps_cond) / (1 + g)
+            gap = (self.eps_reference - optimum).pow(2).mean(dims) / (self.eps_cond - optimum).pow(2).mean(
+                dims).clamp_min(1e-12)
+            metrics["phi_optimum_gap"] = float(gap.clamp_min(0).sqrt().mean())
         return metrics
 
 
