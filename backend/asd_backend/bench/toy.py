@@ -51,6 +51,7 @@ class ToyBenchConfig:
         "help": "ε_φ's learning rate (0: the product's default), to measure whether ε_φ keeps up"})
     discriminator_steps: int = dataclasses.field(default=0, metadata={
         "help": "ε_φ updates per step (0: the product's default)"})
+    lora_rank: int = dataclasses.field(default=0, metadata={"help": "ε_φ's LoRA rank (0: the product's default)"})
     preset: str = dataclasses.field(default="toy", metadata={"help": "the job preset the run starts from"})
     views: int = dataclasses.field(default=8, metadata={"help": "held-out views for the render scores and judge"})
     render_size: int = dataclasses.field(default=64, metadata={"help": "side of the held-out renders"})
@@ -144,6 +145,8 @@ def bench_spec(cfg: ToyBenchConfig):
         partial["guidance"]["discriminator_lr"] = cfg.discriminator_lr
     if cfg.discriminator_steps:
         partial["guidance"]["discriminator_steps"] = cfg.discriminator_steps
+    if cfg.lora_rank:
+        partial["guidance"]["lora_rank"] = cfg.lora_rank
     return resolve_spec(partial)
 
 
