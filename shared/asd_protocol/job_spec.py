@@ -115,6 +115,17 @@ class NerfSpec:
     background: str = choice(("environment", "white"), "environment",
                              doc="environment (learned, random-colour augmentation) | white (fixed)")
     radius: float = number(1.0, lo=0.1, hi=10.0, doc="radius of the bounded scene")
+    density_blob_std: float = number(0.5, lo=0.05, hi=10.0,
+                                     doc="radius of the soft ball the density starts from (Magic3D's blob, "
+                                         "scene units): about the size of the object asked for")
+    shading: str = choice(("albedo", "lambertian"), "albedo",
+                          doc="albedo (colour as seen: the official ASD NeRF) | lambertian (albedo lit by the "
+                              "light below, so the geometry must make the shading)")
+    light_elevation: float = number(45.0, lo=-90.0, hi=90.0, doc="lambertian: degrees above the ground")
+    light_azimuth: float = number(30.0, lo=-360.0, hi=360.0,
+                                  doc="lambertian: degrees, as the cameras' (0 from the front, 90 from the right)")
+    ambient: float = number(0.35, lo=0.0, hi=1.0,
+                            doc="lambertian: the share of light every surface gets; the rest comes from the light")
 
 
 @dataclasses.dataclass

@@ -9,9 +9,24 @@ import math
 import pytest
 import torch
 
+from asd_backend.nerf.background import SolidBackground
 from asd_backend.nerf.cameras import orbit_cameras
+from asd_backend.nerf.field import FieldConfig, NerfField
+from asd_backend.nerf.renderer import VolumeRenderer
+from asd_backend.nerf.shading import Light
 from asd_backend.toy.render import render_objects
-from asd_backend.toy.world import COLOURS, SHAPES, WorldObject, all_objects, output_to_field, parse_prompt
+from asd_backend.toy.world import (
+    AMBIENT,
+    COLOURS,
+    LIGHT_DIRECTION,
+    SHAPES,
+    WorldObject,
+    all_objects,
+    light_angles,
+    output_to_field,
+    parse_prompt,
+)
+from asd_backend.train.presets import resolve_spec
 
 
 def inside(shape: str, *points) -> list[bool]:
@@ -156,3 +171,53 @@ def test_toy_sweep_plans_matched_and_equal_time_rows_and_tabulates_seeds():
     assert [(r.method, r.steps) for r in timed] == [("sds", 0), ("sds", 3500)]
     text = table(rows)
     assert "| a red mug | asd | 30 | 1200 | 2 | 19.00 ± 1.41 |" in text and "| 2/2 |" in text
+
+
+def ball_field(albedo: tuple[float, float, float]) -> NerfField:
+    """A real NerfField whose networks are silenced: density is the blob bias alone (a ball of radius
+    0.35, steep at its surface) and albedo one colour, so its answer is the world's sphere."""
+    field = NerfField(FieldConfig(density_blob_scale=300.0, density_blob_std=0.35))
+    with torch.no_grad():
+        for network in (field.density_network, field.feature_network):
+            network[-1].weight.zero_()
+            network[-1].bias.zero_()
+        field.feature_network[-1].bias.copy_(torch.logit(torch.tensor(albedo)))
+    return field
+
+
+def test_a_lambertian_nerf_is_lit_as_the_world_is():
+    """The toy preset's shading: the NeRF lit by the world's light (nerf/shading.py) renders the world's
+    sphere as the world's renderer does; unlit (the official NeRF) it is one flat colour."""
+    sphere = WorldObject("sphere", "red")
+    field = ball_field(tuple(c / 255 for c in COLOURS["red"]))
+    cameras = orbit_cameras(torch.tensor([10.0, 30.0, 0.0]), torch.tensor([0.0, 100.0, -150.0]),
+                            torch.tensor([1.3, 1.2, 1.4]), torch.tensor([50.0, 55.0, 45.0]))
+    exact = render_objects([sphere] * 3, cameras, 32)
+    white = torch.ones(3)
+    inner = exact.coverage[:, 0] > 0.99
+    elevation, azimuth = light_angles()
+    errors = {}
+    for name, light in (("lit", Light.from_angles(elevation, azimuth, AMBIENT)), ("albedo", None)):
+        renderer = VolumeRenderer(field, SolidBackground(), None, samples_per_ray=256, light=light)
+        with torch.no_grad():
+            rgb = renderer(cameras, 32, 32).rgb.permute(0, 3, 1, 2)
+        errors[name] = float((rgb - exact.over(white)).abs().permute(0, 2, 3, 1)[inner].mean())
+    assert errors["lit"] < 0.02 and errors["albedo"] > 4 * errors["lit"], errors  # measured: 0.015 and 0.094
+
+
+def test_normals_come_from_the_density_and_carry_its_gradient():
+    field = ball_field((0.5, 0.5, 0.5))
+    points = torch.tensor([[0.3, 0.0, 0.0], [0.0, -0.2, 0.2], [0.1, 0.1, -0.3]])
+    normals = field.normals(points)
+    assert torch.allclose(normals, torch.nn.functional.normalize(points, dim=-1), atol=1e-3)  # the ball's, outwards
+    normals[:, 0].sum().backward()  # a loss on shading reaches the density network
+    assert field.density_network[-1].weight.grad.abs().sum() > 0
+
+
+def test_the_toy_preset_lights_its_nerf_as_the_world_is_lit():
+    spec = resolve_spec({"kind": "generate", "prompt": "a red cube", "model": {"teacher": "toy"}})
+    assert spec.nerf.shading == "lambertian" and spec.nerf.ambient == AMBIENT
+    world = torch.nn.functional.normalize(output_to_field(torch.tensor(LIGHT_DIRECTION)), dim=0)
+    preset = Light.from_angles(spec.nerf.light_elevation, spec.nerf.light_azimuth, spec.nerf.ambient)
+    assert torch.allclose(torch.tensor(preset.direction), world, atol=1e-3)
+    assert resolve_spec({"kind": "generate", "prompt": "a teapot"}).nerf.shading == "albedo"  # SD: the official NeRF

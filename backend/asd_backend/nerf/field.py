@@ -2,7 +2,8 @@
 
 Density = softplus(MLP(hash(x)) + blob bias). Magic3D's blob bias, 10·(1 − |x|/0.5), starts the
 optimisation from a soft ball at the centre, so the first renders already show an object.
-Albedo is view-independent (sigmoid of a second MLP head): the official ASD NeRF has no shading.
+Albedo is view-independent (sigmoid of a second MLP head): the official ASD NeRF has no shading;
+`normals` (central differences of the density) let the renderer light it (nerf/shading.py).
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ class FieldConfig:
     """Width of the density and albedo MLPs (one hidden layer each, as the official config)."""
     density_blob_scale: float = 10.0
     density_blob_std: float = 0.5
+    normal_eps: float = 0.01
+    """Step of the central differences that give normals (about the finest grid cell of the CPU grid)."""
 
 
 def mlp(inputs: int, hidden: int, outputs: int) -> nn.Sequential:
@@ -65,6 +68,15 @@ class NerfField(nn.Module):
 
     def density(self, points: Float[Tensor, "N 3"]) -> Float[Tensor, " N"]:
         return self._density(points, self._encode(points))
+
+    def normals(self, points: Float[Tensor, "N 3"]) -> Float[Tensor, "N 3"]:
+        """Outward unit normals, −∇σ/|∇σ| by central differences of the density (six evaluations a point,
+        differentiable: a loss on shading reaches the density around each point)."""
+        eps = self.config.normal_eps
+        steps = torch.eye(3, device=points.device, dtype=points.dtype) * eps
+        probes = torch.cat([points[None] + steps[:, None], points[None] - steps[:, None]]).reshape(-1, 3)
+        sigma = self.density(probes).reshape(2, 3, -1)
+        return -F.normalize((sigma[0] - sigma[1]).T, dim=-1)
 
     def albedo(self, points: Float[Tensor, "N 3"]) -> Float[Tensor, "N 3"]:
         return torch.sigmoid(self.feature_network(self._encode(points)))

@@ -2,7 +2,8 @@
 
 Each ray is cut to where it crosses the sphere of the field's radius and sampled at S stratified
 depths. Samples in cells the occupancy grid marks empty get zero density without a field call;
-the others are evaluated in one batch. Colour = Σ wᵢ·albedoᵢ + (1 − Σ wᵢ)·background.
+the others are evaluated in one batch. Colour = Σ wᵢ·cᵢ + (1 − Σ wᵢ)·background, with cᵢ the albedo,
+or the albedo lit by a `Light` (nerf/shading.py; normals only where a sample's weight counts).
 """
 
 from __future__ import annotations
@@ -17,6 +18,11 @@ from ..interrupt import StopCheck, check
 from .cameras import CameraBatch, camera_rays
 from .field import NerfField
 from .occupancy import OccupancyGrid
+from .shading import Light, lit
+
+# Samples that weigh less than this in their pixel are lit by the ambient term alone: the normals'
+# six field evaluations go where they change the image.
+SHADED_WEIGHT = 1e-4
 
 
 @dataclasses.dataclass
@@ -43,7 +49,7 @@ def sphere_bounds(origins: Tensor, dirs: Tensor, radius: float) -> tuple[Tensor,
 
 class VolumeRenderer(nn.Module):
     def __init__(self, field: NerfField, background: nn.Module, occupancy: OccupancyGrid | None = None,
-                 samples_per_ray: int = 64) -> None:
+                 samples_per_ray: int = 64, light: Light | None = None) -> None:
         super().__init__()
         if samples_per_ray < 2:
             raise ValueError(f"samples_per_ray must be at least 2; got {samples_per_ray}")
@@ -51,6 +57,7 @@ class VolumeRenderer(nn.Module):
         self.background = background
         self.occupancy = occupancy
         self.samples_per_ray = samples_per_ray
+        self.light = light  # None: colour is albedo (the official ASD NeRF)
 
     @property
     def step_size(self) -> float:
@@ -109,7 +116,18 @@ class VolumeRenderer(nn.Module):
         transmittance = torch.cumprod(torch.cat([torch.ones_like(alpha[:, :1]), 1 - alpha + 1e-10], dim=1),
                                       dim=1)[:, :-1]
         weights = alpha * transmittance  # [R, S]
+        if self.light is not None:
+            albedo = self._lit(albedo, weights, flat)
         rgb = (weights[..., None] * albedo).sum(1)
         opacity = weights.sum(1)
         depth = (weights * t).sum(1)
         return rgb, opacity, depth, len(index)
+
+    def _lit(self, albedo: Tensor, weights: Tensor, points: Tensor) -> Tensor:
+        """Albedo [R, S, 3] lit by the light: normals where a sample weighs (the rest ambient only)."""
+        shade = torch.full(weights.shape, self.light.ambient, device=weights.device, dtype=weights.dtype).reshape(-1)
+        index = (weights.detach().reshape(-1) > SHADED_WEIGHT).nonzero().squeeze(-1)
+        if len(index):
+            normals = self.field.normals(points[index]).to(weights.dtype)
+            shade = shade.index_put((index,), self.light.shade(normals))
+        return lit(albedo.reshape(-1, 3), shade).reshape(albedo.shape)

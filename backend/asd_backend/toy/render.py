@@ -17,6 +17,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ..nerf.cameras import CameraBatch, camera_rays
+from ..nerf.shading import linear_to_srgb, srgb_to_linear
 from .world import AMBIENT, BOUNDING_RADIUS, DIFFUSE, LIGHT_DIRECTION, WorldObject, output_to_field
 
 HIT_EPSILON = 1e-3
@@ -38,15 +39,6 @@ def composite(colour: Tensor, coverage: Tensor, background: Tensor) -> Tensor:
     """Premultiplied colour over a solid background (one colour, or one per image)."""
     bg = background.reshape(-1, 3, 1, 1).to(colour)
     return colour + (1 - coverage) * bg
-
-
-def srgb_to_linear(c: Tensor) -> Tensor:
-    return torch.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
-
-
-def linear_to_srgb(c: Tensor) -> Tensor:
-    c = c.clamp(0, 1)
-    return torch.where(c <= 0.0031308, c * 12.92, 1.055 * c.clamp(min=1e-8) ** (1 / 2.4) - 0.055)
 
 
 def _trace(obj: WorldObject, origins: Tensor, dirs: Tensor) -> tuple[Tensor, Tensor]:

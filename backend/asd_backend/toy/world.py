@@ -9,6 +9,7 @@ output frame before asking the shape.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 
 import torch
@@ -24,6 +25,14 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 # ambient, so shading shows the form and stays put as the camera moves.
 LIGHT_DIRECTION = (0.45, -0.6, 0.66)  # towards the light
 AMBIENT, DIFFUSE = 0.35, 0.65
+
+
+def light_angles() -> tuple[float, float]:
+    """The world's light as (elevation, azimuth) in degrees, the cameras' convention (azimuth 0 from
+    the front, 90 from the right): what the toy preset's lambertian NeRF is lit by."""
+    x, y, z = LIGHT_DIRECTION  # output frame: front −Y, right +X
+    forward, right = -y, x
+    return math.degrees(math.atan2(z, math.hypot(forward, right))), math.degrees(math.atan2(right, forward))
 BOUNDING_RADIUS = 0.6  # every object lies inside this sphere
 
 

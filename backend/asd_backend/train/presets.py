@@ -13,10 +13,13 @@ from typing import Any
 from asd_protocol.job_spec import JobSpec, Preset, resolve
 
 from ..teachers.registry import default_preset
+from ..toy.world import AMBIENT, light_angles
 
 # A hash grid small enough for CPU tests and demos.
 CPU_GRID = {"n_levels": 8, "n_features_per_level": 2, "log2_hashmap_size": 14, "base_resolution": 16,
             "per_level_scale": 1.5}
+
+_LIGHT = light_angles()  # the toy world's light: its renders are lit by it
 
 PRESETS: dict[str, Preset] = {
     "smoke": Preset("seconds on a CPU: proves the pipeline runs (tests, offline demo)", {
@@ -28,7 +31,8 @@ PRESETS: dict[str, Preset] = {
     # The toy teacher's own preset: its native 32² renders, and what fits 10 minutes on 2 CPU cores.
     "toy": Preset("the toy teacher on a CPU: 32² renders, a real object in minutes", {
         "nerf": {"grid": CPU_GRID, "samples_per_ray": 64, "occupancy_resolution": 32, "occupancy_update_every": 8,
-                 "occupancy_warmup_steps": 64},
+                 "occupancy_warmup_steps": 64, "shading": "lambertian", "light_elevation": round(_LIGHT[0], 2),
+                 "light_azimuth": round(_LIGHT[1], 2), "ambient": AMBIENT},
         "schedule": {"steps": 1200, "resolution_schedule": [[0, 32]], "checkpoint_every": 200},
         "output": {"mesh_every": 200, "first_mesh_seconds": 20.0, "preview_mc_resolution": 64,
                    "preview_face_budget": 8000, "mc_resolution": 128, "preview_render": 128, "turntable_size": 128}}),

@@ -31,6 +31,7 @@ from ..nerf.cameras import CameraConfig, orbit_cameras, sample_cameras
 from ..nerf.field import FieldConfig, NerfField
 from ..nerf.occupancy import OccupancyGrid
 from ..nerf.renderer import VolumeRenderer
+from ..nerf.shading import Light
 from ..phase_timer import PhaseTimer, phases_of
 from ..teachers.base import Teacher
 
@@ -69,11 +70,14 @@ class Generator3D(torch.nn.Module):
             raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}; got {implementation!r}")
         self.implementation = implementation
         fast = implementation == "fast"
-        self.field = NerfField(FieldConfig(radius=nerf.radius, grid=nerf.grid), implementation)
+        self.field = NerfField(FieldConfig(radius=nerf.radius, grid=nerf.grid, density_blob_std=nerf.density_blob_std),
+                               implementation)
         self.background = EnvironmentBackground() if nerf.background == "environment" else SolidBackground()
         self.occupancy = OccupancyGrid(nerf.radius, nerf.occupancy_resolution, update_every=nerf.occupancy_update_every,
                                        warmup_steps=nerf.occupancy_warmup_steps, sphere_only=fast)
-        self.renderer = VolumeRenderer(self.field, self.background, self.occupancy, nerf.samples_per_ray)
+        light = (Light.from_angles(nerf.light_elevation, nerf.light_azimuth, nerf.ambient)
+                 if nerf.shading == "lambertian" else None)
+        self.renderer = VolumeRenderer(self.field, self.background, self.occupancy, nerf.samples_per_ray, light)
 
     def mesh(self, config: ExtractionConfig, threshold_fallback: bool = True, texture_size: int = 0,
              should_stop: StopCheck = None) -> Mesh:

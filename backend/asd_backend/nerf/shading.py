@@ -1,0 +1,55 @@
+"""Lambertian shading of the field's albedo under one directional light, and sRGB ↔ linear.
+
+Why: with `albedo` shading (the official ASD NeRF) a NeRF can paint the shading an image shows onto
+any surface, and a cube painted like a cube on a soft ball satisfies the teacher from every view.
+Lit by a light fixed in the world, the brightness of a face comes from its normal, so the geometry
+itself has to make the shading (DreamFusion's reason for shading its NeRF). Colours stay albedo:
+the mesh carries them and Blender lights it.
+
+Light and shading follow the toy world's renders (toy/render.py): sRGB albedo → linear,
+× (ambient + (1 − ambient)·max(0, n·l)), → sRGB.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+
+def srgb_to_linear(c: Tensor) -> Tensor:
+    return torch.where(c <= 0.04045, c / 12.92, ((c.clamp(min=0) + 0.055) / 1.055) ** 2.4)
+
+
+def linear_to_srgb(c: Tensor) -> Tensor:
+    c = c.clamp(0, 1)
+    return torch.where(c <= 0.0031308, c * 12.92, 1.055 * c.clamp(min=1e-8) ** (1 / 2.4) - 0.055)
+
+
+@dataclasses.dataclass(frozen=True)
+class Light:
+    """A directional light plus ambient, in the field's frame (front +X, Z up)."""
+
+    direction: tuple[float, float, float]
+    """Unit vector towards the light."""
+    ambient: float
+
+    @classmethod
+    def from_angles(cls, elevation_deg: float, azimuth_deg: float, ambient: float) -> Light:
+        """Angles as the cameras' (nerf/cameras.py): azimuth 0 from the front, 90 from the right
+        (seen from the front); elevation above the ground plane."""
+        e, a = math.radians(elevation_deg), math.radians(azimuth_deg)
+        return cls((math.cos(e) * math.cos(a), math.cos(e) * math.sin(a), math.sin(e)), ambient)
+
+    def shade(self, normals: Float[Tensor, "N 3"]) -> Float[Tensor, " N"]:
+        """Ambient + diffuse·max(0, n·l) for unit normals."""
+        light = normals.new_tensor(self.direction)
+        return self.ambient + (1 - self.ambient) * (normals @ light).clamp(min=0)
+
+
+def lit(albedo: Float[Tensor, "N 3"], shade: Float[Tensor, " N"]) -> Float[Tensor, "N 3"]:
+    """sRGB albedo lit by a shading factor, in linear light, back to sRGB."""
+    return linear_to_srgb(srgb_to_linear(albedo) * shade[..., None])
