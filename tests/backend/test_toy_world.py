@@ -210,6 +210,8 @@ def test_normals_come_from_the_density_and_carry_its_gradient():
     points = torch.tensor([[0.3, 0.0, 0.0], [0.0, -0.2, 0.2], [0.1, 0.1, -0.3]])
     normals = field.normals(points)
     assert torch.allclose(normals, torch.nn.functional.normalize(points, dim=-1), atol=1e-3)  # the ball's, outwards
+    ahead = field.normals(points, field.density(points))  # the renderer's: forward differences
+    assert torch.allclose(ahead, normals, atol=0.02)
     normals[:, 0].sum().backward()  # a loss on shading reaches the density network
     assert field.density_network[-1].weight.grad.abs().sum() > 0
 

@@ -117,17 +117,17 @@ class VolumeRenderer(nn.Module):
                                       dim=1)[:, :-1]
         weights = alpha * transmittance  # [R, S]
         if self.light is not None:
-            albedo = self._lit(albedo, weights, flat)
+            albedo = self._lit(albedo, weights, flat, sigma.reshape(-1))
         rgb = (weights[..., None] * albedo).sum(1)
         opacity = weights.sum(1)
         depth = (weights * t).sum(1)
         return rgb, opacity, depth, len(index)
 
-    def _lit(self, albedo: Tensor, weights: Tensor, points: Tensor) -> Tensor:
+    def _lit(self, albedo: Tensor, weights: Tensor, points: Tensor, sigma: Tensor) -> Tensor:
         """Albedo [R, S, 3] lit by the light: normals where a sample weighs (the rest ambient only)."""
         shade = torch.full(weights.shape, self.light.ambient, device=weights.device, dtype=weights.dtype).reshape(-1)
         index = (weights.detach().reshape(-1) > SHADED_WEIGHT).nonzero().squeeze(-1)
         if len(index):
-            normals = self.field.normals(points[index]).to(weights.dtype)
+            normals = self.field.normals(points[index], sigma[index]).to(weights.dtype)
             shade = shade.index_put((index,), self.light.shade(normals))
         return lit(albedo.reshape(-1, 3), shade).reshape(albedo.shape)
