@@ -104,6 +104,21 @@ class GridSpec:
 
 
 @dataclasses.dataclass
+class LightingSpec:
+    """Lighting of the renders the teacher sees (a NeRF's, an edited texture's)."""
+
+    shading: str = choice(("albedo", "lambertian"), "albedo",
+                          doc="albedo (colour as it is, unlit: the official ASD) | lambertian (lit by the light "
+                              "below, so shading follows the surface)")
+    light_elevation: float = number(45.0, lo=-90.0, hi=90.0, doc="lambertian: degrees above the ground")
+    light_azimuth: float = number(30.0, lo=-360.0, hi=360.0,
+                                  doc="lambertian: degrees around the object, as the cameras' (0 from its front, "
+                                      "90 from its right)")
+    ambient: float = number(0.35, lo=0.0, hi=1.0,
+                            doc="lambertian: the share of light every surface gets; the rest comes from the light")
+
+
+@dataclasses.dataclass
 class NerfSpec:
     """NeRF and renderer: the 3D generator."""
 
@@ -118,14 +133,7 @@ class NerfSpec:
     density_blob_std: float = number(0.5, lo=0.05, hi=10.0,
                                      doc="radius of the soft ball the density starts from (Magic3D's blob, "
                                          "scene units): about the size of the object asked for")
-    shading: str = choice(("albedo", "lambertian"), "albedo",
-                          doc="albedo (colour as seen: the official ASD NeRF) | lambertian (albedo lit by the "
-                              "light below, so the geometry must make the shading)")
-    light_elevation: float = number(45.0, lo=-90.0, hi=90.0, doc="lambertian: degrees above the ground")
-    light_azimuth: float = number(30.0, lo=-360.0, hi=360.0,
-                                  doc="lambertian: degrees, as the cameras' (0 from the front, 90 from the right)")
-    ambient: float = number(0.35, lo=0.0, hi=1.0,
-                            doc="lambertian: the share of light every surface gets; the rest comes from the light")
+    lighting: LightingSpec = _section(LightingSpec)
 
 
 @dataclasses.dataclass
@@ -203,6 +211,7 @@ class EditSpec:
     lr: float = number(0.01, lo=0.0, hi=10.0, doc="Adam learning rate of the texels")
     keep: float = number(0.0, lo=0.0, hi=1e6, doc="weight of ‖T − T_source‖² over the texture")
     every: int = integer(25, lo=0, hi=MAX_STEPS, doc="a texture preview every N steps (0: final only)")
+    lighting: LightingSpec = _section(LightingSpec)
 
     def source(self) -> str:
         return self.source_prompt.strip() or self.object_name.strip() or "an object"
@@ -431,7 +440,8 @@ def differences(a: JobSpec, b: JobSpec, ignore: tuple[str, ...] = ()) -> list[tu
 
 __all__ = ["DEFAULT_PRESET", "DEFAULT_TEACHER", "GAMMA_SCHEDULES", "JOB_KINDS", "KIND_SECTIONS", "METHODS",
            "RESUMABLE_CHANGES",
-           "SECTIONS", "SPEC_VERSION", "EditSpec", "GridSpec", "GuidanceSpec", "ImageSpec", "JobSpec", "ModelSpec",
+           "SECTIONS", "SPEC_VERSION", "EditSpec", "GridSpec", "GuidanceSpec", "ImageSpec", "JobSpec", "LightingSpec",
+           "ModelSpec",
            "NerfSpec", "OutputSpec", "PartialJobSpec", "Preset", "ScheduleSpec", "check_partial", "differences",
            "get_path", "leaves", "merge", "option_paths", "partial_from_options", "resolve", "set_path"]
 

@@ -166,3 +166,29 @@ def test_bench_edit_edits_a_world_object_with_the_toy_teacher_and_the_products_e
     assert report["spec"]["guidance"]["discriminator_steps"] == 1  # the product's default, not 16
     with pytest.raises(ValueError, match="two world objects of one shape"):
         EditBenchConfig(teacher="toy", world_edit="a red mug -> a blue cube")
+
+
+def test_a_lit_render_shades_by_the_surface_whatever_the_winding(sphere):
+    """With a light (the toy preset's edits), each pixel is the texture lit by its surface's normal, turned
+    towards the camera: a mesh with its faces wound the other way renders the same."""
+    from asd_backend.mesh.raycast import raycast
+    from asd_backend.nerf.shading import Light, lit
+
+    vertices, faces, uvs, raster = sphere
+    light = Light.from_angles(40.0, 30.0, 0.35)
+    texture = torch.full((1, 3, 16, 16), 0.8)
+    index = torch.arange(6)
+    shaded = raster.render(texture, index, light=light)
+    hits = raster.mask[index]
+    # The exact sphere's shading at each covered pixel: its normal is the hit point's direction.
+    points = raycast(raster.mesh.trimesh(), raster.cameras, 64, 64).points[: len(index)]
+    normals = torch.nn.functional.normalize(torch.from_numpy(points).float(), dim=-1)
+    expected = lit(torch.full((*normals.shape[:-1], 3), 0.8), light.shade(normals)).permute(0, 3, 1, 2)
+    error = (shaded - expected).abs().permute(0, 2, 3, 1)[hits]
+    seen = shaded.permute(0, 2, 3, 1)[hits]
+    assert float(error.mean()) < 0.02 and float(seen.max() - seen.min()) > 0.15  # shaded, not flat
+    unlit = raster.render(texture, index)
+    assert torch.allclose(unlit.permute(0, 2, 3, 1)[hits], torch.tensor(0.8))
+    flipped = UVRasterizer(NormalisedMesh.from_world(vertices, faces[:, ::-1].copy(), uvs[:, ::-1].copy()),
+                           raster.cameras, 64)
+    assert torch.allclose(flipped.render(texture, index, light=light), shaded, atol=1e-2)

@@ -184,9 +184,10 @@ def world_case(cfg: EditBenchConfig, side: int = 64):
 
     before, after = world_pair(cfg.world_edit)
     surface = exact_mesh(before.shape, 96)
-    vmapping, faces, uv = xatlas.parametrize(np.asarray(surface.vertices, np.float32),
-                                             np.asarray(surface.faces, np.uint32))
-    vertices = np.asarray(surface.vertices, np.float32)[vmapping]
+    x, y, z = np.asarray(surface.vertices, np.float32).T
+    blender = np.stack([y, -x, z], axis=1)  # to Blender's frame (front −Y), as the add-on sends a mesh
+    vmapping, faces, uv = xatlas.parametrize(blender, np.asarray(surface.faces, np.uint32))
+    vertices = blender[vmapping]
 
     def solid(colour: str) -> np.ndarray:
         from ..toy.world import COLOURS
@@ -257,7 +258,8 @@ def run(cfg: EditBenchConfig, device: str = "cpu") -> dict[str, Any]:
         guidance |= {k: getattr(cfg, k) for k in ("discriminator_lr", "discriminator_steps")
                      if getattr(cfg, k) is not None or k in keeping_up}
         guidance |= {k: v for k, v in keeping_up.items() if guidance.get(k) is None}
-    spec = resolve_spec({"kind": "edit_texture", "prompt": prompt, "seed": cfg.seed, "guidance": guidance,
+    model = {"model": {"teacher": "toy"}} if cfg.teacher == "toy" else {}  # its preset, as the product resolves it
+    spec = resolve_spec({"kind": "edit_texture", "prompt": prompt, "seed": cfg.seed, "guidance": guidance, **model,
                          "edit": {"source_prompt": source_prompt, "strength": 1.0, "steps": cfg.steps, "lr": cfg.lr,
                                   "views": cfg.views, "every": 0}})
     started = time.perf_counter()

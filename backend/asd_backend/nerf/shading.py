@@ -19,6 +19,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from asd_protocol.job_spec import LightingSpec
+
 
 def srgb_to_linear(c: Tensor) -> Tensor:
     return torch.where(c <= 0.04045, c / 12.92, ((c.clamp(min=0) + 0.055) / 1.055) ** 2.4)
@@ -43,6 +45,20 @@ class Light:
         (seen from the front); elevation above the ground plane."""
         e, a = math.radians(elevation_deg), math.radians(azimuth_deg)
         return cls((math.cos(e) * math.cos(a), math.cos(e) * math.sin(a), math.sin(e)), ambient)
+
+    @classmethod
+    def from_spec(cls, lighting: LightingSpec, frame: str = "field") -> Light | None:
+        """The spec's light, or None for albedo. `frame`: "field" (front +X: the NeRF's) or "blender"
+        (front −Y: the meshes an edit receives), so that azimuth 0 is the object's front in both."""
+        if lighting.shading == "albedo":
+            return None
+        light = cls.from_angles(lighting.light_elevation, lighting.light_azimuth, lighting.ambient)
+        if frame == "blender":
+            x, y, z = light.direction
+            light = cls((y, -x, z), light.ambient)  # mesh/export.to_blender_frame's rotation
+        elif frame != "field":
+            raise ValueError(f"frame must be 'field' or 'blender'; got {frame!r}")
+        return light
 
     def shade(self, normals: Float[Tensor, "N 3"]) -> Float[Tensor, " N"]:
         """Ambient + diffuse·max(0, n·l) for unit normals."""

@@ -31,6 +31,7 @@ from asd_protocol.job_spec import JobSpec
 from ..guidance.prompts import Conditioning
 from ..guidance.score_distillation import ScoreDistillation
 from ..job_events import JobEvents
+from ..nerf.shading import Light
 from ..teachers.base import Teacher
 from .raster import NormalisedMesh, UVRasterizer
 
@@ -80,6 +81,7 @@ def edit_texture(teacher: Teacher, vertices: np.ndarray, faces: np.ndarray, uvs:
         mesh = NormalisedMesh.from_world(vertices, faces, uvs)
         rasterizer = UVRasterizer.orbit(mesh, config.views, side, seed=spec.seed, device=device)
     source, alpha = to_tensor(texture, device)
+    light = Light.from_spec(config.lighting, frame="blender")  # meshes to edit come in Blender's frame
     texels = torch.nn.Parameter(source.clone())
     with edit_guidance(teacher, spec) as guidance:
         emb = teacher.embed_prompts([spec.prompt, spec.negative_prompt, config.source()])
@@ -97,13 +99,13 @@ def edit_texture(teacher: Teacher, vertices: np.ndarray, faces: np.ndarray, uvs:
         for step in range(1, config.steps + 1):
             index = torch.randint(len(rasterizer), (1,), generator=cpu)
             views = rasterizer.views(index)
-            z = teacher.encode_at_native(rasterizer.render(texels, index))
+            z = teacher.encode_at_native(rasterizer.render(texels, index, light=light))
             source_z = None
             if method == "dds":
                 key = int(index)
                 if key not in source_latents:
                     with torch.no_grad():
-                        source_latents[key] = teacher.encode_at_native(rasterizer.render(source, index))
+                        source_latents[key] = teacher.encode_at_native(rasterizer.render(source, index, light=light))
                 source_z = source_latents[key]
             extra = {"keep": config.keep * ((texels - source) ** 2).mean()} if config.keep else None
             metrics = guidance.step(optimizer, z, conditioning, views, step=step, generator=generator, source=source_z,

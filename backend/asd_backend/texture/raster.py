@@ -2,7 +2,8 @@
 
 The geometry of an edited object never changes, so for every view the per-pixel UV coordinates and
 coverage mask are computed once (trimesh/Embree ray casting, barycentric interpolation of the
-corner UVs). Rendering a texture into a view is then one differentiable `grid_sample`, on CPU or GPU.
+corner UVs). Rendering a texture into a view is then one differentiable `grid_sample`, on CPU or GPU,
+lit (nerf/shading.py) by the face normals found then, if the edit asks for a light.
 
 UV convention (Blender's, OpenGL's): u to the right, v up; texture arrays are rows top-down (as
 image files), so texel row = (1 − v)·H.
@@ -20,6 +21,7 @@ from torch import Tensor
 
 from ..mesh.raycast import barycentric, raycast
 from ..nerf.cameras import CameraBatch, orbit_cameras
+from ..nerf.shading import Light, lit
 
 
 @dataclasses.dataclass
@@ -74,6 +76,13 @@ class UVRasterizer:
         uv[hits.hit] = np.einsum("kc,kcd->kd", weights, mesh.uvs[face])
         self.uv = torch.from_numpy(uv).to(self.device)  # [V, H, W, 2]
         self.mask = torch.from_numpy(hits.hit).to(self.device)  # [V, H, W]
+        # Face normals turned towards the camera (a mesh's winding is not always consistent), for lit renders.
+        normals = np.zeros((len(cameras), resolution, resolution, 3), np.float32)
+        facing = np.asarray(mesh.trimesh().face_normals)[face]
+        seen_from = cameras.positions.double().cpu().numpy()[np.nonzero(hits.hit)[0]]
+        away = ((hits.points[hits.hit] - seen_from) * facing).sum(-1) > 0
+        normals[hits.hit] = np.where(away[:, None], -facing, facing)
+        self.normals = torch.from_numpy(normals).to(self.device, torch.float16)  # [V, H, W, 3]
 
     @classmethod
     def orbit(cls, mesh: NormalisedMesh, views: int, resolution: int, seed: int = 0,
@@ -93,13 +102,17 @@ class UVRasterizer:
         return ViewBatch(index=index, c2w=self.cameras.c2w[index.cpu()].to(self.device))
 
     def render(self, texture: Float[Tensor, "1 3 Ht Wt"], index: Tensor,
-               background: Float[Tensor, "B 3"] | float = 0.5) -> Float[Tensor, "B 3 H W"]:
-        """Texture seen from views `index`, over `background` where the object is not."""
+               background: Float[Tensor, "B 3"] | float = 0.5, light: Light | None = None) -> Float[Tensor, "B 3 H W"]:
+        """Texture seen from views `index`, over `background` where the object is not; lit by `light`
+        (in the mesh's frame) if given, else its colours as they are."""
         uv = self.uv[index]  # [B, H, W, 2]
         # grid_sample's (x, y) in [-1, 1] with y down: x = 2u − 1, y = 1 − 2v.
         grid = torch.stack([uv[..., 0] * 2 - 1, 1 - uv[..., 1] * 2], dim=-1)
         sampled = F.grid_sample(texture.expand(len(index), -1, -1, -1), grid, mode="bilinear",
                                 padding_mode="border", align_corners=False)
+        if light is not None:
+            shade = light.shade(self.normals[index].to(sampled.dtype))  # [B, H, W]
+            sampled = lit(sampled.permute(0, 2, 3, 1), shade).permute(0, 3, 1, 2)
         mask = self.mask[index][:, None].to(sampled.dtype)
         if not torch.is_tensor(background):
             background = torch.full((len(index), 3), float(background), device=sampled.device)

@@ -19,7 +19,9 @@ from ..toy.world import AMBIENT, light_angles
 CPU_GRID = {"n_levels": 8, "n_features_per_level": 2, "log2_hashmap_size": 14, "base_resolution": 16,
             "per_level_scale": 1.5}
 
-_LIGHT = light_angles()  # the toy world's light: its renders are lit by it
+# The toy world's light: its renders are lit by it, so the toy preset's NeRF and edits are too.
+TOY_LIGHTING = {"shading": "lambertian", "light_elevation": round(light_angles()[0], 2),
+                "light_azimuth": round(light_angles()[1], 2), "ambient": AMBIENT}
 
 PRESETS: dict[str, Preset] = {
     "smoke": Preset("seconds on a CPU: proves the pipeline runs (tests, offline demo)", {
@@ -31,11 +33,11 @@ PRESETS: dict[str, Preset] = {
     # The toy teacher's own preset: its native 32² renders, and what fits 10 minutes on 2 CPU cores.
     "toy": Preset("the toy teacher on a CPU: 32² renders, a real object in minutes", {
         "nerf": {"grid": CPU_GRID, "samples_per_ray": 64, "occupancy_resolution": 32, "occupancy_update_every": 8,
-                 "occupancy_warmup_steps": 64, "shading": "lambertian", "light_elevation": round(_LIGHT[0], 2),
-                 "light_azimuth": round(_LIGHT[1], 2), "ambient": AMBIENT},
+                 "occupancy_warmup_steps": 64, "lighting": TOY_LIGHTING},
         "schedule": {"steps": 1200, "resolution_schedule": [[0, 32]], "checkpoint_every": 200},
         "output": {"mesh_every": 200, "first_mesh_seconds": 20.0, "preview_mc_resolution": 64,
-                   "preview_face_budget": 8000, "mc_resolution": 128, "preview_render": 128, "turntable_size": 128}}),
+                   "preview_face_budget": 8000, "mc_resolution": 128, "preview_render": 128, "turntable_size": 128},
+        "edit": {"lighting": TOY_LIGHTING}}),
     "preview": Preset("a quick look on a GPU (goal: under 3 minutes)"),
     "standard": Preset("good results on a GPU in about half an hour (fits in 16 GB)", {
         "nerf": {"samples_per_ray": 128},

@@ -75,9 +75,8 @@ class Generator3D(torch.nn.Module):
         self.background = EnvironmentBackground() if nerf.background == "environment" else SolidBackground()
         self.occupancy = OccupancyGrid(nerf.radius, nerf.occupancy_resolution, update_every=nerf.occupancy_update_every,
                                        warmup_steps=nerf.occupancy_warmup_steps, sphere_only=fast)
-        light = (Light.from_angles(nerf.light_elevation, nerf.light_azimuth, nerf.ambient)
-                 if nerf.shading == "lambertian" else None)
-        self.renderer = VolumeRenderer(self.field, self.background, self.occupancy, nerf.samples_per_ray, light)
+        self.renderer = VolumeRenderer(self.field, self.background, self.occupancy, nerf.samples_per_ray,
+                                       Light.from_spec(nerf.lighting))
 
     def mesh(self, config: ExtractionConfig, threshold_fallback: bool = True, texture_size: int = 0,
              should_stop: StopCheck = None) -> Mesh:
