@@ -174,7 +174,8 @@ def test_a_lit_render_shades_by_the_surface_whatever_the_winding(sphere):
     from asd_backend.mesh.raycast import raycast
     from asd_backend.nerf.shading import Light, lit
 
-    vertices, faces, uvs, raster = sphere
+    vertices, faces, uvs, unlit_raster = sphere
+    raster = UVRasterizer(unlit_raster.mesh, unlit_raster.cameras, 64, normals=True)
     light = Light.from_angles(40.0, 30.0, 0.35)
     texture = torch.full((1, 3, 16, 16), 0.8)
     index = torch.arange(6)
@@ -189,6 +190,8 @@ def test_a_lit_render_shades_by_the_surface_whatever_the_winding(sphere):
     assert float(error.mean()) < 0.02 and float(seen.max() - seen.min()) > 0.15  # shaded, not flat
     unlit = raster.render(texture, index)
     assert torch.allclose(unlit.permute(0, 2, 3, 1)[hits], torch.tensor(0.8))
+    with pytest.raises(ValueError, match="normals=True"):
+        unlit_raster.render(texture, index, light=light)  # built without normals: says how to get them
     flipped = UVRasterizer(NormalisedMesh.from_world(vertices, faces[:, ::-1].copy(), uvs[:, ::-1].copy()),
-                           raster.cameras, 64)
+                           raster.cameras, 64, normals=True)
     assert torch.allclose(flipped.render(texture, index, light=light), shaded, atol=1e-2)

@@ -237,7 +237,7 @@ def run(cfg: EditBenchConfig, device: str = "cpu") -> dict[str, Any]:
         teacher = load_teacher("toy", device)
         resolution = teacher.native_resolution
         raster = UVRasterizer.orbit(NormalisedMesh.from_world(vertices, faces, uvs), views=cfg.views,
-                                    resolution=resolution, seed=cfg.seed, device=device)
+                                    resolution=resolution, seed=cfg.seed, device=device, normals=True)
         source_prompt, prompt = (part.strip() for part in cfg.world_edit.split("->"))
         case = f"toy teacher: {cfg.world_edit}"
         keeping_up = {}  # the product's own ε_φ settings, unless given

@@ -3,7 +3,7 @@
 Density = softplus(MLP(hash(x)) + blob bias). Magic3D's blob bias, 10·(1 − |x|/0.5), starts the
 optimisation from a soft ball at the centre, so the first renders already show an object.
 Albedo is view-independent (sigmoid of a second MLP head): the official ASD NeRF has no shading;
-`normals` (central differences of the density) let the renderer light it (nerf/shading.py).
+`normals` (differences of the density) let the renderer light it (nerf/shading.py).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ class FieldConfig:
     density_blob_scale: float = 10.0
     density_blob_std: float = 0.5
     normal_eps: float = 0.01
-    """Step of the central differences that give normals (about the finest grid cell of the CPU grid)."""
+    """Step of the differences that give normals (about the finest grid cell of the CPU grid)."""
 
 
 def mlp(inputs: int, hidden: int, outputs: int) -> nn.Sequential:

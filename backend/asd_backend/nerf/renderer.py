@@ -21,7 +21,7 @@ from .occupancy import OccupancyGrid
 from .shading import Light, lit
 
 # Samples that weigh less than this in their pixel are lit by the ambient term alone: the normals'
-# six field evaluations go where they change the image.
+# three field evaluations a sample go where they change the image.
 SHADED_WEIGHT = 1e-4
 
 

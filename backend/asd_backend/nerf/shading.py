@@ -33,7 +33,8 @@ def linear_to_srgb(c: Tensor) -> Tensor:
 
 @dataclasses.dataclass(frozen=True)
 class Light:
-    """A directional light plus ambient, in the field's frame (front +X, Z up)."""
+    """A directional light plus ambient, in the frame of what it lights (`from_spec`: the NeRF's field
+    frame, front +X, or Blender's, front −Y; Z up in both)."""
 
     direction: tuple[float, float, float]
     """Unit vector towards the light."""

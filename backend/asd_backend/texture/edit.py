@@ -77,11 +77,12 @@ def edit_texture(teacher: Teacher, vertices: np.ndarray, faces: np.ndarray, uvs:
     device = teacher.device
     torch.manual_seed(spec.seed)
     side = config.resolution or teacher.native_resolution
+    light = Light.from_spec(config.lighting, frame="blender")  # meshes to edit come in Blender's frame
     if rasterizer is None:
         mesh = NormalisedMesh.from_world(vertices, faces, uvs)
-        rasterizer = UVRasterizer.orbit(mesh, config.views, side, seed=spec.seed, device=device)
+        rasterizer = UVRasterizer.orbit(mesh, config.views, side, seed=spec.seed, device=device,
+                                        normals=light is not None)
     source, alpha = to_tensor(texture, device)
-    light = Light.from_spec(config.lighting, frame="blender")  # meshes to edit come in Blender's frame
     texels = torch.nn.Parameter(source.clone())
     with edit_guidance(teacher, spec) as guidance:
         emb = teacher.embed_prompts([spec.prompt, spec.negative_prompt, config.source()])

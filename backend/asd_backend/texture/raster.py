@@ -63,7 +63,8 @@ class UVRasterizer:
     """Precomputed UV maps of V views of one mesh; renders any texture into them."""
 
     def __init__(self, mesh: NormalisedMesh, cameras: CameraBatch, resolution: int,
-                 device: torch.device | str = "cpu") -> None:
+                 device: torch.device | str = "cpu", normals: bool = False) -> None:
+        """`normals`: keep each pixel's surface normal too, for lit renders (`render(light=…)`)."""
         self.mesh = mesh
         self.cameras = cameras
         self.resolution = resolution
@@ -76,24 +77,26 @@ class UVRasterizer:
         uv[hits.hit] = np.einsum("kc,kcd->kd", weights, mesh.uvs[face])
         self.uv = torch.from_numpy(uv).to(self.device)  # [V, H, W, 2]
         self.mask = torch.from_numpy(hits.hit).to(self.device)  # [V, H, W]
-        # Face normals turned towards the camera (a mesh's winding is not always consistent), for lit renders.
-        normals = np.zeros((len(cameras), resolution, resolution, 3), np.float32)
-        facing = np.asarray(mesh.trimesh().face_normals)[face]
-        seen_from = cameras.positions.double().cpu().numpy()[np.nonzero(hits.hit)[0]]
-        away = ((hits.points[hits.hit] - seen_from) * facing).sum(-1) > 0
-        normals[hits.hit] = np.where(away[:, None], -facing, facing)
-        self.normals = torch.from_numpy(normals).to(self.device, torch.float16)  # [V, H, W, 3]
+        self.normals: Tensor | None = None  # [V, H, W, 3], float16
+        if normals:
+            # Face normals turned towards the camera: a mesh's winding is not always consistent.
+            per_pixel = np.zeros((len(cameras), resolution, resolution, 3), np.float32)
+            facing = np.asarray(mesh.trimesh().face_normals)[face]
+            seen_from = cameras.positions.double().cpu().numpy()[np.nonzero(hits.hit)[0]]
+            away = ((hits.points[hits.hit] - seen_from) * facing).sum(-1) > 0
+            per_pixel[hits.hit] = np.where(away[:, None], -facing, facing)
+            self.normals = torch.from_numpy(per_pixel).to(self.device, torch.float16)
 
     @classmethod
     def orbit(cls, mesh: NormalisedMesh, views: int, resolution: int, seed: int = 0,
-              device: torch.device | str = "cpu") -> UVRasterizer:
+              device: torch.device | str = "cpu", normals: bool = False) -> UVRasterizer:
         """`views` cameras spread around the object (stratified azimuth, elevation −10°..50°)."""
         g = torch.Generator().manual_seed(seed)
         azimuth = (torch.arange(views) + torch.rand(views, generator=g)) * 360.0 / views - 180.0
         elevation = -10.0 + 60.0 * torch.rand(views, generator=g)
         distance = 1.5 + 0.3 * torch.rand(views, generator=g)
         fovy = 40.0 + 10.0 * torch.rand(views, generator=g)
-        return cls(mesh, orbit_cameras(elevation, azimuth, distance, fovy), resolution, device)
+        return cls(mesh, orbit_cameras(elevation, azimuth, distance, fovy), resolution, device, normals)
 
     def __len__(self) -> int:
         return int(self.uv.shape[0])
@@ -111,6 +114,8 @@ class UVRasterizer:
         sampled = F.grid_sample(texture.expand(len(index), -1, -1, -1), grid, mode="bilinear",
                                 padding_mode="border", align_corners=False)
         if light is not None:
+            if self.normals is None:
+                raise ValueError("a lit render needs the rasterizer's normals: build it with normals=True")
             shade = light.shade(self.normals[index].to(sampled.dtype))  # [B, H, W]
             sampled = lit(sampled.permute(0, 2, 3, 1), shade).permute(0, 3, 1, 2)
         mask = self.mask[index][:, None].to(sampled.dtype)

@@ -25,6 +25,7 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 # ambient, so shading shows the form and stays put as the camera moves.
 LIGHT_DIRECTION = (0.45, -0.6, 0.66)  # towards the light
 AMBIENT, DIFFUSE = 0.35, 0.65
+BOUNDING_RADIUS = 0.6  # every object lies inside this sphere
 
 
 def light_angles() -> tuple[float, float]:
@@ -33,7 +34,6 @@ def light_angles() -> tuple[float, float]:
     x, y, z = LIGHT_DIRECTION  # output frame: front −Y, right +X
     forward, right = -y, x
     return math.degrees(math.atan2(z, math.hypot(forward, right))), math.degrees(math.atan2(right, forward))
-BOUNDING_RADIUS = 0.6  # every object lies inside this sphere
 
 
 @dataclasses.dataclass(frozen=True)
