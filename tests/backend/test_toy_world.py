@@ -3,9 +3,11 @@ trainer's checkpoint and resume, and the scores of `asd bench toy` on answers kn
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -122,7 +124,7 @@ def test_the_trainer_runs_checkpoints_resumes_and_saves_a_pipeline_the_product_l
 
 
 def test_bench_scores_are_right_on_known_answers():
-    from asd_backend.bench.toy import ToyBenchConfig, held_out_cameras, render_scores, shape_scores
+    from asd_backend.bench.toy import ToyBenchConfig, held_out_cameras, mesh_colour_psnr, render_scores, shape_scores
     from asd_backend.mesh.extract import Mesh
     from asd_backend.toy.render import render_objects as render
 
@@ -140,6 +142,14 @@ def test_bench_scores_are_right_on_known_answers():
     wrong = render([WorldObject("cone", "purple")] * 4, cameras, 32).over(torch.ones(3))
     bad = render_scores(wrong, WorldObject("cone", "green"), cameras, 32)
     assert bad["nearest_colour"] == "purple" and bad["render_psnr"] < good["render_psnr"] - 15
+    # The mesh's own colours against the paint: exact paint scores high, the paint with shading baked in
+    # (what an unlit NeRF's mesh carries) far lower, no colours no score.
+    green = np.asarray(COLOURS["green"], np.uint8)
+    painted = dataclasses.replace(mesh, colors=np.tile(green, (len(mesh.vertices), 1)))
+    baked = dataclasses.replace(mesh, colors=(painted.colors * 0.6).astype(np.uint8))
+    assert mesh_colour_psnr(painted, WorldObject("cone", "green")) > 40
+    assert mesh_colour_psnr(baked, WorldObject("cone", "green")) < 20
+    assert mesh_colour_psnr(mesh, WorldObject("cone", "green")) is None
     with pytest.raises(ValueError, match="names no world object"):
         ToyBenchConfig(prompt="a ceramic teapot")
 

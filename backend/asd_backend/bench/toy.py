@@ -9,6 +9,7 @@ the exact object.
   render_psnr; saturated (the share of the object's pixel channels within 2 % of 0 or 1 where the exact
   render is not); nearest_colour (the paint whose exact render is nearest); judge_shape_accuracy and
   judge_colour_accuracy (the judge, toy/judge.py, on those renders: no method ever trains against it);
+  mesh_colour_psnr: the mesh's vertex colours against the paint (shading baked into them is error);
   for the mug and the chair, judge_azimuth_error_deg: the median error of the azimuth the judge reads
   from each render (a Janus object, or a handle on the wrong side, reads far from the camera's).
 """
@@ -123,6 +124,15 @@ def render_scores(pred: torch.Tensor, obj: WorldObject, cameras: CameraBatch, si
             "nearest_colour": min(paints, key=paints.get)}
 
 
+def mesh_colour_psnr(mesh: Mesh, obj: WorldObject) -> float | None:
+    """The mesh's vertex colours against the object's paint (what an artist gets in Blender, to be lit
+    there): shading baked into them counts as error. None for a mesh without colours."""
+    if mesh.colors is None or not len(mesh.colors):
+        return None
+    error = mesh.colors.astype(np.float64) / 255 - np.asarray(obj.albedo)
+    return round(10 * math.log10(1 / max(float((error**2).mean()), 1e-12)), 2)
+
+
 def shape_scores(mesh: Mesh, obj: WorldObject, cfg: ToyBenchConfig) -> dict[str, Any]:
     exact = {shape: exact_mesh(shape, cfg.exact_resolution) for shape in SHAPES}
     scores = metrics(mesh, exact[obj.shape], cfg.samples, cfg.iou_grid, cfg.seed)
@@ -181,6 +191,7 @@ def run(cfg: ToyBenchConfig, device: str = "cpu", save: str | Path | None = None
     report: dict[str, Any] = {"benchmark": "toy", "prompt": cfg.prompt, "method": cfg.method, "cfg": cfg.cfg,
                               "steps": result.steps_done, "seed": cfg.seed}
     report |= shape_scores(result.mesh, obj, cfg)
+    report["mesh_colour_psnr"] = mesh_colour_psnr(result.mesh, obj)
     cameras = held_out_cameras(cfg.views)
     pred = nerf_renders(result.model, cameras, cfg.render_size)
     report |= render_scores(pred, obj, cameras, cfg.render_size)
