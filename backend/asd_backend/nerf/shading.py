@@ -1,10 +1,10 @@
 """Lambertian shading of the field's albedo under one directional light, and sRGB ↔ linear.
 
-Why: with `albedo` shading (the official ASD NeRF) a NeRF can paint the shading an image shows onto
-any surface, and a cube painted like a cube on a soft ball satisfies the teacher from every view.
-Lit by a light fixed in the world, the brightness of a face comes from its normal, so the geometry
-itself has to make the shading (DreamFusion's reason for shading its NeRF). Colours stay albedo:
-the mesh carries them and Blender lights it.
+Why: with `albedo` shading (the official ASD NeRF) a NeRF paints the shading its teacher's images
+show into its colours, and the mesh carries that shading baked in, to be shaded again in Blender.
+Lit by the light the teacher's world is lit by, brightness comes from the surface's normal and the
+colours stay albedo (DreamFusion shades its NeRF for the geometry's sake; on the toy teacher the
+geometry measured level and the mesh's colours truer, docs/benchmarks.md).
 
 Light and shading follow the toy world's renders (toy/render.py): sRGB albedo → linear,
 × (ambient + (1 − ambient)·max(0, n·l)), → sRGB.
