@@ -17,8 +17,8 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ..nerf.cameras import CameraBatch, camera_rays
-from ..nerf.shading import linear_to_srgb, srgb_to_linear
-from .world import AMBIENT, BOUNDING_RADIUS, DIFFUSE, LIGHT_DIRECTION, WorldObject, output_to_field
+from ..nerf.shading import lit
+from .world import BOUNDING_RADIUS, WorldObject, world_light
 
 HIT_EPSILON = 1e-3
 MARCH_STEPS = 80
@@ -73,7 +73,7 @@ def render_objects(objects: list[WorldObject], cameras: CameraBatch, size: int, 
         raise ValueError(f"one object per camera: got {len(objects)} objects and {len(cameras)} cameras")
     fine = size * supersample
     origins, dirs = camera_rays(cameras, fine, fine)  # [B, h, w, 3]
-    light = F.normalize(output_to_field(torch.tensor(LIGHT_DIRECTION)), dim=0).to(dirs)
+    light = world_light()
     colour = torch.zeros(len(objects), fine, fine, 3)
     coverage = torch.zeros(len(objects), fine, fine, 1)
     # Group by shape so each group's distance function runs once over all its rays.
@@ -87,12 +87,11 @@ def render_objects(objects: list[WorldObject], cameras: CameraBatch, size: int, 
         t, hit = _trace(obj, o, d)
         points = o[hit] + t[hit][:, None] * d[hit]
         normal = _normals(obj, points)
-        shade = AMBIENT + DIFFUSE * (normal @ light).clamp(min=0)  # [n]
+        shade = light.shade(normal)  # [n]
         albedo = torch.tensor([objects[i].albedo for i in indices])  # [G, 3]
         per_ray_albedo = albedo[:, None, :].expand(-1, fine * fine, 3).reshape(-1, 3)[hit]
-        lit = linear_to_srgb(srgb_to_linear(per_ray_albedo) * shade[:, None])
         group_colour = torch.zeros(len(o), 3)
-        group_colour[hit] = lit
+        group_colour[hit] = lit(per_ray_albedo, shade)
         colour[idx] = group_colour.reshape(len(indices), fine, fine, 3)
         coverage[idx] = hit.float().reshape(len(indices), fine, fine, 1)
     colour = F.avg_pool2d(colour.permute(0, 3, 1, 2), supersample)

@@ -16,6 +16,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from ..nerf.shading import Light
+
 SHAPES = ("cube", "sphere", "cylinder", "cone", "torus", "mug", "chair")
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (204, 26, 26), "orange": (242, 128, 26), "yellow": (230, 204, 38), "green": (38, 153, 51),
@@ -24,7 +26,7 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 # The world's light, in the output frame: a directional light from the front, right and above, plus
 # ambient, so shading shows the form and stays put as the camera moves.
 LIGHT_DIRECTION = (0.45, -0.6, 0.66)  # towards the light
-AMBIENT, DIFFUSE = 0.35, 0.65
+AMBIENT = 0.35  # the directional light gives the rest, 0.65
 BOUNDING_RADIUS = 0.6  # every object lies inside this sphere
 
 
@@ -34,6 +36,11 @@ def light_angles() -> tuple[float, float]:
     x, y, z = LIGHT_DIRECTION  # output frame: front −Y, right +X
     forward, right = -y, x
     return math.degrees(math.atan2(z, math.hypot(forward, right))), math.degrees(math.atan2(right, forward))
+
+
+def world_light() -> Light:
+    """The world's light in the field frame, as the renders (render.py) and the toy preset's NeRF use it."""
+    return Light.from_angles(*light_angles(), AMBIENT)
 
 
 @dataclasses.dataclass(frozen=True)

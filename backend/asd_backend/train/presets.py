@@ -21,8 +21,9 @@ CPU_GRID = {"n_levels": 8, "n_features_per_level": 2, "log2_hashmap_size": 14, "
 
 # The toy world's light: its renders are lit by it, so the toy preset's NeRF is too. (Its edits stay unlit:
 # lit, ASD and SDS edits scored 0.4–0.5 dB lower on the toy teacher, docs/benchmarks.md.)
-TOY_LIGHTING = {"shading": "lambertian", "light_elevation": round(light_angles()[0], 2),
-                "light_azimuth": round(light_angles()[1], 2), "ambient": AMBIENT}
+_TOY_ELEVATION, _TOY_AZIMUTH = light_angles()
+TOY_LIGHTING = {"shading": "lambertian", "light_elevation": round(_TOY_ELEVATION, 2),
+                "light_azimuth": round(_TOY_AZIMUTH, 2), "ambient": AMBIENT}
 
 PRESETS: dict[str, Preset] = {
     "smoke": Preset("seconds on a CPU: proves the pipeline runs (tests, offline demo)", {
