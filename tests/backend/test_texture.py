@@ -169,7 +169,7 @@ def test_bench_edit_edits_a_world_object_with_the_toy_teacher_and_the_products_e
 
 
 def test_a_lit_render_shades_by_the_surface_whatever_the_winding(sphere):
-    """With a light (the toy preset's edits), each pixel is the texture lit by its surface's normal, turned
+    """With a light (`edit.lighting` lambertian), each pixel is the texture lit by its surface's normal, turned
     towards the camera: a mesh with its faces wound the other way renders the same."""
     from asd_backend.mesh.raycast import raycast
     from asd_backend.nerf.shading import Light, lit
