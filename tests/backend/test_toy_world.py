@@ -16,18 +16,9 @@ from asd_backend.nerf.cameras import orbit_cameras
 from asd_backend.nerf.field import FieldConfig, NerfField
 from asd_backend.nerf.renderer import VolumeRenderer
 from asd_backend.nerf.shading import Light
+from asd_backend.toy.light import AMBIENT, LIGHT_DIRECTION, light_angles
 from asd_backend.toy.render import render_objects
-from asd_backend.toy.world import (
-    AMBIENT,
-    COLOURS,
-    LIGHT_DIRECTION,
-    SHAPES,
-    WorldObject,
-    all_objects,
-    light_angles,
-    output_to_field,
-    parse_prompt,
-)
+from asd_backend.toy.world import COLOURS, SHAPES, WorldObject, all_objects, output_to_field, parse_prompt
 from asd_backend.train.presets import resolve_spec
 
 
@@ -238,3 +229,16 @@ def test_the_toy_preset_lights_its_nerf_as_the_world_is_lit():
     assert Light.from_spec(edit) is None
     # Stable Diffusion's presets keep the official, unlit NeRF and edits.
     assert Light.from_spec(resolve_spec({"kind": "generate", "prompt": "a teapot"}).nerf.lighting) is None
+
+
+def test_presets_resolve_without_torch():
+    """The server's front end resolves specs with the presets and never loads torch: the toy preset reads
+    its light from a torch-free module."""
+    import subprocess
+    import sys
+
+    code = ("import sys, asd_backend.train.presets as p; "
+            "p.resolve_spec({'kind': 'generate', 'prompt': 'a red mug', 'model': {'teacher': 'toy'}}); "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

@@ -9,7 +9,6 @@ output frame before asking the shape.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable
 
 import torch
@@ -17,25 +16,14 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ..nerf.shading import Light
+from .light import AMBIENT, light_angles
 
 SHAPES = ("cube", "sphere", "cylinder", "cone", "torus", "mug", "chair")
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (204, 26, 26), "orange": (242, 128, 26), "yellow": (230, 204, 38), "green": (38, 153, 51),
     "blue": (38, 77, 217), "purple": (140, 51, 179), "white": (235, 235, 235), "black": (20, 20, 20),
 }
-# The world's light, in the output frame: a directional light from the front, right and above, plus
-# ambient, so shading shows the form and stays put as the camera moves.
-LIGHT_DIRECTION = (0.45, -0.6, 0.66)  # towards the light
-AMBIENT = 0.35  # the directional light gives the rest, 0.65
 BOUNDING_RADIUS = 0.6  # every object lies inside this sphere
-
-
-def light_angles() -> tuple[float, float]:
-    """The world's light as (elevation, azimuth) in degrees, the cameras' convention (azimuth 0 from
-    the front, 90 from the right): what the toy preset's lambertian NeRF is lit by."""
-    x, y, z = LIGHT_DIRECTION  # output frame: front −Y, right +X
-    forward, right = -y, x
-    return math.degrees(math.atan2(z, math.hypot(forward, right))), math.degrees(math.atan2(right, forward))
 
 
 def world_light() -> Light:

@@ -13,7 +13,7 @@ from typing import Any
 from asd_protocol.job_spec import JobSpec, Preset, resolve
 
 from ..teachers.registry import default_preset
-from ..toy.world import AMBIENT, light_angles
+from ..toy.light import AMBIENT, light_angles
 
 # A hash grid small enough for CPU tests and demos.
 CPU_GRID = {"n_levels": 8, "n_features_per_level": 2, "log2_hashmap_size": 14, "base_resolution": 16,
