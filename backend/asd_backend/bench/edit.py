@@ -180,14 +180,16 @@ def world_case(cfg: EditBenchConfig, side: int = 64):
     xatlas; the source texture is the source paint everywhere, the one target the edit's paint."""
     import xatlas
 
+    from ..mesh.export import to_blender_frame
+    from ..mesh.extract import Mesh
     from .toy import exact_mesh
 
     before, after = world_pair(cfg.world_edit)
     surface = exact_mesh(before.shape, 96)
-    x, y, z = np.asarray(surface.vertices, np.float32).T
-    blender = np.stack([y, -x, z], axis=1)  # to Blender's frame (front −Y), as the add-on sends a mesh
-    vmapping, faces, uv = xatlas.parametrize(blender, np.asarray(surface.faces, np.uint32))
-    vertices = blender[vmapping]
+    # In Blender's frame (front −Y), as the add-on sends a mesh: the export's one frame change.
+    blender = to_blender_frame(Mesh(np.asarray(surface.vertices, np.float32), np.asarray(surface.faces, np.uint32)))
+    vmapping, faces, uv = xatlas.parametrize(blender.vertices, blender.faces)
+    vertices = blender.vertices[vmapping]
 
     def solid(colour: str) -> np.ndarray:
         from ..toy.world import COLOURS
