@@ -72,3 +72,31 @@ def test_images_sampled_from_the_toy_teacher_show_the_asked_for_object():
     verdict = load_judge().judge(images)
     right = [f"{c} {s}" in p for p, s, c in zip(prompts, verdict["shape"], verdict["colour"], strict=True)]
     assert sum(right) >= 6, list(zip(prompts, verdict["shape"], verdict["colour"], strict=True))
+
+
+def test_the_2d_check_measures_apparent_size_on_white_and_skips_other_backgrounds():
+    """`asd toy check`'s size_by_shape: the box around the object on a white background, as exact renders give it."""
+    from asd_backend.nerf.cameras import CameraConfig, sample_cameras
+    from asd_backend.toy.evaluate import exact_extents, object_extent
+    from asd_backend.toy.render import render_objects
+    from asd_backend.toy.world import parse_prompt
+
+    cube, sphere = parse_prompt("a red cube"), parse_prompt("a black sphere")
+    render = render_objects([cube, sphere] * 4, sample_cameras(8, CameraConfig(), torch.Generator().manual_seed(3)), 32)
+    extent, white = object_extent(render.over(torch.ones(3)).clamp(0, 1))
+    assert white.all()
+    # The rows and columns of the pixels it half covers, up to a pixel of soft edge on each side.
+    half = render.coverage[:, 0] > 0.5
+    rows, cols = half.any(dim=2).float().sum(dim=1), half.any(dim=1).float().sum(dim=1)
+    assert ((extent - (rows * cols).sqrt()).abs() <= 2).all() and extent.min() > 4
+    image = torch.ones(1, 3, 32, 32)
+    image[:, :, 5:15, 8:28] = 0.2  # a 10 × 20 box
+    assert object_extent(image)[0].item() == pytest.approx(200 ** 0.5)
+    image[:, :, 30, 2] = 0.0  # a stray speckle is not size
+    assert object_extent(image)[0].item() == pytest.approx(200 ** 0.5)
+    assert object_extent(torch.ones(1, 3, 32, 32))[0].item() == 0  # nothing drawn
+    _, on_colour = object_extent(render.over(torch.tensor([0.2, 0.6, 0.3])).clamp(0, 1))
+    assert not on_colour.any()  # its object cannot be told from a coloured background by this rule
+    # The world's sphere (radius 0.35) is larger than its cone (0.6 high, base radius 0.3) from the same cameras.
+    cone_size, sphere_size = exact_extents([parse_prompt("a red cone"), sphere], 32).tolist()
+    assert 4 < cone_size < sphere_size < 32

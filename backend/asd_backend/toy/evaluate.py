@@ -4,7 +4,9 @@ Every world prompt over several seeds (50 DDIM steps, CFG 7.5 by default) is jud
 colour; for the two shapes with a front, "…, front view" and "…, back view" are judged for the
 side they show (the chair's back, the mug's handle on the right from the front): the judge's azimuth
 must fall in the asked-for range (front: |azimuth| < 60°, back: |azimuth| > 120°, a margin around
-the captions' 30° thresholds).
+the captions' 30° thresholds). The check also says how large the teacher draws each shape against exact
+renders from the product's cameras (`size_by_shape`, the ratio of the objects' boxes): a distilled
+object can only be as right in size as the images its teacher has in mind.
 """
 
 from __future__ import annotations
@@ -15,10 +17,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 
+from ..nerf.cameras import CameraConfig, sample_cameras
 from .judge import ORIENTED, Judge
+from .render import render_objects
 from .train_teacher import sample_images
-from .world import COLOURS, SHAPES, all_objects
+from .world import COLOURS, SHAPES, WorldObject, all_objects
 
 
 @dataclasses.dataclass
@@ -34,6 +39,32 @@ def in_view(direction: str, azimuth: float) -> bool:
     return a < 60 if direction == "front" else a > 120
 
 
+def object_extent(images: Tensor, background: float = 0.85, ink: float = 0.4) -> tuple[Tensor, Tensor]:
+    """The size of each image's object in pixels, √(rows × columns) that hold at least two of its pixels
+    (pixels with some channel more than `ink` below white), and whether the background is white (all four
+    corners above `background`): the teacher draws 40 % of its images on random colours, where this rule
+    cannot tell the object. Rows and columns, not an area, so that a blurred hole or thin legs do not
+    count as size; at least two pixels, so that a stray speckle does not either; `ink` about half of what
+    every paint but white has (0.8 or more), so that an edge counts where it is half covered, however
+    blurred (the teacher's samples are softer than exact renders)."""
+    corners = images[:, :, [0, 0, -1, -1], [0, -1, 0, -1]]  # [N, 3, 4]
+    white = (corners > background).all(dim=2).all(dim=1)
+    ink_mask = ((1 - images).amax(dim=1) > ink).float()  # [N, H, W]
+    rows = (ink_mask.sum(dim=2) >= 2).float().sum(dim=1)
+    columns = (ink_mask.sum(dim=1) >= 2).float().sum(dim=1)
+    return (rows * columns).sqrt(), white
+
+
+def exact_extents(objects: list[WorldObject], size: int, views: int = 16, seed: int = 0) -> Tensor:
+    """Each object's mean `object_extent` over exact renders on white from `views` product cameras."""
+    generator = torch.Generator().manual_seed(seed)
+    extents = []
+    for obj in objects:
+        render = render_objects([obj] * views, sample_cameras(views, CameraConfig(), generator), size)
+        extents.append(object_extent(render.over(torch.ones(3)).clamp(0, 1))[0].mean())
+    return torch.stack(extents)
+
+
 def check_teacher(pipe, judge: Judge, config: CheckConfig) -> dict[str, Any]:
     objects = all_objects()
     prompts = [o.caption for o in objects]
@@ -41,9 +72,21 @@ def check_teacher(pipe, judge: Judge, config: CheckConfig) -> dict[str, Any]:
     colour_ok = np.zeros_like(shape_ok)
     views: dict[str, list[bool]] = {}
     first = None
+    # Apparent size: white objects vanish on white, so they do not count.
+    sized = [i for i, o in enumerate(objects) if o.colour != "white"]
+    sample_extent, exact_extent = np.zeros(len(objects)), np.zeros(len(objects))
+    counted = np.zeros(len(objects))
     for seed in range(config.seeds):
         images = sample_images(pipe, prompts, seed=seed, steps=config.steps, cfg=config.cfg)
         first = images if first is None else first
+        if seed == 0:
+            exact = exact_extents(objects, images.shape[-1]).numpy()
+        extent, white = object_extent(images)
+        for i in sized:
+            if white[i]:
+                sample_extent[i] += float(extent[i])
+                exact_extent[i] += exact[i]
+                counted[i] += 1
         verdict = judge.judge(images)
         shape_ok[seed] = [v == o.shape for v, o in zip(verdict["shape"], objects, strict=True)]
         colour_ok[seed] = [v == o.colour for v, o in zip(verdict["colour"], objects, strict=True)]
@@ -63,8 +106,16 @@ def check_teacher(pipe, judge: Judge, config: CheckConfig) -> dict[str, Any]:
                            for i, s in enumerate(SHAPES)},
         "right_by_colour": {c: round(float(both[:, j::len(COLOURS)].mean()), 3) for j, c in enumerate(COLOURS)},
         "views_right": {k: round(float(np.mean(v)), 3) for k, v in views.items()},
+        "size_by_shape": {}, "size_samples_by_shape": {},
         "wrong": [f"{objects[i].caption} (seed {s})" for s, i in zip(*np.nonzero(~both), strict=True)][:40],
     }
+    for i, shape in enumerate(SHAPES):
+        # The size the teacher draws over the exact size, over the white-background samples of its colours.
+        block = slice(i * len(COLOURS), (i + 1) * len(COLOURS))
+        n = int(counted[block].sum())
+        report["size_samples_by_shape"][shape] = n
+        ratio = float(sample_extent[block].sum() / exact_extent[block].sum()) if n else None
+        report["size_by_shape"][shape] = None if ratio is None else round(ratio, 3)
     if config.grid is not None and first is not None:
         from PIL import Image
 
