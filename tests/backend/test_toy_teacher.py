@@ -75,7 +75,7 @@ def test_images_sampled_from_the_toy_teacher_show_the_asked_for_object():
 
 
 def test_the_2d_check_measures_apparent_size_on_white_and_skips_other_backgrounds():
-    """`asd toy check`'s size_by_shape: the box around the object on a white background, as exact renders give it."""
+    """`asd toy check`'s size_by_shape: the rows and columns an object fills on white, as exact renders give them."""
     from asd_backend.nerf.cameras import CameraConfig, sample_cameras
     from asd_backend.toy.evaluate import exact_extents, object_extent
     from asd_backend.toy.render import render_objects

@@ -5,7 +5,7 @@ colour; for the two shapes with a front, "…, front view" and "…, back view" 
 side they show (the chair's back, the mug's handle on the right from the front): the judge's azimuth
 must fall in the asked-for range (front: |azimuth| < 60°, back: |azimuth| > 120°, a margin around
 the captions' 30° thresholds). The check also says how large the teacher draws each shape against exact
-renders from the product's cameras (`size_by_shape`, the ratio of the objects' boxes): a distilled
+renders from the product's cameras (`size_by_shape`, from the rows and columns the object fills): a distilled
 object can only be as right in size as the images its teacher has in mind.
 """
 
