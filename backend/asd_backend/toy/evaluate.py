@@ -74,8 +74,7 @@ def check_teacher(pipe, judge: Judge, config: CheckConfig) -> dict[str, Any]:
     first = None
     # Apparent size: white objects vanish on white, so they do not count.
     sized = [i for i, o in enumerate(objects) if o.colour != "white"]
-    sample_extent, exact_extent = np.zeros(len(objects)), np.zeros(len(objects))
-    counted = np.zeros(len(objects))
+    sample_extent, counted = np.zeros(len(objects)), np.zeros(len(objects))
     for seed in range(config.seeds):
         images = sample_images(pipe, prompts, seed=seed, steps=config.steps, cfg=config.cfg)
         first = images if first is None else first
@@ -85,7 +84,6 @@ def check_teacher(pipe, judge: Judge, config: CheckConfig) -> dict[str, Any]:
         for i in sized:
             if white[i]:
                 sample_extent[i] += float(extent[i])
-                exact_extent[i] += exact[i]
                 counted[i] += 1
         verdict = judge.judge(images)
         shape_ok[seed] = [v == o.shape for v, o in zip(verdict["shape"], objects, strict=True)]
@@ -114,7 +112,7 @@ def check_teacher(pipe, judge: Judge, config: CheckConfig) -> dict[str, Any]:
         block = slice(i * len(COLOURS), (i + 1) * len(COLOURS))
         n = int(counted[block].sum())
         report["size_samples_by_shape"][shape] = n
-        ratio = float(sample_extent[block].sum() / exact_extent[block].sum()) if n else None
+        ratio = float(sample_extent[block].sum() / (exact[block] * counted[block]).sum()) if n else None
         report["size_by_shape"][shape] = None if ratio is None else round(ratio, 3)
     if config.grid is not None and first is not None:
         from PIL import Image
