@@ -15,6 +15,7 @@ import numpy as np
 
 from ..artifacts import atomic_path
 from ..errors import UsageError
+from ..nerf.cameras import FIELD_TO_BLENDER
 from .extract import Mesh
 
 FORMATS = (".glb", ".obj", ".ply")
@@ -25,8 +26,7 @@ def to_blender_frame(mesh: Mesh) -> Mesh:
     frame comes back as it is: this is the one place meshes change frame (the wire and files)."""
     if mesh.frame == "blender":
         return mesh
-    v = mesh.vertices
-    rotated = np.stack([v[:, 1], -v[:, 0], v[:, 2]], axis=1).astype(np.float32)
+    rotated = (mesh.vertices @ np.asarray(FIELD_TO_BLENDER, np.float32).T).astype(np.float32)
     return dataclasses.replace(mesh, vertices=rotated, frame="blender")
 
 

@@ -13,6 +13,11 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+# The one frame change between the field (front +X, azimuth 0) and Blender (front −Y): a −90° turn about
+# Z, rows giving Blender's x, y, z from the field's. Meshes (mesh/export.to_blender_frame), lights
+# (nerf/shading) and the toy world's shapes (toy/world) all turn by it; its transpose turns back.
+FIELD_TO_BLENDER = ((0.0, 1.0, 0.0), (-1.0, 0.0, 0.0), (0.0, 0.0, 1.0))
+
 
 @dataclasses.dataclass
 class CameraConfig:

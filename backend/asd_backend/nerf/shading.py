@@ -21,6 +21,8 @@ from torch import Tensor
 
 from asd_protocol.job_spec import LightingSpec
 
+from .cameras import FIELD_TO_BLENDER
+
 
 def srgb_to_linear(c: Tensor) -> Tensor:
     return torch.where(c <= 0.04045, c / 12.92, ((c.clamp(min=0) + 0.055) / 1.055) ** 2.4)
@@ -55,8 +57,8 @@ class Light:
             return None
         light = cls.from_angles(lighting.light_elevation, lighting.light_azimuth, lighting.ambient)
         if frame == "blender":
-            x, y, z = light.direction
-            light = cls((y, -x, z), light.ambient)  # mesh/export.to_blender_frame's rotation
+            turned = tuple(sum(r * d for r, d in zip(row, light.direction, strict=True)) for row in FIELD_TO_BLENDER)
+            light = cls(turned, light.ambient)
         elif frame != "field":
             raise ValueError(f"frame must be 'field' or 'blender'; got {frame!r}")
         return light

@@ -15,6 +15,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from ..nerf.cameras import FIELD_TO_BLENDER
 from ..nerf.shading import Light
 from .light import AMBIENT, light_angles
 
@@ -80,12 +81,12 @@ def vocabulary_warning(prompt: str) -> str | None:
 
 
 def field_to_output(points: Tensor) -> Tensor:
-    """Field frame (front +X) → output frame (front −Y): the rotation of mesh/export.to_blender_frame."""
-    return torch.stack([points[..., 1], -points[..., 0], points[..., 2]], dim=-1)
+    """Field frame (front +X) → output frame (front −Y): nerf/cameras.FIELD_TO_BLENDER."""
+    return points @ points.new_tensor(FIELD_TO_BLENDER).T
 
 
 def output_to_field(points: Tensor) -> Tensor:
-    return torch.stack([-points[..., 1], points[..., 0], points[..., 2]], dim=-1)
+    return points @ points.new_tensor(FIELD_TO_BLENDER)
 
 
 # -- signed distances (Inigo Quilez's exact primitives) ------------------------------------------
