@@ -100,3 +100,34 @@ def test_the_2d_check_measures_apparent_size_on_white_and_skips_other_background
     # The world's sphere (radius 0.35) is larger than its cone (0.6 high, base radius 0.3) from the same cameras.
     cone_size, sphere_size = exact_extents([parse_prompt("a red cone"), sphere], 32).tolist()
     assert 4 < cone_size < sphere_size < 32
+
+
+def test_the_teacher_prefers_the_object_its_caption_names_and_scores_turned_copies_alike():
+    """`asd toy prefers`: the implicit classifier separates a wrong shape from the right one; a cube turned
+    90° renders the same images, so with common random numbers it scores exactly the same."""
+    from asd_backend.errors import UsageError
+    from asd_backend.teachers import load_teacher
+    from asd_backend.toy.preference import PreferenceConfig, caption_gains, prefers
+
+    teacher = load_teacher("toy", "cpu")
+    rows = prefers(teacher, WorldObject("cube", "red"), PreferenceConfig(views=8, timesteps=4))
+    exact = rows["the object"]["caption_gain"]
+    assert exact > 0
+    others = {name: r["caption_gain"] for name, r in rows.items() if name.startswith("a ")}
+    assert set(others) == {"a sphere", "a cylinder", "a cone", "a torus", "a mug", "a chair"}
+    assert max(others.values()) < exact, rows
+    assert rows["turned 90°"]["caption_gain"] == pytest.approx(exact, abs=1e-5)
+    assert rows["turned 30°"]["caption_gain"] != pytest.approx(exact, abs=1e-5)
+    with pytest.raises(UsageError, match="one image per caption"):
+        caption_gains(teacher, {"x": torch.ones(2, 3, 32, 32)}, ["a red cube"], PreferenceConfig(timesteps=1))
+
+
+def test_world_objects_turn_and_scale_about_the_centre():
+    points = torch.tensor([[0.0, 0.19, 0.3], [0.3, 0.0, 0.0], [0.0, 0.37, 0.0]])
+    chair, turned = WorldObject("chair", "red"), WorldObject("chair", "red", turn_deg=90.0)
+    # The backrest (at +Y) turned anticlockwise seen from above comes to −X.
+    assert (chair.sdf(points[:1]) < 0).item() and (turned.sdf(torch.tensor([[-0.19, 0.0, 0.3]])) < 0).item()
+    assert not (turned.sdf(points[:1]) < 0).item()
+    big = WorldObject("sphere", "red", scale=1.5)
+    assert (WorldObject("sphere", "red").sdf(points[2:]) > 0).item() and (big.sdf(points[2:]) < 0).item()
+    assert big.caption == "a red sphere" and big.geometry == ("sphere", 0.0, 1.5)

@@ -11,7 +11,11 @@ the exact object.
   judge_colour_accuracy (the judge, toy/judge.py, on those renders: no method ever trains against it);
   mesh_colour_psnr: the mesh's vertex colours against the paint (shading baked into them is error);
   for the mug and the chair, judge_azimuth_error_deg: the median error of the azimuth the judge reads
-  from each render (a Janus object, or a handle on the wrong side, reads far from the camera's).
+  from each render (a Janus object, or a handle on the wrong side, reads far from the camera's);
+- caption_gain and caption_gain_exact: how well the prompt explains the result's renders and the exact
+  object's, by the teacher's own denoising (toy/preference.py), same views and noise: a result below
+  the exact object is a distillation that missed what the teacher knows; one level with it, a teacher
+  that cannot tell them apart.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from ..nerf.background import SolidBackground
 from ..nerf.cameras import CameraBatch, orbit_cameras
 from ..progress_bar import ProgressBar
 from ..toy.judge import ORIENTED, load_judge
+from ..toy.preference import PreferenceConfig, caption_gains, view_captions
 from ..toy.render import render_objects
 from ..toy.world import BOUNDING_RADIUS, COLOURS, SHAPES, WorldObject, parse_prompt
 from .shape import SATURATED, metrics
@@ -124,6 +129,16 @@ def render_scores(pred: torch.Tensor, obj: WorldObject, cameras: CameraBatch, si
             "nearest_colour": min(paints, key=paints.get)}
 
 
+def teacher_preference(teacher, model, obj: WorldObject, cameras: CameraBatch, seed: int) -> dict[str, float]:
+    """The teacher's caption gain on the result's renders and on the exact object's (same views and noise)."""
+    size = teacher.native_resolution
+    images = {"result": nerf_renders(model, cameras, size),
+              "exact": render_objects([obj] * len(cameras), cameras, size).over(torch.ones(3))}
+    config = PreferenceConfig(views=len(cameras), timesteps=12, draws=4, seed=seed)
+    rows = caption_gains(teacher, images, view_captions(obj.caption, cameras), config)
+    return {"caption_gain": rows["result"]["caption_gain"], "caption_gain_exact": rows["exact"]["caption_gain"]}
+
+
 def mesh_colour_psnr(mesh: Mesh, obj: WorldObject) -> float | None:
     """The mesh's vertex colours against the object's paint (what an artist gets in Blender, to be lit
     there): shading baked into them counts as error. None for a mesh without colours."""
@@ -202,6 +217,7 @@ def run(cfg: ToyBenchConfig, device: str = "cpu", save: str | Path | None = None
         errors = [abs((a - float(c) + 180) % 360 - 180) for a, c in zip(verdict["azimuth"],
                                                                           cameras.azimuth_deg.tolist(), strict=True)]
         report["judge_azimuth_error_deg"] = round(float(np.median(errors)), 1)
+    report |= teacher_preference(teacher, result.model, obj, cameras, cfg.seed)
     report |= trace_summary(events.trace)
     report["seconds"] = round(seconds, 1)
     report["faces"] = len(result.mesh.faces)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 
 from ..dataclass_flags import add_dataclass_flags, dataclass_from_args
@@ -40,6 +41,22 @@ def _check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prefers(args: argparse.Namespace) -> int:
+    from ..errors import UsageError
+    from ..teachers import load_teacher
+    from .preference import PreferenceConfig, prefers
+    from .world import COLOURS, SHAPES, parse_prompt
+
+    obj = parse_prompt(args.prompt)
+    if obj is None:
+        raise UsageError(f"{args.prompt!r} names no world object; use a colour ({', '.join(COLOURS)}) and a shape "
+                         f"({', '.join(SHAPES)}), e.g. 'a red mug'")
+    config = dataclass_from_args(PreferenceConfig, args)
+    rows = prefers(load_teacher("toy", args.device), obj, config)
+    print(json.dumps({"prompt": args.prompt, **dataclasses.asdict(config), "candidates": rows}))
+    return 0
+
+
 def add_toy(sub: argparse._SubParsersAction) -> None:
     toy = sub.add_parser("toy", help="the toy teacher: a small SD-shaped model trained here on a world of known "
                          "objects")
@@ -61,6 +78,15 @@ def add_toy(sub: argparse._SubParsersAction) -> None:
     add_dataclass_flags(p, CheckConfig)
     p.add_argument("--pipeline", default=None, help="a pipeline folder (default: the shipped toy teacher)")
     p.set_defaults(handler=_check)
+    from .preference import PreferenceConfig
+
+    p = actions.add_parser("prefers", help="how well the teacher's caption explains exact renders of the object, "
+                           "turned, resized, and the other shapes (its implicit classifier, JSON)",
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("prompt", help="a world prompt, e.g. 'a red cube'")
+    add_dataclass_flags(p, PreferenceConfig)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(handler=_prefers)
 
 
 __all__ = ["add_toy"]

@@ -76,11 +76,11 @@ def render_objects(objects: list[WorldObject], cameras: CameraBatch, size: int, 
     light = world_light()
     colour = torch.zeros(len(objects), fine, fine, 3)
     coverage = torch.zeros(len(objects), fine, fine, 1)
-    # Group by shape so each group's distance function runs once over all its rays.
-    by_shape: dict[str, list[int]] = {}
+    # Group by surface so each group's distance function runs once over all its rays.
+    by_geometry: dict[tuple[str, float, float], list[int]] = {}
     for i, obj in enumerate(objects):
-        by_shape.setdefault(obj.shape, []).append(i)
-    for indices in by_shape.values():
+        by_geometry.setdefault(obj.geometry, []).append(i)
+    for indices in by_geometry.values():
         idx = torch.tensor(indices)
         obj = objects[indices[0]]
         o, d = origins[idx].reshape(-1, 3), dirs[idx].reshape(-1, 3)

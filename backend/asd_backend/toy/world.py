@@ -9,6 +9,7 @@ output frame before asking the shape.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 
 import torch
@@ -36,6 +37,10 @@ def world_light() -> Light:
 class WorldObject:
     shape: str
     colour: str
+    turn_deg: float = 0.0
+    """Turned about the vertical axis by this many degrees (anticlockwise seen from above); the world's
+    objects are not: turned and scaled ones are what-ifs for asking the teacher (toy/preference.py)."""
+    scale: float = 1.0
 
     @property
     def caption(self) -> str:
@@ -47,8 +52,19 @@ class WorldObject:
         """sRGB albedo in [0, 1]."""
         return tuple(c / 255 for c in COLOURS[self.colour])
 
+    @property
+    def geometry(self) -> tuple[str, float, float]:
+        """What fixes the surface (the paint does not)."""
+        return self.shape, self.turn_deg, self.scale
+
     def sdf(self, points: Float[Tensor, "N 3"]) -> Float[Tensor, " N"]:
         """Signed distance (a bound for unions and cuts) in the output frame; negative inside."""
+        if self.turn_deg:
+            c, s = math.cos(math.radians(self.turn_deg)), math.sin(math.radians(self.turn_deg))
+            x, y = points[..., 0], points[..., 1]
+            points = torch.stack([c * x + s * y, -s * x + c * y, points[..., 2]], dim=-1)  # the inverse turn
+        if self.scale != 1.0:
+            return SDF[self.shape](points / self.scale) * self.scale
         return SDF[self.shape](points)
 
     def sdf_field(self, points: Float[Tensor, "N 3"]) -> Float[Tensor, " N"]:
