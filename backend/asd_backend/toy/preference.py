@@ -55,7 +55,7 @@ def caption_gains(teacher, images: Mapping[str, Float[Tensor, "B 3 H W"]], capti
     batch = {len(v) for v in images.values()}
     if batch != {len(captions)}:
         raise UsageError(f"every image set needs one image per caption ({len(captions)}); got sizes {sorted(batch)}")
-    embedded = teacher.embed_prompts(list(captions) + [""])
+    embedded = teacher.embed_prompts([*captions, ""])
     cond, uncond = embedded[:-1], embedded[-1:].expand(len(captions), *embedded.shape[1:])
     total = teacher.num_train_timesteps
     grid = torch.linspace(0.02 * total, 0.98 * total, config.timesteps).round().long()
