@@ -146,7 +146,11 @@ class ScheduleSpec:
                doc="render side by step: [[from_step, side], ...], e.g. 0:64,5000:256"),
         factory=lambda: [[0, 64]])
     anneal_start_step: int | None = integer(None, optional=True, lo=0, hi=MAX_STEPS,
-                                            doc="from this step the largest timestep is 0.5·T (unset: never)")
+                                            doc="from this step the largest timestep is anneal_max_timestep·T "
+                                                "(unset: never)")
+    anneal_max_timestep: float = number(0.5, lo=0.05, hi=1.0,
+                                        doc="the largest timestep from anneal_start_step on, × T (0.5: the official "
+                                            "ASD's)")
     opaque_from_step: int | None = integer(None, optional=True, lo=0, hi=MAX_STEPS,
                                            doc="from this step the opacity loss is on (unset: never)")
     lambda_sparsity: float = number(10.0, lo=0.0, hi=1e6, doc="weight of the sparsity loss")

@@ -37,7 +37,7 @@ from .fields import (
 )
 from .job_spec import JOB_KINDS, MAX_PROMPT_CHARS, PartialJobSpec
 
-PROTOCOL_VERSION = "2.4"
+PROTOCOL_VERSION = "2.5"
 PROTOCOL_MAJOR = 2
 
 # Ids become folder names on the server: keep them to a safe alphabet.

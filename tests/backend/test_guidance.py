@@ -161,6 +161,20 @@ def test_annealed_timestep_range(gmm):
     assert guidance.step_range(100) == (20, 500)
 
 
+def test_the_job_spec_sets_how_far_the_largest_timestep_anneals(gmm):
+    from asd_backend.train.presets import resolve_spec
+    from asd_backend.train.text_to_3d import guidance_for
+    from asd_protocol.errors import ProtocolError
+
+    spec = resolve_spec({"prompt": "a red cube", "preset": "smoke",
+                         "schedule": {"anneal_start_step": 100, "anneal_max_timestep": 0.3}})
+    with guidance_for(gmm, spec) as guidance:
+        assert guidance.step_range(99) == (20, 980) and guidance.step_range(100) == (20, 300)
+    assert resolve_spec({"prompt": "a red cube"}).schedule.anneal_max_timestep == 0.5
+    with pytest.raises(ProtocolError, match="anneal_max_timestep"):
+        resolve_spec({"prompt": "a red cube", "schedule": {"anneal_max_timestep": 0.01}})
+
+
 def test_view_directions_follow_official_thresholds(tiny_teacher):
     bank = PromptBank(tiny_teacher, "a teapot", config=ViewPromptConfig())
     elevation = torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0, 70.0, 10.0])

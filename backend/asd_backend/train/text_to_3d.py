@@ -261,6 +261,14 @@ def view_prompts(spec: JobSpec) -> ViewPromptConfig:
     return ViewPromptConfig(view_dependent=spec.guidance.view_prompts, perp_neg=spec.guidance.perp_neg)
 
 
+def guidance_for(teacher: Teacher, spec: JobSpec) -> ScoreDistillation:
+    """The score distillation a generate job runs: its guidance, model and NeRF sections, and its
+    schedule's timestep annealing."""
+    return ScoreDistillation.from_spec(teacher, spec.guidance, spec.model, spec.nerf,
+                                       anneal_start_step=spec.schedule.anneal_start_step,
+                                       max_step_percent_annealed=spec.schedule.anneal_max_timestep)
+
+
 def generate(teacher: Teacher, spec: JobSpec, *, workdir: Path | None = None, resume: bool = False,
              events: JobEvents | None = None, timer: PhaseTimer | None = None,
              implementation: str = "fast") -> GenerationResult:
@@ -280,8 +288,7 @@ def generate(teacher: Teacher, spec: JobSpec, *, workdir: Path | None = None, re
     device = teacher.device
     torch.manual_seed(spec.seed)
     model = Generator3D(spec.nerf, implementation).to(device)
-    with ScoreDistillation.from_spec(teacher, spec.guidance, spec.model, spec.nerf,
-                                     anneal_start_step=spec.schedule.anneal_start_step) as guidance:
+    with guidance_for(teacher, spec) as guidance:
         schedule, output = spec.schedule, spec.output
         optimizer = _optimizer(model, spec, guidance)
         generators = {"cpu": torch.Generator().manual_seed(spec.seed)}
