@@ -128,6 +128,11 @@ def test_world_objects_turn_and_scale_about_the_centre():
     # The backrest (at +Y) turned anticlockwise seen from above comes to −X.
     assert (chair.sdf(points[:1]) < 0).item() and (turned.sdf(torch.tensor([[-0.19, 0.0, 0.3]])) < 0).item()
     assert not (turned.sdf(points[:1]) < 0).item()
+    # The filled mug (a what-if, not a world shape) is solid where the mug is hollow, the same elsewhere.
+    cavity, wall = torch.tensor([[0.0, 0.0, 0.1]]), torch.tensor([[0.185, 0.0, 0.0]])
+    mug, filled = WorldObject("mug", "red"), WorldObject("filled mug", "red")
+    assert (mug.sdf(cavity) > 0).item() and (filled.sdf(cavity) < 0).item()
+    assert (filled.sdf(wall) < 0).item() and (mug.sdf(wall) < 0).item()
     big = WorldObject("sphere", "red", scale=1.5)
     assert (WorldObject("sphere", "red").sdf(points[2:]) > 0).item() and (big.sdf(points[2:]) < 0).item()
     assert big.caption == "a red sphere" and big.geometry == ("sphere", 0.0, 1.5)

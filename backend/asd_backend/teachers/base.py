@@ -101,16 +101,17 @@ class Teacher(ABC):
         a = expand_like(self.alpha_bar(t, x0), x0)
         return a.sqrt() * x0 + (1 - a).sqrt() * noise
 
-    def encode(self, images: Float[Tensor, "B 3 H W"]) -> Tensor:
-        """Images in [0, 1] to the model's sample space. Pixel teachers: identity (to [-1, 1])."""
+    def encode(self, images: Float[Tensor, "B 3 H W"], deterministic: bool = False) -> Tensor:
+        """Images in [0, 1] to the model's sample space. Pixel teachers: identity (to [-1, 1]).
+        `deterministic`: a latent teacher's posterior mode instead of a draw (for measuring)."""
         return images * 2 - 1
 
-    def encode_at_native(self, images: Float[Tensor, "B 3 H W"]) -> Tensor:
+    def encode_at_native(self, images: Float[Tensor, "B 3 H W"], deterministic: bool = False) -> Tensor:
         """`encode` after a bilinear resize to the teacher's native resolution (renders come in any size)."""
         if images.shape[-2:] != (self.native_resolution, self.native_resolution):
             images = torch.nn.functional.interpolate(images, (self.native_resolution,) * 2, mode="bilinear",
                                                      align_corners=False)
-        return self.encode(images)
+        return self.encode(images, deterministic=deterministic)
 
     def decode(self, samples: Tensor) -> Float[Tensor, "B 3 H W"]:
         """Samples back to images in [0, 1]."""

@@ -220,9 +220,10 @@ class StableDiffusionTeacher(Teacher):
 
     # -- VAE ----------------------------------------------------------------------------------
 
-    def encode(self, images: Float[Tensor, "B 3 H W"]) -> Float[Tensor, "B 4 h w"]:
+    def encode(self, images: Float[Tensor, "B 3 H W"], deterministic: bool = False) -> Float[Tensor, "B 4 h w"]:
         posterior = self.vae.encode((images * 2 - 1).to(self.dtype)).latent_dist
-        return (posterior.sample() * self.vae.config.scaling_factor).to(images.dtype)
+        latents = posterior.mode() if deterministic else posterior.sample()
+        return (latents * self.vae.config.scaling_factor).to(images.dtype)
 
     def decode(self, samples: Float[Tensor, "B 4 h w"]) -> Float[Tensor, "B 3 H W"]:
         images = self.vae.decode((samples / self.vae.config.scaling_factor).to(self.dtype)).sample

@@ -26,7 +26,7 @@ from ..errors import UsageError
 from ..guidance.prompts import ViewPromptConfig, view_direction, view_prompt
 from ..nerf.cameras import CameraBatch, CameraConfig, sample_cameras
 from .render import render_objects
-from .world import SHAPES, WorldObject
+from .world import SDF, SHAPES, WorldObject
 
 
 @dataclasses.dataclass
@@ -60,7 +60,9 @@ def caption_gains(teacher, images: Mapping[str, Float[Tensor, "B 3 H W"]], capti
     total = teacher.num_train_timesteps
     grid = torch.linspace(0.02 * total, 0.98 * total, config.timesteps).round().long()
     generator = torch.Generator().manual_seed(config.seed)
-    latents = {name: teacher.encode_at_native(x.to(teacher.device, teacher.dtype)) for name, x in images.items()}
+    # The posterior's mode, not a draw: a draw would differ between candidates (and runs) for nothing.
+    latents = {name: teacher.encode_at_native(x.to(teacher.device, teacher.dtype), deterministic=True)
+               for name, x in images.items()}
     like = next(iter(latents.values()))
     noises = torch.randn((config.timesteps, config.draws, *like.shape), generator=generator).to(like)
     sums = {name: torch.zeros(2, dtype=torch.float64) for name in images}
@@ -85,10 +87,12 @@ def view_captions(caption: str, cameras: CameraBatch) -> list[str]:
 
 
 def candidates(obj: WorldObject) -> dict[str, WorldObject]:
-    """The object, turned, resized, and every other world shape in its paint."""
+    """The object, turned, resized, filled (the mug), and every other world shape in its paint."""
     out = {"the object": obj}
     out |= {f"turned {a}°": dataclasses.replace(obj, turn_deg=float(a)) for a in (30, 45, 90, 180)}
     out |= {f"×{k:g}": dataclasses.replace(obj, scale=k) for k in (0.8, 1.25, 1.5)}
+    if f"filled {obj.shape}" in SDF:
+        out["filled"] = dataclasses.replace(obj, shape=f"filled {obj.shape}")
     out |= {f"a {shape}": WorldObject(shape, obj.colour) for shape in SHAPES if shape != obj.shape}
     return out
 

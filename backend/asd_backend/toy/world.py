@@ -172,5 +172,11 @@ def chair(p: Tensor) -> Tensor:
     return torch.stack([box(p, c, h) for c, h in _CHAIR_BOXES]).min(dim=0).values
 
 
+def filled_mug(p: Tensor) -> Tensor:
+    """The mug without its hollow: not a world shape, a what-if for asking the teacher (toy/preference.py)."""
+    return torch.minimum(capped_cylinder(p, 0.2, -0.22, 0.22), mug(p))
+
+
 SDF: dict[str, Callable[[Tensor], Tensor]] = {
-    "cube": cube, "sphere": sphere, "cylinder": cylinder, "cone": cone, "torus": torus, "mug": mug, "chair": chair}
+    "cube": cube, "sphere": sphere, "cylinder": cylinder, "cone": cone, "torus": torus, "mug": mug, "chair": chair,
+    "filled mug": filled_mug}
