@@ -97,16 +97,12 @@ def candidates(obj: WorldObject) -> dict[str, WorldObject]:
     return out
 
 
-def prefers(teacher, obj: WorldObject, config: PreferenceConfig,
-            extra: Mapping[str, Float[Tensor, "B 3 H W"]] | None = None,
-            cameras: CameraBatch | None = None) -> dict[str, dict[str, float]]:
-    """`caption_gains` of the object's caption over exact renders (on white) of `candidates(obj)` and any
-    `extra` image sets (renders of a result from the same `cameras`)."""
-    if cameras is None:
-        cameras = sample_cameras(config.views, CameraConfig(), torch.Generator().manual_seed(config.seed))
+def prefers(teacher, obj: WorldObject, config: PreferenceConfig) -> dict[str, dict[str, float]]:
+    """`caption_gains` of the object's caption over exact renders (on white) of `candidates(obj)`, seen by
+    `config.views` cameras drawn as the product's NeRF draws them."""
+    cameras = sample_cameras(config.views, CameraConfig(), torch.Generator().manual_seed(config.seed))
     size = teacher.native_resolution
     white = torch.ones(3)
     images = {name: render_objects([o] * len(cameras), cameras, size).over(white)
               for name, o in candidates(obj).items()}
-    images |= dict(extra or {})
     return caption_gains(teacher, images, view_captions(obj.caption, cameras), config)
