@@ -10,6 +10,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import trimesh
 
 from asd_backend.nerf.background import SolidBackground
 from asd_backend.nerf.cameras import orbit_cameras
@@ -141,6 +142,16 @@ def test_bench_scores_are_right_on_known_answers():
     assert mesh_colour_psnr(painted, WorldObject("cone", "green")) > 40
     assert mesh_colour_psnr(baked, WorldObject("cone", "green")) < 20
     assert mesh_colour_psnr(mesh, WorldObject("cone", "green")) is None
+    # Seen from above, a cube fills its square, a solid of revolution π/4 of it, at any turn.
+    from asd_backend.bench.toy import top_square_fill
+
+    def as_mesh(tm) -> Mesh:
+        return Mesh(vertices=tm.vertices.astype("float32"), faces=tm.faces.astype("int64"))
+
+    cube, cylinder = exact_mesh("cube", 96), exact_mesh("cylinder", 96)
+    turned = cube.copy().apply_transform(trimesh.transformations.rotation_matrix(0.5, [0, 0, 1]))
+    assert top_square_fill(as_mesh(cube)) > 0.97 and top_square_fill(as_mesh(turned)) > 0.95
+    assert top_square_fill(as_mesh(cylinder)) == pytest.approx(math.pi / 4, abs=0.03)
     with pytest.raises(ValueError, match="names no world object"):
         ToyBenchConfig(prompt="a ceramic teapot")
 

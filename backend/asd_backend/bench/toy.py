@@ -12,6 +12,8 @@ the exact object.
   mesh_colour_psnr: the mesh's vertex colours against the paint (shading baked into them is error);
   for the mug and the chair, judge_azimuth_error_deg: the median error of the azimuth the judge reads
   from each render (a Janus object, or a handle on the wrong side, reads far from the camera's);
+- for the cube, top_square_fill: how much of the tightest square around it (at any turn) its silhouette
+  seen from above fills: 1 for a cube, π/4 = 0.785 for a solid of revolution;
 - caption_gain and caption_gain_exact: how well the prompt explains the result's renders and the exact
   object's, by the teacher's own denoising (toy/preference.py), same views and noise: a result below
   the exact object is a distillation that missed what the teacher knows; one level with it, a teacher
@@ -129,6 +131,25 @@ def render_scores(pred: torch.Tensor, obj: WorldObject, cameras: CameraBatch, si
             "nearest_colour": min(paints, key=paints.get)}
 
 
+def top_square_fill(mesh: Mesh, samples: int = 160) -> float:
+    """The share of the tightest square (over turns about the vertical) that the mesh's silhouette seen from
+    above fills: 1 for an upright box, π/4 for a solid of revolution."""
+    import trimesh
+
+    tm = trimesh.Trimesh(mesh.vertices, mesh.faces, process=False)
+    (x0, y0, _), (x1, y1, z1) = tm.bounds
+    xs, ys = np.meshgrid(np.linspace(x0, x1, samples), np.linspace(y0, y1, samples))
+    origins = np.stack([xs.ravel(), ys.ravel(), np.full(xs.size, z1 + 1.0)], axis=1)
+    hit = tm.ray.intersects_any(origins, np.tile([0.0, 0.0, -1.0], (xs.size, 1)))
+    if not hit.any():
+        return 0.0
+    area = hit.mean() * (x1 - x0) * (y1 - y0)
+    points = origins[hit, :2]
+    side = min(np.ptp(points @ np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]]), axis=0).max()
+               for a in np.radians(np.arange(0.0, 90.0, 3.0)))
+    return round(float(area / side**2), 3)
+
+
 def teacher_preference(teacher, model, obj: WorldObject, cameras: CameraBatch, seed: int) -> dict[str, float]:
     """The teacher's caption gain on the result's renders and on the exact object's (same views and noise)."""
     size = teacher.native_resolution
@@ -210,6 +231,8 @@ def run(cfg: ToyBenchConfig, device: str = "cpu", save: str | Path | None = None
     cameras = held_out_cameras(cfg.views)
     pred = nerf_renders(result.model, cameras, cfg.render_size)
     report |= render_scores(pred, obj, cameras, cfg.render_size)
+    if obj.shape == "cube":
+        report["top_square_fill"] = top_square_fill(result.mesh)
     verdict = load_judge().judge(pred)
     report["judge_shape_accuracy"] = float(np.mean([s == obj.shape for s in verdict["shape"]]))
     report["judge_colour_accuracy"] = float(np.mean([c == obj.colour for c in verdict["colour"]]))
