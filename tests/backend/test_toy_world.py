@@ -154,6 +154,13 @@ def test_bench_scores_are_right_on_known_answers():
     assert top_square_fill(as_mesh(cylinder)) == pytest.approx(math.pi / 4, abs=0.03)
     with pytest.raises(ValueError, match="names no world object"):
         ToyBenchConfig(prompt="a ceramic teapot")
+    # The bench's schedule flags reach the job spec; unset, the preset's stand.
+    from asd_backend.bench.toy import bench_spec
+
+    annealed = bench_spec(ToyBenchConfig(anneal_start_step=400, anneal_max_timestep=0.3)).schedule
+    plain = bench_spec(ToyBenchConfig()).schedule
+    assert (annealed.anneal_start_step, annealed.anneal_max_timestep) == (400, 0.3)
+    assert (plain.anneal_start_step, plain.anneal_max_timestep, plain.steps) == (None, 0.5, 1200)
 
 
 @pytest.mark.parametrize("shape", SHAPES)

@@ -60,6 +60,10 @@ class ToyBenchConfig:
     discriminator_steps: int = dataclasses.field(default=0, metadata={
         "help": "ε_φ updates per step (0: the product's default)"})
     lora_rank: int = dataclasses.field(default=0, metadata={"help": "ε_φ's LoRA rank (0: the product's default)"})
+    anneal_start_step: int = dataclasses.field(default=-1, metadata={
+        "help": "schedule.anneal_start_step (-1: the preset's)"})
+    anneal_max_timestep: float = dataclasses.field(default=0.0, metadata={
+        "help": "schedule.anneal_max_timestep (0: the preset's)"})
     preset: str = dataclasses.field(default="toy", metadata={"help": "the job preset the run starts from"})
     views: int = dataclasses.field(default=8, metadata={"help": "held-out views for the render scores and judge"})
     render_size: int = dataclasses.field(default=64, metadata={"help": "side of the held-out renders"})
@@ -183,8 +187,15 @@ def bench_spec(cfg: ToyBenchConfig):
     partial: dict[str, Any] = {"prompt": cfg.prompt, "seed": cfg.seed, "preset": cfg.preset,
                                "model": {"teacher": "toy"}, "guidance": {"method": cfg.method, "cfg": cfg.cfg},
                                "output": {"mesh_every": 0, "turntable": 0}}
+    schedule: dict[str, Any] = {}
     if cfg.steps:
-        partial["schedule"] = {"steps": cfg.steps}
+        schedule["steps"] = cfg.steps
+    if cfg.anneal_start_step >= 0:
+        schedule["anneal_start_step"] = cfg.anneal_start_step
+    if cfg.anneal_max_timestep:
+        schedule["anneal_max_timestep"] = cfg.anneal_max_timestep
+    if schedule:
+        partial["schedule"] = schedule
     if cfg.gamma_schedule:
         partial["guidance"]["gamma_schedule"] = cfg.gamma_schedule
     if cfg.discriminator_lr:
