@@ -85,7 +85,7 @@ def add_toy(sub: argparse._SubParsersAction) -> None:
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("prompt", help="a world prompt, e.g. 'a red cube'")
     add_dataclass_flags(p, PreferenceConfig)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | mps")
     p.set_defaults(handler=_prefers)
 
 
