@@ -42,7 +42,7 @@ from ..progress_bar import ProgressBar
 from ..toy.judge import ORIENTED, load_judge
 from ..toy.preference import PreferenceConfig, caption_gains, view_captions
 from ..toy.render import render_objects
-from ..toy.world import BOUNDING_RADIUS, COLOURS, SHAPES, WorldObject, parse_prompt
+from ..toy.world import BOUNDING_RADIUS, COLOURS, SHAPES, WorldObject, world_object
 from .shape import SATURATED, metrics
 
 
@@ -72,9 +72,7 @@ class ToyBenchConfig:
     iou_grid: int = 96
 
     def __post_init__(self) -> None:
-        if parse_prompt(self.prompt) is None:
-            raise UsageError(f"--prompt {self.prompt!r} names no world object; use a colour ({', '.join(COLOURS)}) "
-                             f"and a shape ({', '.join(SHAPES)}), e.g. 'a red mug'")
+        world_object(self.prompt, "--prompt")
         if self.method not in ("asd", "vsd", "sds"):
             raise UsageError(f"--method must be asd, vsd or sds; got {self.method!r}")
         if self.steps < 0 or self.views < 1:
@@ -224,9 +222,7 @@ def run(cfg: ToyBenchConfig, device: str = "cpu", save: str | Path | None = None
     from ..teachers import load_teacher
     from ..train.text_to_3d import generate
 
-    obj = parse_prompt(cfg.prompt)
-    if obj is None:
-        raise UsageError(f"{cfg.prompt!r} names no world object")
+    obj = world_object(cfg.prompt, "--prompt")
     teacher = teacher or load_teacher("toy", device)
     spec = bench_spec(cfg)
     start = time.perf_counter()

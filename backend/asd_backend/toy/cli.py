@@ -42,15 +42,11 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _prefers(args: argparse.Namespace) -> int:
-    from ..errors import UsageError
     from ..teachers import load_teacher
     from .preference import PreferenceConfig, prefers
-    from .world import COLOURS, SHAPES, parse_prompt
+    from .world import world_object
 
-    obj = parse_prompt(args.prompt)
-    if obj is None:
-        raise UsageError(f"{args.prompt!r} names no world object; use a colour ({', '.join(COLOURS)}) and a shape "
-                         f"({', '.join(SHAPES)}), e.g. 'a red mug'")
+    obj = world_object(args.prompt)
     config = dataclass_from_args(PreferenceConfig, args)
     rows = prefers(load_teacher("toy", args.device), obj, config)
     print(json.dumps({"prompt": args.prompt, **dataclasses.asdict(config), "candidates": rows}))

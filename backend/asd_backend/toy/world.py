@@ -16,6 +16,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from ..errors import UsageError
 from ..nerf.cameras import FIELD_TO_BLENDER
 from ..nerf.shading import Light
 from .light import AMBIENT, light_angles
@@ -85,6 +86,16 @@ def parse_prompt(prompt: str) -> WorldObject | None:
     if len(colours) != 1 or len(shapes) != 1:
         return None
     return WorldObject(shapes[0], colours[0])
+
+
+def world_object(prompt: str, flag: str = "") -> WorldObject:
+    """The world object a prompt names; a UsageError that says what the world holds when it names none
+    (`flag`: the option it came from, to name in the message)."""
+    obj = parse_prompt(prompt)
+    if obj is None:
+        raise UsageError(f"{flag + ' ' if flag else ''}{prompt!r} names no world object; use a colour "
+                         f"({', '.join(COLOURS)}) and a shape ({', '.join(SHAPES)}), e.g. 'a red mug'")
+    return obj
 
 
 def vocabulary_warning(prompt: str) -> str | None:
