@@ -163,6 +163,24 @@ def test_bench_scores_are_right_on_known_answers():
     assert (plain.anneal_start_step, plain.anneal_max_timestep, plain.steps) == (None, 0.5, 1200)
 
 
+def test_bench_toy_runs_the_product_loop_and_reports_how_it_was_run():
+    # The whole bench, a few steps: generate() on the shipped toy teacher, then every score; the row
+    # names the settings its flags changed, so a table built from rows can tell annealed runs apart.
+    from asd_backend.bench.toy import ToyBenchConfig, run
+
+    report = run(ToyBenchConfig(prompt="a red cube", method="asd", steps=3, views=2, render_size=32,
+                                exact_resolution=64, samples=2000, iou_grid=24, anneal_start_step=1,
+                                anneal_max_timestep=0.3, discriminator_steps=2))
+    assert (report["prompt"], report["method"], report["steps"], report["seed"]) == ("a red cube", "asd", 3, 0)
+    assert (report["anneal_start_step"], report["anneal_max_timestep"]) == (1, 0.3)
+    assert (report["discriminator_steps"], report["gamma_schedule"]) == (2, "constant")
+    assert report["nearest_shape"] in SHAPES and 0.0 < report["chamfer_l1_rel"] < 1.0
+    assert 0.0 <= report["judge_shape_accuracy"] <= 1.0 and 0.0 <= report["top_square_fill"] <= 1.0
+    # Three steps make no cube: the teacher explains the exact cube better than the fog it started from.
+    assert report["caption_gain_exact"] > report["caption_gain"]
+    assert report["loss_discriminator_last_quarter"] > 0.0
+
+
 @pytest.mark.parametrize("shape", SHAPES)
 def test_every_shape_renders_something_inside_its_bounds(shape):
     cameras = orbit_cameras(torch.tensor([20.0]), torch.tensor([40.0]), torch.tensor([1.3]), torch.tensor([50.0]))

@@ -232,7 +232,14 @@ def run(cfg: ToyBenchConfig, device: str = "cpu", save: str | Path | None = None
         Path(trace).write_text("".join(json.dumps(m) + "\n" for m in events.trace))
     seconds = time.perf_counter() - start
     report: dict[str, Any] = {"benchmark": "toy", "prompt": cfg.prompt, "method": cfg.method, "cfg": cfg.cfg,
-                              "steps": result.steps_done, "seed": cfg.seed}
+                              "steps": result.steps_done, "seed": cfg.seed,
+                              # the resolved settings a flag may override, so that a row says how it was run
+                              "anneal_start_step": spec.schedule.anneal_start_step,
+                              "anneal_max_timestep": spec.schedule.anneal_max_timestep,
+                              "gamma_schedule": spec.guidance.gamma_schedule,
+                              "discriminator_lr": spec.guidance.discriminator_lr,
+                              "discriminator_steps": spec.guidance.discriminator_steps,
+                              "lora_rank": spec.guidance.lora_rank}
     report |= shape_scores(result.mesh, obj, cfg)
     report["mesh_colour_psnr"] = mesh_colour_psnr(result.mesh, obj)
     cameras = held_out_cameras(cfg.views)
