@@ -25,6 +25,20 @@ def test_the_registry_names_the_toy_teacher_its_preset_and_refuses_unknown_specs
     # A job that names the toy teacher and no preset runs the toy's; a preset it names wins.
     assert resolve_spec({"prompt": "a red mug", "model": {"teacher": "toy"}}).schedule.resolution_schedule == [[0, 32]]
     assert resolve_spec({"prompt": "a red mug", "model": {"teacher": "toy"}, "preset": "smoke"}).preset == "smoke"
+    # At a high CFG the toy preset anneals the timesteps (measured to help every method there, to hurt ASD at
+    # 7.5); what the job sets itself wins, and another preset is left alone.
+    def schedule(**extra):
+        job = {"prompt": "a red mug", "model": {"teacher": "toy"}} | extra
+        s = resolve_spec(job).schedule
+        return s.anneal_start_step, s.anneal_max_timestep
+
+    assert schedule() == schedule(guidance={"cfg": 14.9}) == (None, 0.5)
+    assert schedule(guidance={"cfg": 30}) == schedule(guidance={"cfg": 100.0}) == (400, 0.3)
+    assert schedule(guidance={"cfg": 30}, schedule={"anneal_start_step": None}) == (None, 0.3)
+    assert schedule(guidance={"cfg": 30}, schedule={"anneal_max_timestep": 0.5}) == (400, 0.5)
+    assert schedule(guidance={"cfg": 30}, preset="smoke") == (None, 0.5)
+    with pytest.raises(ValueError, match=r"guidance\.cfg"):
+        schedule(guidance={"cfg": "thirty"})
 
 
 def test_the_shipped_weights_are_small_safetensors_with_their_record():

@@ -61,7 +61,7 @@ class ToyBenchConfig:
         "help": "ε_φ updates per step (0: the product's default)"})
     lora_rank: int = dataclasses.field(default=0, metadata={"help": "ε_φ's LoRA rank (0: the product's default)"})
     anneal_start_step: int = dataclasses.field(default=-1, metadata={
-        "help": "schedule.anneal_start_step (-1: the preset's)"})
+        "help": "schedule.anneal_start_step (-1: the preset's; toy anneals from CFG 15, train/presets.py)"})
     anneal_max_timestep: float = dataclasses.field(default=0.0, metadata={
         "help": "schedule.anneal_max_timestep (0: the preset's)"})
     preset: str = dataclasses.field(default="toy", metadata={"help": "the job preset the run starts from"})
