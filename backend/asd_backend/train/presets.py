@@ -33,7 +33,8 @@ PRESETS: dict[str, Preset] = {
         "output": {"mesh_every": 6, "preview_mc_resolution": 48, "preview_face_budget": 4000, "mc_resolution": 64,
                    "preview_render": 64, "turntable_size": 64}}),
     # The toy teacher's own preset: its native 32² renders, and what fits 10 minutes on 2 CPU cores.
-    "toy": Preset("the toy teacher on a CPU: 32² renders, a real object in minutes", {
+    "toy": Preset("the toy teacher on a CPU: 32² renders, a real object in minutes "
+                  "(from CFG 15 the timesteps anneal)", {
         "nerf": {"grid": CPU_GRID, "samples_per_ray": 64, "occupancy_resolution": 32, "occupancy_update_every": 8,
                  "occupancy_warmup_steps": 64, "lighting": TOY_LIGHTING},
         "schedule": {"steps": 1200, "resolution_schedule": [[0, 32]], "checkpoint_every": 200},
