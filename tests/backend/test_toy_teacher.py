@@ -39,6 +39,10 @@ def test_the_registry_names_the_toy_teacher_its_preset_and_refuses_unknown_specs
     assert schedule(guidance={"cfg": 30}, preset="smoke") == (None, 0.5)
     with pytest.raises(ValueError, match=r"guidance\.cfg"):
         schedule(guidance={"cfg": "thirty"})
+    # Jobs of other kinds have no schedule to anneal and are not refused for one they never sent.
+    for kind in ("image", "edit_texture"):
+        job = {"kind": kind, "prompt": "a blue mug", "model": {"teacher": "toy"}, "guidance": {"cfg": 30}}
+        assert resolve_spec(job).guidance.cfg == 30
 
 
 def test_the_shipped_weights_are_small_safetensors_with_their_record():

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from asd_protocol.job_spec import JobSpec, Preset, get_path, merge, resolve
+from asd_protocol.job_spec import KIND_SECTIONS, JobSpec, Preset, get_path, merge, resolve
 
 from ..teachers.registry import default_preset
 from ..toy.light import AMBIENT, light_angles
@@ -74,8 +74,10 @@ def resolve_spec(partial: Mapping[str, Any], seed: int | None = None, path: str 
         preset = default_preset(teacher) if isinstance(teacher, str) else None
         if preset is not None:
             partial = {**partial, "preset": preset}
-    high = AT_HIGH_CFG.get(partial.get("preset")) if isinstance(partial.get("preset"), str) else None
-    cfg = get_path(partial, "guidance.cfg")
+    preset, kind, cfg = partial.get("preset"), partial.get("kind", "generate"), get_path(partial, "guidance.cfg")
+    high = AT_HIGH_CFG.get(preset, {}) if isinstance(preset, str) else {}
+    # Only the sections the job's kind uses (an image job has no schedule); bad values are resolve()'s to refuse.
+    high = {k: v for k, v in high.items() if k in KIND_SECTIONS.get(kind, ())} if isinstance(kind, str) else {}
     if high and isinstance(cfg, (int, float)) and not isinstance(cfg, bool) and cfg >= HIGH_CFG:
-        partial = merge(high, partial)  # validation of the whole still happens in resolve()
+        partial = merge(high, partial)
     return resolve(partial, PRESETS, seed=seed, path=path)
