@@ -7,6 +7,9 @@ The grid's rows beside the methods (issue 22, item 1):
   1 + (1+γ)(s−1); `--matched` adds SDS and VSD at that CFG for every ASD CFG of the grid;
 - equal time: `--sds-equal-time` adds SDS given ASD's mean wall-clock time at each CFG, as steps, from
   the ASD and SDS rows already in the file (run the sweep once without it first).
+Every run resolves the toy preset as the product does, so from CFG 15 it anneals the timesteps
+(train/presets.py) and the matched-CFG rows below 15 do not; each row records its annealing. A file
+written before that rule (2026-12-06) holds un-annealed high-CFG rows: start a new file.
 """
 
 from __future__ import annotations
