@@ -55,10 +55,10 @@ PRESETS: dict[str, Preset] = {
 
 
 # What a preset adds when the job's CFG is high. On the toy teacher annealing the largest timestep to 0.3·T
-# from step 400 lifts SDS, VSD and ASD alike at CFG 30 (ASD: saturated 13–54 % → 0–29 %, render +0.9 to
-# +6.0 dB, Chamfer down on every shape measured), while at 7.5 it costs ASD geometry (primitives within 3 %:
-# 5 → 2 of 10), docs/benchmarks.md. Measured at 7.5, 30 and 100; HIGH_CFG is the geometric midpoint of the
-# first two. Whatever the job sets itself still wins.
+# from step 400 lifts SDS and ASD at CFG 30 (ASD: saturated 13–54 % → 0–29 %, render +0.9 to +6.0 dB,
+# Chamfer down on every shape measured both ways; annealed, ASD leads SDS and VSD there), while at 7.5 it
+# costs ASD geometry (primitives within 3 %: 5 → 2 of 10), docs/benchmarks.md. Measured at 7.5, 30 and
+# 100; HIGH_CFG is the geometric midpoint of the first two. Whatever the job sets itself still wins.
 HIGH_CFG = 15.0
 AT_HIGH_CFG: dict[str, dict[str, Any]] = {
     "toy": {"schedule": {"anneal_start_step": 400, "anneal_max_timestep": 0.3}},
