@@ -16,7 +16,7 @@ from asd_protocol.fields import Flag, Integer, ListOf, Number, Spec, Text
 from asd_protocol.job_spec import KIND_SECTIONS, JobSpec, get_path, leaves, partial_from_options
 
 from .errors import UsageError
-from .train.presets import AT_HIGH_CFG, HIGH_CFG, PRESETS
+from .train.presets import PRESETS
 
 # Top-level fields that are not flags: the prompt is positional; the kind follows from the command.
 NOT_FLAGS = ("spec_version", "kind", "prompt")
@@ -62,8 +62,9 @@ def _help(path: str, spec: Spec) -> str:
     text = f"{spec.doc} (default: {_shown(default)}"
     by_preset = [f"{name} {_shown(get_path(preset.overrides, path))}" for name, preset in PRESETS.items()
                  if get_path(preset.overrides, path) is not None]
-    by_preset += [f"{name} at CFG ≥ {HIGH_CFG:g}: {_shown(get_path(part, path))}" for name, part in AT_HIGH_CFG.items()
-                  if get_path(part, path) is not None]
+    by_preset += [f"{name} at CFG ≥ {preset.high_cfg[0]:g}: {_shown(get_path(preset.high_cfg[1], path))}"
+                  for name, preset in PRESETS.items()
+                  if preset.high_cfg is not None and get_path(preset.high_cfg[1], path) is not None]
     if by_preset:
         text += "; preset " + ", ".join(by_preset)
     return (text + ")").replace("%", "%%")

@@ -351,10 +351,20 @@ def merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
 
 @dataclasses.dataclass(frozen=True)
 class Preset:
-    """A named partial spec laid under what the client sets."""
+    """A named partial spec laid under what the client sets; `high_cfg` = (s, partial) adds that partial
+    spec to the preset's own when the job's CFG is at least s (still under what the client sets)."""
 
     description: str
     overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    high_cfg: tuple[float, Mapping[str, Any]] | None = None
+
+    def for_cfg(self, cfg: float | None) -> Mapping[str, Any]:
+        """The preset's partial spec for a job whose guidance.cfg is `cfg` (None: the preset's or default)."""
+        if cfg is None:
+            cfg = get_path(self.overrides, "guidance.cfg", GuidanceSpec().cfg)
+        if self.high_cfg is not None and cfg >= self.high_cfg[0]:
+            return merge(self.overrides, self.high_cfg[1])
+        return self.overrides
 
 
 def resolve(partial: Mapping[str, Any], presets: Mapping[str, Preset], *, seed: int | None = None,
@@ -368,7 +378,8 @@ def resolve(partial: Mapping[str, Any], presets: Mapping[str, Preset], *, seed: 
     name = given.get("preset", DEFAULT_PRESET)
     if name not in presets:
         raise _bad(f"{path}.preset", f"unknown preset {name!r}", f"use one of {', '.join(presets)}")
-    spec = _build(JobSpec, merge(check_partial(presets[name].overrides, f"preset {name}"), given))
+    preset = presets[name].for_cfg(get_path(given, "guidance.cfg"))
+    spec = _build(JobSpec, merge(check_partial(preset, f"preset {name}"), given))
     if spec.seed is None:
         spec.seed = random.randrange(2**31) if seed is None else seed
     return spec.validate(path)

@@ -130,3 +130,26 @@ def test_submit_sends_texture_size_and_refuses_flags_the_kind_does_not_use(tmp_p
                                                    "output": {"texture_size": 256, "mesh_every": 0}}
     # No --seed: none is sent, so the server picks a random one.
     assert "seed" not in partial_from_args(args, "generate")
+
+
+def test_a_presets_high_cfg_part_lies_between_the_preset_and_the_client():
+    from asd_protocol.job_spec import Preset, resolve
+
+    # The CFG that decides is the client's, else the preset's own, else the default (7.5).
+    presets = {"loud": Preset("cfg 20 by itself", {"guidance": {"cfg": 20.0}, "schedule": {"steps": 50}},
+                              high_cfg=(15.0, {"schedule": {"steps": 60, "anneal_start_step": 10}})),
+               "plain": Preset("default cfg", {"schedule": {"steps": 50}},
+                               high_cfg=(15.0, {"schedule": {"steps": 60}}))}
+
+    def schedule(**job):
+        s = resolve({"prompt": "a red mug", **job}, presets).schedule
+        return s.steps, s.anneal_start_step
+
+    assert schedule(preset="loud") == (60, 10)
+    assert schedule(preset="loud", guidance={"cfg": 7.5}) == (50, None)
+    assert schedule(preset="plain") == (50, None)
+    assert schedule(preset="plain", guidance={"cfg": 15}) == (60, None)
+    assert schedule(preset="plain", guidance={"cfg": 15}, schedule={"steps": 70}) == (70, None)
+    # A job kind without a schedule takes the preset as it is, and is not refused for it.
+    assert resolve({"kind": "image", "prompt": "a red mug", "preset": "plain", "guidance": {"cfg": 30}},
+                   presets).guidance.cfg == 30

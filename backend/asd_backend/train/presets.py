@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from asd_protocol.job_spec import KIND_SECTIONS, JobSpec, Preset, get_path, merge, resolve
+from asd_protocol.job_spec import JobSpec, Preset, resolve
 
 from ..teachers.registry import default_preset
 from ..toy.light import AMBIENT, light_angles
@@ -24,6 +24,13 @@ CPU_GRID = {"n_levels": 8, "n_features_per_level": 2, "log2_hashmap_size": 14, "
 _TOY_ELEVATION, _TOY_AZIMUTH = light_angles()
 TOY_LIGHTING = {"shading": "lambertian", "light_elevation": round(_TOY_ELEVATION, 2),
                 "light_azimuth": round(_TOY_AZIMUTH, 2), "ambient": AMBIENT}
+
+# The toy preset's high-CFG part. On the toy teacher annealing the largest timestep to 0.3·T from step 400
+# lifts SDS and ASD at CFG 30 (ASD: saturated 13–54 % → 0–29 %, render +0.9 to +6.0 dB, Chamfer down on
+# every shape measured both ways; annealed, ASD leads SDS and VSD there), while at 7.5 it costs ASD
+# geometry (primitives within 3 %: 5 → 2 of 10), docs/benchmarks.md. Measured at 7.5, 30 and 100; 15 is
+# the geometric midpoint of the first two. Whatever the job sets itself still wins.
+HIGH_CFG = 15.0
 
 PRESETS: dict[str, Preset] = {
     "smoke": Preset("seconds on a CPU: proves the pipeline runs (tests, offline demo)", {
@@ -39,7 +46,8 @@ PRESETS: dict[str, Preset] = {
                  "occupancy_warmup_steps": 64, "lighting": TOY_LIGHTING},
         "schedule": {"steps": 1200, "resolution_schedule": [[0, 32]], "checkpoint_every": 200},
         "output": {"mesh_every": 200, "first_mesh_seconds": 20.0, "preview_mc_resolution": 64,
-                   "preview_face_budget": 8000, "mc_resolution": 128, "preview_render": 128, "turntable_size": 128}}),
+                   "preview_face_budget": 8000, "mc_resolution": 128, "preview_render": 128, "turntable_size": 128}},
+        high_cfg=(HIGH_CFG, {"schedule": {"anneal_start_step": 400, "anneal_max_timestep": 0.3}})),
     "preview": Preset("a quick look on a GPU (goal: under 3 minutes)"),
     "standard": Preset("good results on a GPU in about half an hour (fits in 16 GB)", {
         "nerf": {"samples_per_ray": 128},
@@ -54,30 +62,12 @@ PRESETS: dict[str, Preset] = {
 }
 
 
-# What a preset adds when the job's CFG is high. On the toy teacher annealing the largest timestep to 0.3·T
-# from step 400 lifts SDS and ASD at CFG 30 (ASD: saturated 13–54 % → 0–29 %, render +0.9 to +6.0 dB,
-# Chamfer down on every shape measured both ways; annealed, ASD leads SDS and VSD there), while at 7.5 it
-# costs ASD geometry (primitives within 3 %: 5 → 2 of 10), docs/benchmarks.md. Measured at 7.5, 30 and
-# 100; HIGH_CFG is the geometric midpoint of the first two. Whatever the job sets itself still wins.
-HIGH_CFG = 15.0
-AT_HIGH_CFG: dict[str, dict[str, Any]] = {
-    "toy": {"schedule": {"anneal_start_step": 400, "anneal_max_timestep": 0.3}},
-}
-
-
 def resolve_spec(partial: Mapping[str, Any], seed: int | None = None, path: str = "spec") -> JobSpec:
     """A client's partial spec resolved with this backend's presets (raises ProtocolError naming the field).
-    A spec that names no preset gets its teacher's (the toy teacher's is sized for a CPU); a preset's
-    AT_HIGH_CFG part lies between the preset and the job when the job's CFG is at least HIGH_CFG."""
+    A spec that names no preset gets its teacher's (the toy teacher's is sized for a CPU)."""
     if "preset" not in partial and isinstance(partial.get("model"), Mapping):
         teacher = partial["model"].get("teacher")
         preset = default_preset(teacher) if isinstance(teacher, str) else None
         if preset is not None:
             partial = {**partial, "preset": preset}
-    preset, kind, cfg = partial.get("preset"), partial.get("kind", "generate"), get_path(partial, "guidance.cfg")
-    high = AT_HIGH_CFG.get(preset, {}) if isinstance(preset, str) else {}
-    # Only the sections the job's kind uses (an image job has no schedule); bad values are resolve()'s to refuse.
-    high = {k: v for k, v in high.items() if k in KIND_SECTIONS.get(kind, ())} if isinstance(kind, str) else {}
-    if high and isinstance(cfg, (int, float)) and not isinstance(cfg, bool) and cfg >= HIGH_CFG:
-        partial = merge(high, partial)
     return resolve(partial, PRESETS, seed=seed, path=path)
