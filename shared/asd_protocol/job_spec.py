@@ -369,7 +369,8 @@ class Preset:
 
 def resolve(partial: Mapping[str, Any], presets: Mapping[str, Preset], *, seed: int | None = None,
             path: str = "spec") -> JobSpec:
-    """Defaults ← the preset ← `partial`, validated. An unset seed becomes `seed` or a random one."""
+    """Defaults ← the preset (with its high-CFG part if the job's CFG reaches it) ← `partial`, validated.
+    An unset seed becomes `seed` or a random one."""
     given = check_partial(partial, path)
     kind = given.get("kind", "generate")
     for section in SECTIONS:
