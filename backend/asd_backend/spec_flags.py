@@ -60,11 +60,12 @@ def _shown(value: Any) -> str:
 def _help(path: str, spec: Spec) -> str:
     default = get_path(JobSpec().to_json(all_sections=True), path)
     text = f"{spec.doc} (default: {_shown(default)}"
-    by_preset = [f"{name} {_shown(get_path(preset.overrides, path))}" for name, preset in PRESETS.items()
-                 if get_path(preset.overrides, path) is not None]
-    by_preset += [f"{name} at CFG ≥ {preset.high_cfg[0]:g}: {_shown(get_path(preset.high_cfg[1], path))}"
-                  for name, preset in PRESETS.items()
-                  if preset.high_cfg is not None and get_path(preset.high_cfg[1], path) is not None]
+    by_preset = []
+    for name, preset in PRESETS.items():
+        if (value := get_path(preset.overrides, path)) is not None:
+            by_preset.append(f"{name} {_shown(value)}")
+        if preset.high_cfg is not None and (value := get_path(preset.high_cfg[1], path)) is not None:
+            by_preset.append(f"{name} at CFG ≥ {preset.high_cfg[0]:g}: {_shown(value)}")
     if by_preset:
         text += "; preset " + ", ".join(by_preset)
     return (text + ")").replace("%", "%%")

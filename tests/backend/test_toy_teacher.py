@@ -25,7 +25,7 @@ def test_the_registry_names_the_toy_teacher_its_preset_and_refuses_unknown_specs
     # A job that names the toy teacher and no preset runs the toy's; a preset it names wins.
     assert resolve_spec({"prompt": "a red mug", "model": {"teacher": "toy"}}).schedule.resolution_schedule == [[0, 32]]
     assert resolve_spec({"prompt": "a red mug", "model": {"teacher": "toy"}, "preset": "smoke"}).preset == "smoke"
-    # At a high CFG the toy preset anneals the timesteps (measured to help every method there, to hurt ASD at
+    # At a high CFG the toy preset anneals the timesteps (measured to help SDS and ASD there, to hurt ASD at
     # 7.5); what the job sets itself wins, and another preset is left alone.
     def schedule(**extra):
         job = {"prompt": "a red mug", "model": {"teacher": "toy"}} | extra
