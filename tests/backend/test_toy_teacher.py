@@ -9,7 +9,7 @@ import torch
 
 from asd_backend.teachers.registry import TEACHERS, TOY_TEACHER_DIR, default_preset, find_teacher
 from asd_backend.toy.judge import JUDGE_DIR, load_judge
-from asd_backend.toy.world import WorldObject
+from asd_backend.toy.world import COLOURS, SHAPES, WorldObject
 
 
 def test_the_registry_names_the_toy_teacher_its_preset_and_refuses_unknown_specs():
@@ -77,6 +77,11 @@ def test_the_judge_names_exact_renders():
     verdict = load_judge().judge(render_objects(objects, cameras, 32).over(torch.ones(3)))
     assert verdict["shape"] == [o.shape for o in objects] and verdict["colour"] == [o.colour for o in objects]
     assert abs(verdict["azimuth"][0] - 30) < 25 and abs(verdict["azimuth"][1] + 60) < 25
+    # Its probabilities are distributions whose largest is the name it gives.
+    for key, names in (("shape_probabilities", SHAPES), ("colour_probabilities", list(COLOURS))):
+        probabilities = verdict[key]
+        assert torch.allclose(probabilities.sum(-1), torch.ones(4))
+        assert [names[i] for i in probabilities.argmax(-1).tolist()] == verdict[key.split("_")[0]]
 
 
 def test_images_sampled_from_the_toy_teacher_show_the_asked_for_object():

@@ -134,6 +134,17 @@ def test_bench_scores_are_right_on_known_answers():
     wrong = render([WorldObject("cone", "purple")] * 4, cameras, 32).over(torch.ones(3))
     bad = render_scores(wrong, WorldObject("cone", "green"), cameras, 32)
     assert bad["nearest_colour"] == "purple" and bad["render_psnr"] < good["render_psnr"] - 15
+    # A black cone a shade darker than the truth fills `saturated` with its shadows (0.03 in the exact
+    # render, under 0.02 here) but is not over-saturated; a red cube whose red is pushed to 1 is, by both.
+    black = render([WorldObject("cone", "black")] * 4, cameras, 32)
+    darker = black.over(torch.ones(3)) * (1 - 0.7 * black.coverage)
+    dark = render_scores(darker, WorldObject("cone", "black"), cameras, 32)
+    assert dark["saturated"] > 0.3 and dark["saturated_far"] == 0
+    red = render([WorldObject("cube", "red")] * 4, cameras, 32)
+    vivid = red.over(torch.ones(3)).clone()
+    vivid[:, 0] = torch.where(red.coverage[:, 0] > 0.5, 1.0, vivid[:, 0])
+    pushed = render_scores(vivid, WorldObject("cube", "red"), cameras, 32)
+    assert pushed["saturated_far"] > 0.25 and pushed["saturated"] >= pushed["saturated_far"]
     # The mesh's own colours against the paint: exact paint scores high, the paint with shading baked in
     # (what an unlit NeRF's mesh carries) far lower, no colours no score.
     green = np.asarray(COLOURS["green"], np.uint8)
@@ -176,6 +187,7 @@ def test_bench_toy_runs_the_product_loop_and_reports_how_it_was_run():
     assert (report["discriminator_steps"], report["gamma_schedule"]) == (2, "constant")
     assert report["nearest_shape"] in SHAPES and 0.0 < report["chamfer_l1_rel"] < 1.0
     assert 0.0 <= report["judge_shape_accuracy"] <= 1.0 and 0.0 <= report["top_square_fill"] <= 1.0
+    assert 0.0 <= report["judge_colour_probability"] <= 1.0 and 0.0 <= report["saturated_far"] <= report["saturated"]
     # Three steps make no cube: the teacher explains the exact cube better than the fog it started from.
     assert report["caption_gain_exact"] > report["caption_gain"]
     assert report["loss_discriminator_last_quarter"] > 0.0

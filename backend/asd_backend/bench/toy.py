@@ -7,8 +7,13 @@ the exact object.
 - from `views` held-out cameras (elevation 20°, azimuths between any grid the loop uses), the NeRF
   rendered with its own colours on white against the exact object rendered under the world's light:
   render_psnr; saturated (the share of the object's pixel channels within 2 % of 0 or 1 where the exact
-  render is not); nearest_colour (the paint whose exact render is nearest); judge_shape_accuracy and
-  judge_colour_accuracy (the judge, toy/judge.py, on those renders: no method ever trains against it);
+  render is not); saturated_far (the same, counting only channels whose exact value lies at least 0.1
+  from that end: a dark paint's shadow, 0.03 in the exact render, is not over-saturated at 0.01, and
+  the black cone's and the red cube's shadows fill `saturated` with such channels); nearest_colour (the
+  paint whose exact render is nearest); judge_shape_accuracy and judge_colour_accuracy (the judge,
+  toy/judge.py, on those renders: no method ever trains against it), judge_shape_probability and
+  judge_colour_probability (the mean probability it gives the asked shape and paint: finer than right
+  or wrong, where every result is read right);
   mesh_colour_psnr: the mesh's vertex colours against the paint (shading baked into them is error);
   for the mug and the chair, judge_azimuth_error_deg: the median error of the azimuth the judge reads
   from each render (a Janus object, or a handle on the wrong side, reads far from the camera's);
@@ -44,6 +49,9 @@ from ..toy.preference import PreferenceConfig, caption_gains, view_captions
 from ..toy.render import render_objects
 from ..toy.world import BOUNDING_RADIUS, COLOURS, SHAPES, WorldObject, world_object
 from .shape import SATURATED, metrics
+
+# `saturated_far` counts a clipped channel only where the exact render lies at least this far from that end.
+FAR_FROM_END = 0.1
 
 
 @dataclasses.dataclass
@@ -128,8 +136,12 @@ def render_scores(pred: torch.Tensor, obj: WorldObject, cameras: CameraBatch, si
     natural = target.permute(0, 2, 3, 1)[fg]
     extreme = (pixels <= SATURATED) | (pixels >= 1 - SATURATED)
     extreme_natural = (natural <= SATURATED) | (natural >= 1 - SATURATED)
+    # Clipped towards an end that the truth is well away from: over-saturation, not a dark paint's shadow.
+    clipped_far = ((pixels <= SATURATED) & (natural >= FAR_FROM_END)) | ((pixels >= 1 - SATURATED)
+                                                                        & (natural <= 1 - FAR_FROM_END))
     return {"render_psnr": round(10 * math.log10(1 / max(mse, 1e-12)), 2),
             "saturated": round(float((extreme & ~extreme_natural).float().mean()), 5),
+            "saturated_far": round(float(clipped_far.float().mean()), 5),
             "nearest_colour": min(paints, key=paints.get)}
 
 
@@ -250,6 +262,10 @@ def run(cfg: ToyBenchConfig, device: str = "cpu", save: str | Path | None = None
     verdict = load_judge().judge(pred)
     report["judge_shape_accuracy"] = float(np.mean([s == obj.shape for s in verdict["shape"]]))
     report["judge_colour_accuracy"] = float(np.mean([c == obj.colour for c in verdict["colour"]]))
+    report["judge_shape_probability"] = round(float(verdict["shape_probabilities"][:, SHAPES.index(obj.shape)]
+                                                    .mean()), 4)
+    report["judge_colour_probability"] = round(float(verdict["colour_probabilities"][:, list(COLOURS)
+                                                     .index(obj.colour)].mean()), 4)
     if obj.shape in ORIENTED:  # the chair's backrest and the mug's handle, once and on their side
         errors = [abs((a - float(c) + 180) % 360 - 180) for a, c in zip(verdict["azimuth"],
                                                                           cameras.azimuth_deg.tolist(), strict=True)]

@@ -48,14 +48,17 @@ class Judge(nn.Module):
 
     @torch.no_grad()
     def judge(self, images: Float[Tensor, "B 3 H W"]) -> dict[str, Any]:
-        """Names and azimuths (degrees) for images in [0, 1], any size (resized to 32²)."""
+        """Names and azimuths (degrees) for images in [0, 1], any size (resized to 32²), and the probability
+        given to every shape and paint (`shape_probabilities` [B, 7] in `SHAPES`' order, `colour_probabilities`
+        [B, 8] in `COLOURS`'), for a reading finer than right or wrong."""
         self.eval()
         if images.shape[-1] != 32:
             images = F.interpolate(images, size=(32, 32), mode="bilinear", antialias=True, align_corners=False)
         shape, colour, azimuth = self(images.float())
         return {"shape": [SHAPES[i] for i in shape.argmax(-1).tolist()],
                 "colour": [list(COLOURS)[i] for i in colour.argmax(-1).tolist()],
-                "azimuth": torch.rad2deg(torch.atan2(azimuth[:, 1], azimuth[:, 0])).tolist()}
+                "azimuth": torch.rad2deg(torch.atan2(azimuth[:, 1], azimuth[:, 0])).tolist(),
+                "shape_probabilities": shape.softmax(-1), "colour_probabilities": colour.softmax(-1)}
 
 
 def load_judge(folder: Path = JUDGE_DIR) -> Judge:
