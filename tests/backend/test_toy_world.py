@@ -139,12 +139,16 @@ def test_bench_scores_are_right_on_known_answers():
     black = render([WorldObject("cone", "black")] * 4, cameras, 32)
     darker = black.over(torch.ones(3)) * (1 - 0.7 * black.coverage)
     dark = render_scores(darker, WorldObject("cone", "black"), cameras, 32)
-    assert dark["saturated"] > 0.3 and dark["saturated_far"] == 0
+    assert dark["saturated"] > 0.3 and dark["saturated_far"] == 0 and dark["chroma_excess"] == 0
     red = render([WorldObject("cube", "red")] * 4, cameras, 32)
     vivid = red.over(torch.ones(3)).clone()
     vivid[:, 0] = torch.where(red.coverage[:, 0] > 0.5, 1.0, vivid[:, 0])
     pushed = render_scores(vivid, WorldObject("cube", "red"), cameras, 32)
     assert pushed["saturated_far"] > 0.25 and pushed["saturated"] >= pushed["saturated_far"]
+    assert pushed["chroma_excess"] > 0.1 and good["chroma_excess"] == 0
+    # Duller than the truth (half-way to grey) is error, not over-saturation.
+    dull = render_scores(0.5 * exact + 0.25, WorldObject("cone", "green"), cameras, 32)
+    assert dull["chroma_excess"] == 0 and dull["render_psnr"] < 20
     # The mesh's own colours against the paint: exact paint scores high, the paint with shading baked in
     # (what an unlit NeRF's mesh carries) far lower, no colours no score.
     green = np.asarray(COLOURS["green"], np.uint8)
@@ -188,6 +192,7 @@ def test_bench_toy_runs_the_product_loop_and_reports_how_it_was_run():
     assert report["nearest_shape"] in SHAPES and 0.0 < report["chamfer_l1_rel"] < 1.0
     assert 0.0 <= report["judge_shape_accuracy"] <= 1.0 and 0.0 <= report["top_square_fill"] <= 1.0
     assert 0.0 <= report["judge_colour_probability"] <= 1.0 and 0.0 <= report["saturated_far"] <= report["saturated"]
+    assert 0.0 <= report["chroma_excess"] <= 1.0
     # Three steps make no cube: the teacher explains the exact cube better than the fog it started from.
     assert report["caption_gain_exact"] > report["caption_gain"]
     assert report["loss_discriminator_last_quarter"] > 0.0

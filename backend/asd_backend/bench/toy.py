@@ -13,7 +13,9 @@ the exact object.
   paint whose exact render is nearest); judge_shape_accuracy and judge_colour_accuracy (the judge,
   toy/judge.py, on those renders: no method ever trains against it), judge_shape_probability and
   judge_colour_probability (the mean probability it gives the asked shape and paint: finer than right
-  or wrong, where every result is read right);
+  or wrong, where every result is read right); chroma_excess (how much more colourful than the truth
+  the object's pixels are, the mean of max(0, C − C_exact) with C = max − min of a pixel's channels:
+  over-saturation as colour, which a darker black or a duller paint does not raise);
   mesh_colour_psnr: the mesh's vertex colours against the paint (shading baked into them is error);
   for the mug and the chair, judge_azimuth_error_deg: the median error of the azimuth the judge reads
   from each render (a Janus object, or a handle on the wrong side, reads far from the camera's);
@@ -38,6 +40,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from jaxtyping import Float
+from torch import Tensor
 
 from ..errors import UsageError
 from ..mesh.extract import Mesh
@@ -122,6 +126,11 @@ def nerf_renders(model, cameras: CameraBatch, size: int) -> torch.Tensor:
     return out.rgb.permute(0, 3, 1, 2).clamp(0, 1).cpu()
 
 
+def chroma(pixels: Float[Tensor, "N 3"]) -> Float[Tensor, " N"]:
+    """How colourful each pixel is: its largest channel less its smallest (0 for any grey)."""
+    return pixels.amax(-1) - pixels.amin(-1)
+
+
 def render_scores(pred: torch.Tensor, obj: WorldObject, cameras: CameraBatch, size: int) -> dict[str, Any]:
     white = torch.ones(3)
     exact = render_objects([obj] * len(cameras), cameras, size)
@@ -142,6 +151,7 @@ def render_scores(pred: torch.Tensor, obj: WorldObject, cameras: CameraBatch, si
     return {"render_psnr": round(10 * math.log10(1 / max(mse, 1e-12)), 2),
             "saturated": round(float((extreme & ~extreme_natural).float().mean()), 5),
             "saturated_far": round(float(clipped_far.float().mean()), 5),
+            "chroma_excess": round(float((chroma(pixels) - chroma(natural)).clamp(min=0).mean()), 5),
             "nearest_colour": min(paints, key=paints.get)}
 
 
