@@ -27,9 +27,8 @@ TOY_LIGHTING = {"shading": "lambertian", "light_elevation": round(_TOY_ELEVATION
 
 # The toy preset's high-CFG part. On the toy teacher annealing the largest timestep to 0.3·T from step 400
 # lifts SDS and ASD at CFG 30 (ASD: saturated 13–54 % → 0–29 %, render +0.9 to +6.0 dB, Chamfer down on
-# every shape measured both ways; annealed, ASD leads SDS and VSD there), while at 7.5 it costs ASD
-# geometry (primitives within 3 %: 5 → 2 of 10), docs/benchmarks.md. Measured at 7.5, 30 and 100; 15 is
-# the geometric midpoint of the first two. Whatever the job sets itself still wins.
+# every shape measured both ways) and already at 15 (render better in 5 of 6 runs), while at 7.5 it costs
+# ASD geometry (primitives within 3 %: 5 → 2 of 10), docs/benchmarks.md. Whatever the job sets still wins.
 HIGH_CFG = 15.0
 
 PRESETS: dict[str, Preset] = {
