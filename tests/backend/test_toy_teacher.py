@@ -78,10 +78,10 @@ def test_the_judge_names_exact_renders():
     assert verdict["shape"] == [o.shape for o in objects] and verdict["colour"] == [o.colour for o in objects]
     assert abs(verdict["azimuth"][0] - 30) < 25 and abs(verdict["azimuth"][1] + 60) < 25
     # Its probabilities are distributions whose largest is the name it gives.
-    for key, names in (("shape_probabilities", SHAPES), ("colour_probabilities", list(COLOURS))):
-        probabilities = verdict[key]
+    for kind, names in (("shape", SHAPES), ("colour", list(COLOURS))):
+        probabilities = verdict[f"{kind}_probabilities"]
         assert torch.allclose(probabilities.sum(-1), torch.ones(4))
-        assert [names[i] for i in probabilities.argmax(-1).tolist()] == verdict[key.split("_")[0]]
+        assert [names[i] for i in probabilities.argmax(-1).tolist()] == verdict[kind]
 
 
 def test_images_sampled_from_the_toy_teacher_show_the_asked_for_object():

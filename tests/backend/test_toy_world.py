@@ -224,7 +224,7 @@ def test_toy_sweep_plans_matched_and_equal_time_rows_and_tabulates_seeds():
                                 sds_equal_time=True), rows)
     assert [(r.method, r.steps) for r in timed] == [("sds", 0), ("sds", 3500)]
     text = table(rows)
-    assert "| a red mug | asd | 30 | 1200 | 2 | 19.00 ± 1.41 | 40.0 ± 0.0 | – |" in text and "| 2/2 |" in text
+    assert "| a red mug | asd | 30 | 1200 | 2 | 19.00 ± 1.41 | 40.0 ± 0.0 | – | – |" in text and "| 2/2 |" in text
 
 
 def ball_field(albedo: tuple[float, float, float]) -> NerfField:

@@ -142,8 +142,9 @@ def table(rows: list[dict[str, Any]]) -> str:
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         groups[(r["prompt"], r["method"], r["cfg"], r.get("steps_requested", 0), r.get("gamma_schedule", ""))].append(r)
-    head = ("| prompt | method | CFG | steps | seeds | render PSNR dB | saturated % | saturated far % | judge shape | "
-            "judge colour | Chamfer % | IoU | azimuth err ° | nearest shape right | seconds |")
+    head = ("| prompt | method | CFG | steps | seeds | render PSNR dB | saturated % | saturated far % | "
+            "chroma excess % | judge shape | judge colour | Chamfer % | IoU | azimuth err ° | nearest shape right | "
+            "seconds |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     order = ("sds", "vsd", "asd")
     for (prompt, method, scale, _, schedule), rs in sorted(
@@ -151,8 +152,9 @@ def table(rows: list[dict[str, Any]]) -> str:
         right = sum(r["nearest_shape"] == parse_prompt(prompt).shape for r in rs)
         label = method + (f" ({schedule})" if schedule else "")
         cells = [_cell(rs, "render_psnr"), _cell(rs, "saturated", 100, 1), _cell(rs, "saturated_far", 100, 1),
-                 _cell(rs, "judge_shape_accuracy"), _cell(rs, "judge_colour_accuracy"),
-                 _cell(rs, "chamfer_l1_rel", 100), _cell(rs, "iou"), _cell(rs, "judge_azimuth_error_deg", 1, 0),
+                 _cell(rs, "chroma_excess", 100, 1), _cell(rs, "judge_shape_accuracy"),
+                 _cell(rs, "judge_colour_accuracy"), _cell(rs, "chamfer_l1_rel", 100), _cell(rs, "iou"),
+                 _cell(rs, "judge_azimuth_error_deg", 1, 0),
                  f"{right}/{len(rs)}", _cell(rs, "seconds", 1, 0)]
         lines.append(f"| {prompt} | {label} | {scale:g} | {rs[0]['steps']} | {len(rs)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
