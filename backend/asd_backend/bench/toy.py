@@ -145,12 +145,14 @@ def render_scores(pred: torch.Tensor, obj: WorldObject, cameras: CameraBatch, si
     natural = target.permute(0, 2, 3, 1)[fg]
     extreme = (pixels <= SATURATED) | (pixels >= 1 - SATURATED)
     extreme_natural = (natural <= SATURATED) | (natural >= 1 - SATURATED)
-    # Clipped towards an end that the truth is well away from: over-saturation, not a dark paint's shadow.
-    clipped_far = ((pixels <= SATURATED) & (natural >= FAR_FROM_END)) | ((pixels >= 1 - SATURATED)
-                                                                        & (natural <= 1 - FAR_FROM_END))
+    saturated = extreme & ~extreme_natural
+    # Of those, the ones clipped towards an end the truth is well away from: over-saturation, not a dark
+    # paint's shadow a shade darker.
+    far = ((pixels <= SATURATED) & (natural >= FAR_FROM_END)) | ((pixels >= 1 - SATURATED)
+                                                                 & (natural <= 1 - FAR_FROM_END))
     return {"render_psnr": round(10 * math.log10(1 / max(mse, 1e-12)), 2),
-            "saturated": round(float((extreme & ~extreme_natural).float().mean()), 5),
-            "saturated_far": round(float(clipped_far.float().mean()), 5),
+            "saturated": round(float(saturated.float().mean()), 5),
+            "saturated_far": round(float((saturated & far).float().mean()), 5),
             "chroma_excess": round(float((chroma(pixels) - chroma(natural)).clamp(min=0).mean()), 5),
             "nearest_colour": min(paints, key=paints.get)}
 
