@@ -127,6 +127,20 @@ def test_bench_scores_are_right_on_known_answers():
     mesh = Mesh(vertices=cone.vertices.astype("float32"), faces=cone.faces.astype("int64"))
     scores = shape_scores(mesh, WorldObject("cone", "green"), cfg)
     assert scores["nearest_shape"] == "cone" and scores["chamfer_l1_rel"] < 0.012 and scores["iou"] > 0.95
+    assert scores["width_ratio"] == pytest.approx(1, abs=0.02) and scores["height_ratio"] == pytest.approx(1, abs=0.02)
+    assert abs(scores["below_bottom"]) < 0.01 and abs(scores["above_top"]) < 0.01
+    assert scores["area_ratio"] == pytest.approx(1, abs=0.03)
+    # A cone half as wide again with a lump hanging 0.15 below its base (what the distilled cones look
+    # like) is read as wider, taller, and reaching below the bottom, not above the top.
+    lump = trimesh.creation.icosphere(subdivisions=2, radius=0.15)
+    lump.apply_translation([0.0, 0.0, -0.3])
+    grown = trimesh.util.concatenate([cone.copy().apply_scale([1.5, 1.5, 1.0]), lump])
+    grown_scores = shape_scores(Mesh(vertices=grown.vertices.astype("float32"), faces=grown.faces.astype("int64")),
+                                WorldObject("cone", "green"), cfg)
+    assert grown_scores["width_ratio"] == pytest.approx(1.5, abs=0.03)
+    assert grown_scores["height_ratio"] == pytest.approx(0.75 / 0.6, abs=0.03)
+    assert grown_scores["below_bottom"] == pytest.approx(0.15, abs=0.01) and abs(grown_scores["above_top"]) < 0.01
+    assert grown_scores["area_ratio"] > 1.5
     cameras = held_out_cameras(4)
     exact = render([WorldObject("cone", "green")] * 4, cameras, 32).over(torch.ones(3))
     good = render_scores(exact, WorldObject("cone", "green"), cameras, 32)

@@ -195,9 +195,26 @@ def mesh_colour_psnr(mesh: Mesh, obj: WorldObject) -> float | None:
     return round(10 * math.log10(1 / max(float((error**2).mean()), 1e-12)), 2)
 
 
+def size_scores(mesh: Mesh, exact) -> dict[str, float]:
+    """How much larger than the exact object the mesh is, and where: its width (the mean of the two
+    horizontal extents) and height over the exact object's, how far it reaches below the exact bottom and
+    above the exact top (scene units, positive = beyond the object), and its surface area over the exact
+    one's. Chamfer says how far off a result is; these say whether it is the size, and which side.
+    Heights are along Z in the field frame and the output frame alike."""
+    if not len(mesh.faces):
+        return {}
+    lo, hi = mesh.vertices.min(axis=0).astype(np.float64), mesh.vertices.max(axis=0).astype(np.float64)
+    (exact_lo, exact_hi), extents = exact.bounds, exact.extents
+    ratio = (hi - lo) / extents
+    area = float(mesh.to_trimesh().area)
+    return {"width_ratio": round(float(ratio[:2].mean()), 3), "height_ratio": round(float(ratio[2]), 3),
+            "below_bottom": round(float(exact_lo[2] - lo[2]), 3), "above_top": round(float(hi[2] - exact_hi[2]), 3),
+            "area_ratio": round(area / float(exact.area), 3)}
+
+
 def shape_scores(mesh: Mesh, obj: WorldObject, cfg: ToyBenchConfig) -> dict[str, Any]:
     exact = {shape: exact_mesh(shape, cfg.exact_resolution) for shape in SHAPES}
-    scores = metrics(mesh, exact[obj.shape], cfg.samples, cfg.iou_grid, cfg.seed)
+    scores = metrics(mesh, exact[obj.shape], cfg.samples, cfg.iou_grid, cfg.seed) | size_scores(mesh, exact[obj.shape])
     chamfers = {shape: metrics(mesh, target, cfg.samples // 4, 8, cfg.seed)["chamfer_l1_rel"]
                 for shape, target in exact.items()}
     return scores | {"nearest_shape": min(chamfers, key=chamfers.get)}
