@@ -279,6 +279,32 @@ def test_small_components_and_empty_fields():
         write_mesh(empty, "/tmp/never-written.glb")
 
 
+def test_pockets_hidden_inside_are_filled_and_open_ones_kept():
+    # A NeRF's interior is never rendered, so its density can dip inside the object: a ball whose
+    # density is low in a hidden core gives one outer surface, not a shell around a cavity.
+    def hollow_ball(p):
+        r = p.norm(dim=-1)
+        return 50 * ((r < 0.5) & (r > 0.3)).float()
+
+    filled = extract_mesh(hollow_ball, 1.0, ExtractionConfig(resolution=64, threshold=25.0))
+    tm = trimesh.Trimesh(filled.vertices, filled.faces, process=False)
+    assert len(tm.split(only_watertight=False)) == 1
+    assert np.linalg.norm(filled.vertices, axis=1).min() > 0.45
+    np.testing.assert_allclose(tm.volume, 4 / 3 * np.pi * 0.5**3, rtol=0.05)
+    shells = extract_mesh(hollow_ball, 1.0, ExtractionConfig(resolution=64, threshold=25.0, fill_cavities=False))
+    assert len(trimesh.Trimesh(shells.vertices, shells.faces, process=False).split(only_watertight=False)) == 2
+    # An open cup's hollow reaches the outside: it stays hollow (the mesh's volume is the wall's).
+    def cup(p):
+        rho, z = p[:, :2].norm(dim=-1), p[:, 2]
+        solid = (rho < 0.4) & (z.abs() < 0.4)
+        hollow = (rho < 0.3) & (z > -0.3)
+        return 50 * (solid & ~hollow).float()
+
+    cup_mesh = extract_mesh(cup, 1.0, ExtractionConfig(resolution=96, threshold=25.0))
+    wall = np.pi * 0.4**2 * 0.8 - np.pi * 0.3**2 * 0.7
+    np.testing.assert_allclose(trimesh.Trimesh(cup_mesh.vertices, cup_mesh.faces).volume, wall, rtol=0.1)
+
+
 def test_auto_threshold_tracks_the_interior_density():
     grid = np.zeros((8, 8, 8))
     grid[2:6, 2:6, 2:6] = 40.0

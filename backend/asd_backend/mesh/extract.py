@@ -2,8 +2,8 @@
 
 `extract_mesh` is a pure function of two callables (points → density, points → RGB), so it serves
 the NeRF, analytic SDFs in tests and anything else. Steps: a density grid; threshold (fixed, or
-'auto' = half the typical interior density); pymcubes; drop small components (floaters); optional
-decimation to a face budget; vertex colours, one field query per final vertex.
+'auto' = half the typical interior density); enclosed pockets filled; pymcubes; drop small components
+(floaters); optional decimation to a face budget; vertex colours, one field query per final vertex.
 
 The density grid is built coarse to fine (`method="band"`, the default): a coarse grid over the
 whole box (an eighth of the resolution, at least 48³) gives the threshold and the object's bounding
@@ -69,6 +69,10 @@ class ExtractionConfig:
     """Second pass inside the padded bounding box of the first mesh."""
     min_component_fraction: float = 0.05
     """Drop connected pieces with fewer faces than this fraction of the largest piece."""
+    fill_cavities: bool = True
+    """Count as inside every empty pocket the outside cannot reach (a NeRF's interior is never rendered, so
+    its density there is arbitrary): the mesh is the outer surface, without shells hidden inside it.
+    Pockets open to the outside (a mug's hollow) are kept."""
     face_budget: int | None = None
     """Decimate to at most this many faces (quadric decimation); None keeps all."""
     chunk: int = 1 << 18
@@ -225,9 +229,26 @@ def band_density_grid(density_fn: DensityFn, lo: np.ndarray, hi: np.ndarray, con
     return grid.numpy(), level, box_lo, box_hi
 
 
-def _marching_cubes(grid: np.ndarray, level: float, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def fill_cavities(grid: np.ndarray, level: float) -> np.ndarray:
+    """The grid with every cell below `level` that no path of such cells links to the grid's border raised
+    above it (scipy's binary hole filling, 6-connected): enclosed pockets become inside."""
+    from scipy.ndimage import binary_fill_holes
+
+    inside = grid > level
+    cavity = binary_fill_holes(inside) & ~inside
+    if not cavity.any():
+        return grid
+    grid = grid.copy()
+    grid[cavity] = 2 * level if level > 0 else 1.0
+    return grid
+
+
+def _marching_cubes(grid: np.ndarray, level: float, lo: np.ndarray, hi: np.ndarray,
+                    fill: bool = False) -> tuple[np.ndarray, np.ndarray]:
     import mcubes
 
+    if fill:
+        grid = fill_cavities(grid, level)
     vertices, faces = mcubes.marching_cubes(grid, level)
     if len(faces) == 0:
         return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint32)
@@ -283,13 +304,13 @@ def extract_mesh(density_fn: DensityFn, bounds: tuple[np.ndarray, np.ndarray] | 
     else:
         grid = density_grid(density_fn, lo, hi, config.resolution, config.chunk, device, should_stop)
         level = auto_threshold(grid) if config.threshold == "auto" else float(config.threshold)
-    vertices, faces = _marching_cubes(grid, level, lo, hi)
+    vertices, faces = _marching_cubes(grid, level, lo, hi, config.fill_cavities)
     if config.method == "full" and config.refine and len(faces):
         pad = 2 * (hi - lo) / (config.resolution - 1)
         lo2 = np.maximum(vertices.min(0) - pad, lo)
         hi2 = np.minimum(vertices.max(0) + pad, hi)
         grid = density_grid(density_fn, lo2, hi2, config.resolution, config.chunk, device, should_stop)
-        vertices, faces = _marching_cubes(grid, level, lo2, hi2)
+        vertices, faces = _marching_cubes(grid, level, lo2, hi2, config.fill_cavities)
     if len(faces) and config.min_component_fraction > 0:
         vertices, faces = _drop_small_components(vertices, faces, config.min_component_fraction)
     if config.face_budget is not None and len(faces) > config.face_budget:
