@@ -76,6 +76,8 @@ class ToyBenchConfig:
         "help": "schedule.anneal_start_step (-1: the preset's; toy anneals from CFG 15, train/presets.py)"})
     anneal_max_timestep: float = dataclasses.field(default=0.0, metadata={
         "help": "schedule.anneal_max_timestep (0: the preset's)"})
+    lambda_sparsity: float = dataclasses.field(default=-1.0, metadata={
+        "help": "schedule.lambda_sparsity (-1: the preset's; toy's is 100, the official 10)"})
     preset: str = dataclasses.field(default="toy", metadata={"help": "the job preset the run starts from"})
     views: int = dataclasses.field(default=8, metadata={"help": "held-out views for the render scores and judge"})
     render_size: int = dataclasses.field(default=64, metadata={"help": "side of the held-out renders"})
@@ -233,6 +235,8 @@ def bench_spec(cfg: ToyBenchConfig):
         schedule["anneal_start_step"] = cfg.anneal_start_step
     if cfg.anneal_max_timestep:
         schedule["anneal_max_timestep"] = cfg.anneal_max_timestep
+    if cfg.lambda_sparsity >= 0:
+        schedule["lambda_sparsity"] = cfg.lambda_sparsity
     if schedule:
         partial["schedule"] = schedule
     if cfg.gamma_schedule:
@@ -277,6 +281,7 @@ def run(cfg: ToyBenchConfig, device: str = "cpu", save: str | Path | None = None
                               # the resolved settings a flag may override, so that a row says how it was run
                               "anneal_start_step": spec.schedule.anneal_start_step,
                               "anneal_max_timestep": spec.schedule.anneal_max_timestep,
+                              "lambda_sparsity": spec.schedule.lambda_sparsity,
                               "gamma_schedule": spec.guidance.gamma_schedule,
                               "discriminator_lr": spec.guidance.discriminator_lr,
                               "discriminator_steps": spec.guidance.discriminator_steps,
