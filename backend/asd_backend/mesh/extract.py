@@ -231,11 +231,18 @@ def band_density_grid(density_fn: DensityFn, lo: np.ndarray, hi: np.ndarray, con
 
 def fill_cavities(grid: np.ndarray, level: float) -> np.ndarray:
     """The grid with every cell below `level` that no path of such cells links to the grid's border raised
-    above it (scipy's binary hole filling, 6-connected): enclosed pockets become inside."""
-    from scipy.ndimage import binary_fill_holes
+    above it (6-connected): enclosed pockets become inside. One labelling pass of the empty cells (scipy),
+    cheaper than iterated hole filling."""
+    from scipy.ndimage import label
 
-    inside = grid > level
-    cavity = binary_fill_holes(inside) & ~inside
+    labels, count = label(grid <= level)
+    if count == 0:
+        return grid
+    outside = np.zeros(count + 1, bool)
+    for face in (labels[0], labels[-1], labels[:, 0], labels[:, -1], labels[:, :, 0], labels[:, :, -1]):
+        outside[face] = True
+    outside[0] = True  # label 0: the cells above the level
+    cavity = ~outside[labels]
     if not cavity.any():
         return grid
     grid = grid.copy()
