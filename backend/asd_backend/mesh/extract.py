@@ -251,7 +251,7 @@ def fill_cavities(grid: np.ndarray, level: float) -> np.ndarray:
 
 
 def _marching_cubes(grid: np.ndarray, level: float, lo: np.ndarray, hi: np.ndarray,
-                    fill: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                    fill: bool) -> tuple[np.ndarray, np.ndarray]:
     import mcubes
 
     if fill:
