@@ -246,6 +246,30 @@ def test_toy_sweep_plans_matched_and_equal_time_rows_and_tabulates_seeds():
     assert "| a red mug | asd | 30 | 1200 | 2 | 19.00 ± 1.41 | 40.0 ± 0.0 | – | – |" in text and "| 2/2 |" in text
 
 
+def test_toy_sweep_compares_two_methods_paired_by_prompt_cfg_and_seed(tmp_path, capsys):
+    from asd_backend.cli import main
+
+    def row(method, prompt, cfg, seed, psnr, chamfer, shape):
+        return {"prompt": prompt, "method": method, "cfg": cfg, "seed": seed, "steps": 1200, "render_psnr": psnr,
+                "chamfer_l1_rel": chamfer, "nearest_shape": shape}
+
+    cube, mug = "a red cube", "a blue mug"
+    rows = [row("asd", cube, 7.5, 0, 18.0, 0.03, "cube"), row("sds", cube, 7.5, 0, 17.0, 0.04, "sphere"),
+            row("asd", cube, 7.5, 1, 16.0, 0.03, "cube"), row("sds", cube, 7.5, 1, 17.0, 0.03, "cube"),
+            row("asd", mug, 7.5, 0, 19.0, 0.05, "mug"), row("sds", mug, 7.5, 0, 18.5, 0.04, "mug"),
+            row("asd", cube, 30.0, 0, 15.0, 0.03, "cube"), row("sds", cube, 30.0, 0, 14.0, 0.02, "cube"),
+            row("asd", cube, 30.0, 1, 15.0, 0.03, "cube")]  # no SDS run to pair it with: left out
+    runs = tmp_path / "runs.jsonl"
+    runs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["bench", "toy-sweep", "--out", str(runs), "--compare", "asd,sds"]) == 0
+    text = capsys.readouterr().out
+    assert "| 7.5 | 3 | render PSNR dB | 17.67 | 17.50 | 2/3 |" in text
+    assert "| 7.5 | 3 | Chamfer % | 3.67 | 3.67 | 1/3 |" in text  # the equal pair is neither side's
+    assert "| 7.5 | 3 | nearest shape right | 3/3 | 2/3 |" in text
+    assert "| 30 | 1 | render PSNR dB | 15.00 | 14.00 | 1/1 |" in text and "IoU" not in text  # no row has it
+    assert main(["bench", "toy-sweep", "--out", str(runs), "--compare", "asd"]) == 2
+    assert "--compare takes two different methods" in capsys.readouterr().err
+
 def ball_field(albedo: tuple[float, float, float]) -> NerfField:
     """A real NerfField whose networks are silenced: density is the blob bias alone (a ball of radius
     0.35, steep at its surface) and albedo one colour, so its answer is the world's sphere."""

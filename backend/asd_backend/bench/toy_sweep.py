@@ -1,6 +1,8 @@
 """`asd bench toy-sweep`: `asd bench toy` over a grid of prompts × methods × CFGs × seeds, one JSON line a
 run appended to a file (a run already in the file is skipped, so an interrupted sweep continues), and
-`--table` to read the file back as a markdown table of means and spreads over seeds.
+`--table` to read the file back as a markdown table of means and spreads over seeds, and `--compare A,B` as
+paired differences between two methods (same prompt, CFG, seed and steps): in how many pairs A is the
+better, and the Wilcoxon signed-rank p of the differences, per CFG.
 
 The grid's rows beside the methods (issue 22, item 1):
 - matched CFG: ASD at CFG s is, at the discriminator's optimum of the analytic families, VSD at
@@ -160,12 +162,68 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+# (row key, higher is better, label, scale, digits) of the paired comparison
+PAIRED_METRICS = (
+    ("render_psnr", True, "render PSNR dB", 1.0, 2),
+    ("chamfer_l1_rel", False, "Chamfer %", 100.0, 2),
+    ("iou", True, "IoU", 1.0, 3),
+    ("saturated_far", False, "saturated far %", 100.0, 1),
+    ("chroma_excess", False, "chroma excess %", 100.0, 1),
+    ("mesh_colour_psnr", True, "mesh colour PSNR dB", 1.0, 2),
+    ("judge_shape_accuracy", True, "judge shape", 1.0, 2),
+    ("judge_colour_accuracy", True, "judge colour", 1.0, 2),
+)
+
+
+def paired(rows: list[dict[str, Any]], a: str, b: str) -> str:
+    """Markdown: method `a` against `b` on the runs they share (prompt, CFG, seed, steps asked for), one block
+    of lines per CFG. "a better" counts the pairs where `a` is strictly better (ties are neither side's);
+    p is the two-sided Wilcoxon signed-rank test of the differences (– where every difference is zero)."""
+    from scipy.stats import wilcoxon
+
+    from ..toy.world import parse_prompt
+
+    def pair_key(r: dict[str, Any]) -> tuple:
+        return r["prompt"], r["cfg"], r["seed"], r.get("steps_requested", 0)
+
+    by_key = {(r["method"], pair_key(r)): r for r in rows}  # a later row of the same run wins (a rerun)
+    pairs_by_cfg: dict[float, list[tuple[dict[str, Any], dict[str, Any]]]] = defaultdict(list)
+    for (method, key), row in by_key.items():
+        if method == a and (b, key) in by_key:
+            pairs_by_cfg[key[1]].append((row, by_key[(b, key)]))
+    lines = [f"| CFG | pairs | metric | {a} | {b} | {a} better | Wilcoxon p |", "|---|---|---|---|---|---|---|"]
+    for scale in sorted(pairs_by_cfg):
+        pairs = pairs_by_cfg[scale]
+        n = len(pairs)
+        for key, higher, label, scale_by, digits in PAIRED_METRICS:
+            both = [(ra[key], rb[key]) for ra, rb in pairs if key in ra and key in rb]
+            if not both:
+                continue
+            wins = sum((x > y) if higher else (x < y) for x, y in both)
+            differences = [x - y for x, y in both]
+            p = f"{wilcoxon(differences).pvalue:.2g}" if any(differences) else "–"
+            mean_a = statistics.fmean(x for x, _ in both) * scale_by
+            mean_b = statistics.fmean(y for _, y in both) * scale_by
+            lines.append(f"| {scale:g} | {n} | {label} | {mean_a:.{digits}f} | {mean_b:.{digits}f} | "
+                         f"{wins}/{len(both)} | {p} |")
+        right_a, right_b = (sum(r["nearest_shape"] == parse_prompt(r["prompt"]).shape for r in side)
+                            for side in ([ra for ra, _ in pairs], [rb for _, rb in pairs]))
+        lines.append(f"| {scale:g} | {n} | nearest shape right | {right_a}/{n} | {right_b}/{n} | – | – |")
+    return "\n".join(lines)
+
+
 # -- the command line (flags generated from ToySweepConfig) ---------------------------------------------
 
 def _command(args: argparse.Namespace) -> int:
     from ..dataclass_flags import dataclass_from_args
 
     out = Path(args.out)
+    if args.compare:
+        methods = [m.strip() for m in args.compare.split(",")]
+        if len(methods) != 2 or methods[0] == methods[1]:
+            raise UsageError(f"--compare takes two different methods, as 'asd,sds'; got {args.compare!r}")
+        print(paired(read_rows(out), *methods))
+        return 0
     if args.table:
         print(table(read_rows(out)))
         return 0
@@ -184,5 +242,7 @@ def add_cli(kinds: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="JSONL", help="the runs, one JSON line each (appended; "
                    "runs already there are skipped)")
     p.add_argument("--table", action="store_true", help="only print the table of the runs in --out")
+    p.add_argument("--compare", metavar="A,B", default="", help="only print method A against B, paired by "
+                   "prompt, CFG and seed, from the runs in --out (as 'asd,sds')")
     p.add_argument("--device", default="cpu")
     p.set_defaults(handler=_command)
