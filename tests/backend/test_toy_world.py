@@ -258,7 +258,8 @@ def test_toy_sweep_compares_two_methods_paired_by_prompt_cfg_and_seed(tmp_path, 
             row("asd", cube, 7.5, 1, 16.0, 0.03, "cube"), row("sds", cube, 7.5, 1, 17.0, 0.03, "cube"),
             row("asd", mug, 7.5, 0, 19.0, 0.05, "mug"), row("sds", mug, 7.5, 0, 18.5, 0.04, "mug"),
             row("asd", cube, 30.0, 0, 15.0, 0.03, "cube"), row("sds", cube, 30.0, 0, 14.0, 0.02, "cube"),
-            row("asd", cube, 30.0, 1, 15.0, 0.03, "cube")]  # no SDS run to pair it with: left out
+            row("asd", cube, 30.0, 1, 15.0, 0.03, "cube"),  # no SDS run to pair it with: left out
+            row("sds", cube, 7.5, 0, 19.0, 0.02, "cube") | {"steps": 2200, "steps_requested": 2200}]
     runs = tmp_path / "runs.jsonl"
     runs.write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert main(["bench", "toy-sweep", "--out", str(runs), "--compare", "asd,sds"]) == 0
@@ -267,8 +268,14 @@ def test_toy_sweep_compares_two_methods_paired_by_prompt_cfg_and_seed(tmp_path, 
     assert "| 7.5 | 3 | Chamfer % | 3.67 | 3.67 | 1/3 |" in text  # the equal pair is neither side's
     assert "| 7.5 | 3 | nearest shape right | 3/3 | 2/3 |" in text
     assert "| 30 | 1 | render PSNR dB | 15.00 | 14.00 | 1/1 |" in text and "IoU" not in text  # no row has it
-    assert main(["bench", "toy-sweep", "--out", str(runs), "--compare", "asd"]) == 2
-    assert "--compare takes two different methods" in capsys.readouterr().err
+    # Each side at its own CFG (ASD at 30 against SDS at 7.5), and SDS given more steps: the rows asked for.
+    assert main(["bench", "toy-sweep", "--out", str(runs), "--compare", "asd@30,sds@7.5"]) == 0
+    assert "| 30 / 7.5 | 2 | render PSNR dB | 15.00 | 17.00 | 0/2 |" in capsys.readouterr().out
+    assert main(["bench", "toy-sweep", "--out", str(runs), "--compare", "asd,sds:2200"]) == 0
+    assert "| 7.5 | 1 | render PSNR dB | 18.00 | 19.00 | 0/1 |" in capsys.readouterr().out
+    for bad in ("asd", "asd,asd", "asd,sds@high"):
+        assert main(["bench", "toy-sweep", "--out", str(runs), "--compare", bad]) == 2
+    assert "METHOD[@CFG][:STEPS]" in capsys.readouterr().err
 
 def ball_field(albedo: tuple[float, float, float]) -> NerfField:
     """A real NerfField whose networks are silenced: density is the blob bias alone (a ball of radius

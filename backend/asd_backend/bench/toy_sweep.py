@@ -1,8 +1,9 @@
 """`asd bench toy-sweep`: `asd bench toy` over a grid of prompts × methods × CFGs × seeds, one JSON line a
 run appended to a file (a run already in the file is skipped, so an interrupted sweep continues), and
 `--table` to read the file back as a markdown table of means and spreads over seeds, and `--compare A,B` as
-paired differences between two methods (same prompt, CFG, seed and steps): in how many pairs A is the
-better, and the Wilcoxon signed-rank p of the differences, per CFG.
+paired differences between two methods (same prompt and seed; same CFG, or each side's own, as
+`asd@30,sds@8.25`; steps as asked, as `sds:2220`): in how many pairs A is the better, and the Wilcoxon
+signed-rank p of the differences.
 
 The grid's rows beside the methods (issue 22, item 1):
 - matched CFG: ASD at CFG s is, at the discriminator's optimum of the analytic families, VSD at
@@ -175,26 +176,54 @@ PAIRED_METRICS = (
 )
 
 
-def paired(rows: list[dict[str, Any]], a: str, b: str) -> str:
-    """Markdown: method `a` against `b` on the runs they share (prompt, CFG, seed, steps asked for), one block
-    of lines per CFG. "a better" counts the pairs where `a` is strictly better (ties are neither side's);
-    p is the two-sided Wilcoxon signed-rank test of the differences (– where every difference is zero)."""
+@dataclasses.dataclass(frozen=True)
+class Side:
+    """One side of a paired comparison: a method, optionally at one CFG and with the steps asked for
+    (`steps_requested`; 0: the preset's), written METHOD[@CFG][:STEPS], as 'asd', 'sds@8.25', 'sds:2220'."""
+    method: str
+    cfg: float | None = None
+    steps: int = 0
+
+    @classmethod
+    def parse(cls, text: str) -> Side:
+        head, _, steps = text.strip().partition(":")
+        method, _, scale = head.partition("@")
+        try:
+            return cls(method.strip(), float(scale) if scale else None, int(steps) if steps else 0)
+        except ValueError:
+            raise UsageError(f"a side of --compare is METHOD[@CFG][:STEPS], as 'asd', 'sds@8.25' or 'sds:2220'; "
+                             f"got {text!r}") from None
+
+    def __str__(self) -> str:
+        scale = f"@{self.cfg:g}" if self.cfg is not None else ""
+        return self.method + scale + (f":{self.steps}" if self.steps else "")
+
+
+def paired(rows: list[dict[str, Any]], a: Side, b: Side) -> str:
+    """Markdown: `a` against `b` on the runs they share, one block of lines per CFG (or pair of CFGs where a
+    side names its own). Runs pair by prompt and seed, and by CFG where neither side names one. "a better"
+    counts the pairs where `a` is strictly better (ties are neither side's); p is the two-sided Wilcoxon
+    signed-rank test of the differences (– where every difference is zero)."""
     from scipy.stats import wilcoxon
 
     from ..toy.world import parse_prompt
 
-    def pair_key(r: dict[str, Any]) -> tuple:
-        return r["prompt"], r["cfg"], r["seed"], r.get("steps_requested", 0)
+    def runs_of(side: Side) -> dict[tuple, dict[str, Any]]:
+        # a later row of the same run wins (a rerun)
+        return {(r["prompt"], r["seed"], r["cfg"]): r for r in rows
+                if r["method"] == side.method and r.get("steps_requested", 0) == side.steps
+                and (side.cfg is None or r["cfg"] == side.cfg)}
 
-    by_key = {(r["method"], pair_key(r)): r for r in rows}  # a later row of the same run wins (a rerun)
-    pairs_by_cfg: dict[float, list[tuple[dict[str, Any], dict[str, Any]]]] = defaultdict(list)
-    for (method, key), row in by_key.items():
-        if method == a and (b, key) in by_key:
-            pairs_by_cfg[key[1]].append((row, by_key[(b, key)]))
+    runs_a, runs_b = runs_of(a), runs_of(b)
+    pairs_by_cfg: dict[tuple[float, float], list[tuple[dict[str, Any], dict[str, Any]]]] = defaultdict(list)
+    for (prompt, seed, scale), row in runs_a.items():
+        scale_b = b.cfg if b.cfg is not None else scale
+        if (prompt, seed, scale_b) in runs_b:
+            pairs_by_cfg[(scale, scale_b)].append((row, runs_b[(prompt, seed, scale_b)]))
     lines = [f"| CFG | pairs | metric | {a} | {b} | {a} better | Wilcoxon p |", "|---|---|---|---|---|---|---|"]
-    for scale in sorted(pairs_by_cfg):
-        pairs = pairs_by_cfg[scale]
-        n = len(pairs)
+    for scales in sorted(pairs_by_cfg):
+        pairs = pairs_by_cfg[scales]
+        n, label_cfg = len(pairs), f"{scales[0]:g}" if scales[0] == scales[1] else f"{scales[0]:g} / {scales[1]:g}"
         for key, higher, label, scale_by, digits in PAIRED_METRICS:
             both = [(ra[key], rb[key]) for ra, rb in pairs if key in ra and key in rb]
             if not both:
@@ -204,11 +233,11 @@ def paired(rows: list[dict[str, Any]], a: str, b: str) -> str:
             p = f"{wilcoxon(differences).pvalue:.2g}" if any(differences) else "–"
             mean_a = statistics.fmean(x for x, _ in both) * scale_by
             mean_b = statistics.fmean(y for _, y in both) * scale_by
-            lines.append(f"| {scale:g} | {n} | {label} | {mean_a:.{digits}f} | {mean_b:.{digits}f} | "
+            lines.append(f"| {label_cfg} | {n} | {label} | {mean_a:.{digits}f} | {mean_b:.{digits}f} | "
                          f"{wins}/{len(both)} | {p} |")
         right_a, right_b = (sum(r["nearest_shape"] == parse_prompt(r["prompt"]).shape for r in side)
                             for side in ([ra for ra, _ in pairs], [rb for _, rb in pairs]))
-        lines.append(f"| {scale:g} | {n} | nearest shape right | {right_a}/{n} | {right_b}/{n} | – | – |")
+        lines.append(f"| {label_cfg} | {n} | nearest shape right | {right_a}/{n} | {right_b}/{n} | – | – |")
     return "\n".join(lines)
 
 
@@ -219,10 +248,10 @@ def _command(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     if args.compare:
-        methods = [m.strip() for m in args.compare.split(",")]
-        if len(methods) != 2 or methods[0] == methods[1]:
-            raise UsageError(f"--compare takes two different methods, as 'asd,sds'; got {args.compare!r}")
-        print(paired(read_rows(out), *methods))
+        sides = [Side.parse(text) for text in args.compare.split(",")]
+        if len(sides) != 2 or sides[0] == sides[1]:
+            raise UsageError(f"--compare takes two different sides, as 'asd,sds'; got {args.compare!r}")
+        print(paired(read_rows(out), *sides))
         return 0
     if args.table:
         print(table(read_rows(out)))
@@ -242,7 +271,8 @@ def add_cli(kinds: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="JSONL", help="the runs, one JSON line each (appended; "
                    "runs already there are skipped)")
     p.add_argument("--table", action="store_true", help="only print the table of the runs in --out")
-    p.add_argument("--compare", metavar="A,B", default="", help="only print method A against B, paired by "
-                   "prompt, CFG and seed, from the runs in --out (as 'asd,sds')")
+    p.add_argument("--compare", metavar="A,B", default="", help="only print A against B, paired by prompt, seed "
+                   "and CFG, from the runs in --out; a side is METHOD[@CFG][:STEPS] (as 'asd,sds', 'asd@30,sds@8.25', "
+                   "'asd,sds:2220')")
     p.add_argument("--device", default="cpu")
     p.set_defaults(handler=_command)
