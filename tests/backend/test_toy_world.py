@@ -276,6 +276,9 @@ def test_toy_sweep_compares_two_methods_paired_by_prompt_cfg_and_seed(tmp_path, 
     for bad in ("asd", "asd,asd", "asd,sds@high"):
         assert main(["bench", "toy-sweep", "--out", str(runs), "--compare", bad]) == 2
     assert "METHOD[@CFG][:STEPS]" in capsys.readouterr().err
+    assert main(["bench", "toy-sweep", "--out", str(runs), "--compare", "asd,vsd"]) == 2  # no VSD run in the file
+    assert "the file holds asd@30, asd@7.5, sds@30, sds@7.5, sds@7.5:2200" in capsys.readouterr().err
+
 
 def ball_field(albedo: tuple[float, float, float]) -> NerfField:
     """A real NerfField whose networks are silenced: density is the blob bias alone (a ball of radius

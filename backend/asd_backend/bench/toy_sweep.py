@@ -220,6 +220,11 @@ def paired(rows: list[dict[str, Any]], a: Side, b: Side) -> str:
         scale_b = b.cfg if b.cfg is not None else scale
         if (prompt, seed, scale_b) in runs_b:
             pairs_by_cfg[(scale, scale_b)].append((row, runs_b[(prompt, seed, scale_b)]))
+    if not pairs_by_cfg:  # a mistyped method or CFG would otherwise print an empty table
+        held = sorted({f"{r['method']}@{r['cfg']:g}" + (f":{r['steps_requested']}" if r.get("steps_requested") else "")
+                       for r in rows})
+        raise UsageError(f"no run of {a} pairs with a run of {b} (same prompt and seed); the file holds "
+                         f"{', '.join(held) or 'no runs'}")
     lines = [f"| CFG | pairs | metric | {a} | {b} | {a} better | Wilcoxon p |", "|---|---|---|---|---|---|---|"]
     for scales in sorted(pairs_by_cfg):
         pairs = pairs_by_cfg[scales]
