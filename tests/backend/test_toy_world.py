@@ -278,6 +278,12 @@ def test_toy_sweep_compares_two_methods_paired_by_prompt_cfg_and_seed(tmp_path, 
     assert "METHOD[@CFG][:STEPS]" in capsys.readouterr().err
     assert main(["bench", "toy-sweep", "--out", str(runs), "--compare", "asd,vsd"]) == 2  # no VSD run in the file
     assert "the file holds asd@30, asd@7.5, sds@30, sds@7.5, sds@7.5:2200" in capsys.readouterr().err
+    # A second ASD run of the same prompt, seed and CFG under the official γ schedule is another run, not a
+    # rerun: pairing would mix the two, so it is refused.
+    official = row("asd", cube, 7.5, 0, 20.0, 0.03, "cube") | {"gamma_schedule": "official"}
+    runs.write_text(runs.read_text() + json.dumps(official) + "\n")
+    assert main(["bench", "toy-sweep", "--out", str(runs), "--compare", "asd,sds"]) == 2
+    assert "γ schedules '' and 'official'" in capsys.readouterr().err
 
 
 def ball_field(albedo: tuple[float, float, float]) -> NerfField:

@@ -209,10 +209,19 @@ def paired(rows: list[dict[str, Any]], a: Side, b: Side) -> str:
     from ..toy.world import parse_prompt
 
     def runs_of(side: Side) -> dict[tuple, dict[str, Any]]:
-        # a later row of the same run wins (a rerun)
-        return {(r["prompt"], r["seed"], r["cfg"]): r for r in rows
-                if r["method"] == side.method and r.get("steps_requested", 0) == side.steps
-                and (side.cfg is None or r["cfg"] == side.cfg)}
+        runs: dict[tuple, dict[str, Any]] = {}
+        for r in rows:
+            if r["method"] != side.method or r.get("steps_requested", 0) != side.steps or (
+                    side.cfg is not None and r["cfg"] != side.cfg):
+                continue
+            key = (r["prompt"], r["seed"], r["cfg"])
+            if key in runs and runs[key].get("gamma_schedule", "") != r.get("gamma_schedule", ""):
+                # two different runs, not a rerun: pairing either one silently would mix the schedules
+                raise UsageError(f"the file holds {side} runs of {r['prompt']!r}, seed {r['seed']}, CFG {r['cfg']:g} "
+                                 f"with γ schedules {runs[key].get('gamma_schedule', '')!r} and "
+                                 f"{r.get('gamma_schedule', '')!r}; compare one schedule at a time (one file each)")
+            runs[key] = r  # a later row of the same run wins (a rerun)
+        return runs
 
     runs_a, runs_b = runs_of(a), runs_of(b)
     pairs_by_cfg: dict[tuple[float, float], list[tuple[dict[str, Any], dict[str, Any]]]] = defaultdict(list)
