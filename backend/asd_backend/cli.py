@@ -1,5 +1,5 @@
 """The `asd` command. Each subcommand imports its work when it runs; the parser itself imports the benchmark
-modules (their flags come from their config dataclasses), and some import torch, so `asd --help` takes ~2 s."""
+modules (their flags come from their config dataclasses), and some import torch, so `asd --help` takes 2–3 s."""
 
 from __future__ import annotations
 
