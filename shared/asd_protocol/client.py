@@ -115,6 +115,7 @@ class AsdClient:
         self.not_sent = 0  # requests refused or dropped because no backend was answering (never sent later)
         # Until the connection completes a hello cannot leave; it is retried on every poll until it does.
         self._hello_pending = not self._send_control(Hello(client=client_name, protocol_version=PROTOCOL_VERSION))
+        self._asked = not self._hello_pending  # has any hello reached a connection yet
 
     # -- sending ----------------------------------------------------------------------------
 
@@ -298,6 +299,11 @@ class AsdClient:
         self._read_monitor()
         self._flush()
         now = self.clock()
+        if not self._asked and self._send_control(Hello(client=self.client_name, protocol_version=PROTOCOL_VERSION)):
+            # The first hello leaves only now (the connection was made while nobody polled): the backend's
+            # silence counts from here, not from when this client was created.
+            self._asked, self._hello_pending = True, False
+            self._last_hello = self._last_seen = now
         if now - self._last_seen > self.dead_after and self.state != LOST:
             self.state = LOST
             self.not_sent += len(self._outbox)  # never delivered later, to a backend nobody asked

@@ -295,6 +295,20 @@ def test_client_notices_a_dead_server(tmp_path, asd_home):
         client.close()
 
 
+def test_a_client_first_polled_late_asks_the_backend_before_calling_it_lost(tmp_path, asd_home):
+    """Its first hello cannot leave while the connection is still being made (ZMQ_IMMEDIATE); a client
+    first polled long after (a busy UI, a test waiting on another client) must send it then and wait for
+    the answer, not declare lost a backend it never asked."""
+    with running_server(tmp_path / "results", free_port()) as server:
+        with server.client(dead_after=2.0) as client:
+            time.sleep(4.0)  # twice dead_after without a poll
+            client.poll()
+            assert client.state != LOST, client.lost_reason()
+            client.wait_for(lambda m: isinstance(m, Welcome), timeout=10)
+            request = client.submit(partial_spec("late", preset="smoke", steps=2))
+            assert isinstance(client.wait_for(lambda m: m.parent_id == request, timeout=30), Accepted)
+
+
 def test_unreachable_server_is_reported(free_port):
     from asd_protocol.client import AsdClient
 
