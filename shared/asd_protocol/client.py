@@ -300,15 +300,15 @@ class AsdClient:
         self._flush()
         now = self.clock()
         if not self._asked and self._send_control(Hello(client=self.client_name, protocol_version=PROTOCOL_VERSION)):
-            # The first hello leaves only now (the connection was made while nobody polled): the backend's
-            # silence counts from here, not from when this client was created.
+            # The first hello leaves only now (the connection may have been made while nobody polled): the
+            # backend's silence counts from here, not from when this client was created.
             self._asked, self._hello_pending = True, False
             self._last_hello = self._last_seen = now
         if now - self._last_seen > self.dead_after and self.state != LOST:
             self.state = LOST
             self.not_sent += len(self._outbox)  # never delivered later, to a backend nobody asked
             self._outbox.clear()
-        if self.welcome is None or self.state == LOST:
+        if self._asked and (self.welcome is None or self.state == LOST):
             # Until the server greets us (it may have restarted), keep saying hello.
             if self._hello_pending or now - self._last_hello >= self.heartbeat_interval:
                 self._last_hello = now
