@@ -114,7 +114,7 @@ class AsdClient:
         self._last_hello = now
         self.not_sent = 0  # requests refused or dropped because no backend was answering (never sent later)
         # Until the connection completes a hello cannot leave; it is retried on every poll until it does.
-        self._hello_pending = not self._send_control(Hello(client=client_name, protocol_version=PROTOCOL_VERSION))
+        self._hello_pending = not self._send_hello()
         self._asked = not self._hello_pending  # has any hello reached a connection yet
 
     # -- sending ----------------------------------------------------------------------------
@@ -168,6 +168,9 @@ class AsdClient:
                 return
             self._outbox.popleft()
             self._last_sent = self.clock()
+
+    def _send_hello(self) -> bool:
+        return self._send_control(Hello(client=self.client_name, protocol_version=PROTOCOL_VERSION))
 
     def _send_control(self, msg: Message) -> bool:
         """Hello and heartbeat: worth sending only now; dropped if the connection cannot take them."""
@@ -299,7 +302,7 @@ class AsdClient:
         self._read_monitor()
         self._flush()
         now = self.clock()
-        if not self._asked and self._send_control(Hello(client=self.client_name, protocol_version=PROTOCOL_VERSION)):
+        if not self._asked and self._send_hello():
             # The first hello leaves only now (the connection may have been made while nobody polled): the
             # backend's silence counts from here, not from when this client was created.
             self._asked, self._hello_pending = True, False
@@ -312,8 +315,7 @@ class AsdClient:
             # Until the server greets us (it may have restarted), keep saying hello.
             if self._hello_pending or now - self._last_hello >= self.heartbeat_interval:
                 self._last_hello = now
-                self._hello_pending = not self._send_control(
-                    Hello(client=self.client_name, protocol_version=PROTOCOL_VERSION))
+                self._hello_pending = not self._send_hello()
         elif now - self._last_sent >= self.heartbeat_interval:
             self._send_control(Heartbeat())
 
