@@ -1,4 +1,4 @@
-"""`asd toy …`: train the toy teacher and its judge, and sample from them."""
+"""`asd toy …`: train the toy teacher and its judge, sample from them, and picture results beside the truth."""
 
 from __future__ import annotations
 
@@ -53,6 +53,15 @@ def _prefers(args: argparse.Namespace) -> int:
     return 0
 
 
+def _gallery(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .gallery import GalleryConfig, write_gallery
+
+    print(json.dumps(write_gallery(args.items, Path(args.out), dataclass_from_args(GalleryConfig, args))))
+    return 0
+
+
 def add_toy(sub: argparse._SubParsersAction) -> None:
     toy = sub.add_parser("toy", help="the toy teacher: a small SD-shaped model trained here on a world of known "
                          "objects")
@@ -83,6 +92,15 @@ def add_toy(sub: argparse._SubParsersAction) -> None:
     add_dataclass_flags(p, PreferenceConfig)
     p.add_argument("--device", default="cpu", help="cpu | cuda | mps")
     p.set_defaults(handler=_prefers)
+    from .gallery import GalleryConfig
+
+    p = actions.add_parser("gallery", help="pictures of meshes beside the exact objects their prompts name, from "
+                           "the same views under the world's light (PNG)",
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("items", nargs="+", metavar="PROMPT=MESH", help="e.g. 'a red cube=cube.ply' (one row each)")
+    p.add_argument("--out", required=True, help="the PNG to write")
+    add_dataclass_flags(p, GalleryConfig)
+    p.set_defaults(handler=_gallery)
 
 
 __all__ = ["add_toy"]

@@ -1,0 +1,139 @@
+"""Pictures of results: each mesh beside the exact object its prompt names, from the same cameras.
+
+The docs' tables say how far a result is from the truth; a picture says how. Both halves of a row are
+lit alike (the world's light, ambient + Lambert, on white): the exact object by render.py's sphere
+tracing, the mesh (a file from `asd generate` or `asd bench toy --save`, what an artist imports) by ray
+casting its triangles with trimesh, its vertex colours taken as albedo (the toy preset's NeRF is lit by
+the world's light and learns albedo; a mesh from an unlit preset has shading in its colours, shaded
+twice here). The default views: the front-right three-quarter view (the mug's handle, the chair's
+seat), the back-left one (the chair's backrest) and one from nearly overhead (a cube that came out
+round shows it there).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..errors import UsageError
+from ..mesh.extract import Mesh
+from ..nerf.cameras import FIELD_TO_BLENDER, CameraBatch, camera_rays, orbit_cameras
+from ..nerf.shading import lit
+from .render import ObjectRender, render_objects
+from .world import WorldObject, world_light, world_object
+
+# (elevation, azimuth) in degrees, the cameras' convention (azimuth 0 from the front, 90 from the right).
+DEFAULT_VIEWS = ((20.0, 45.0), (20.0, -135.0), (80.0, 0.0))
+# The held-out cameras' distance and field of view (bench/toy.py), so the object fills the frame as there.
+DISTANCE, FOVY = 1.3, 50.0
+UNCOLOURED_ALBEDO = (0.7, 0.7, 0.7)
+
+
+@dataclasses.dataclass
+class GalleryConfig:
+    size: int = dataclasses.field(default=96, metadata={"help": "side of each picture in pixels"})
+    supersample: int = dataclasses.field(default=2, metadata={"help": "rays per pixel side (soft edges)"})
+
+
+def gallery_cameras(views: tuple[tuple[float, float], ...] = DEFAULT_VIEWS) -> CameraBatch:
+    n = len(views)
+    elevation, azimuth = torch.tensor(views, dtype=torch.float32).unbind(dim=1)
+    return orbit_cameras(elevation, azimuth, torch.full((n,), DISTANCE), torch.full((n,), FOVY))
+
+
+def field_frame_vertices(mesh: Mesh) -> np.ndarray:
+    """The mesh's vertices in the field frame (the cameras'): files come in Blender's frame."""
+    if mesh.frame == "field":
+        return mesh.vertices.astype(np.float64)
+    # Blender = FIELD_TO_BLENDER · field for column vectors, so field rows = Blender rows · FIELD_TO_BLENDER.
+    return mesh.vertices.astype(np.float64) @ np.asarray(FIELD_TO_BLENDER, np.float64)
+
+
+@torch.no_grad()
+def render_mesh(mesh: Mesh, cameras: CameraBatch, size: int, supersample: int = 2) -> ObjectRender:
+    """The mesh under the world's light from each camera: colour (premultiplied) and coverage, as
+    render_objects gives for exact objects. Smooth normals (barycentric), turned to face the ray, so
+    the inside of a cup is lit as its outside is."""
+    import trimesh
+
+    if not len(mesh.faces):
+        raise UsageError("cannot render an empty mesh")
+    tm = trimesh.Trimesh(field_frame_vertices(mesh), mesh.faces.astype(np.int64), process=False)
+    fine = size * supersample
+    origins, dirs = camera_rays(cameras, fine, fine)
+    o, d = origins.reshape(-1, 3).numpy().astype(np.float64), dirs.reshape(-1, 3).numpy().astype(np.float64)
+    locations, rays, triangles = tm.ray.intersects_location(o, d, multiple_hits=False)
+    corners = mesh.faces[triangles].astype(np.int64)  # [n, 3]
+    bary = trimesh.triangles.points_to_barycentric(tm.triangles[triangles], locations)  # [n, 3]
+    normals = (tm.vertex_normals[corners] * bary[..., None]).sum(axis=1)
+    normals /= np.linalg.norm(normals, axis=1, keepdims=True).clip(min=1e-12)
+    normals *= -np.sign((normals * d[rays]).sum(axis=1, keepdims=True) + 1e-12)  # face the camera
+    if mesh.colors is None:
+        albedo = np.broadcast_to(np.asarray(UNCOLOURED_ALBEDO), (len(rays), 3))
+    else:
+        albedo = (mesh.colors[corners, :3].astype(np.float64) / 255 * bary[..., None]).sum(axis=1)
+    shade = world_light().shade(torch.from_numpy(normals).float())
+    colour = torch.zeros(len(o), 3)
+    coverage = torch.zeros(len(o), 1)
+    index = torch.from_numpy(rays).long()
+    colour[index] = lit(torch.from_numpy(albedo).float().clamp(0, 1), shade)
+    coverage[index] = 1.0
+    colour = F.avg_pool2d(colour.reshape(len(cameras), fine, fine, 3).permute(0, 3, 1, 2), supersample)
+    coverage = F.avg_pool2d(coverage.reshape(len(cameras), fine, fine, 1).permute(0, 3, 1, 2), supersample)
+    return ObjectRender(colour, coverage)
+
+
+def gallery_row(obj: WorldObject, mesh: Mesh, config: GalleryConfig) -> Tensor:
+    """[3, S, 2·V·S]: the exact object from V views, then the mesh from the same views, on white."""
+    cameras = gallery_cameras()
+    white = torch.ones(3)
+    exact = render_objects([obj] * len(cameras), cameras, config.size, config.supersample).over(white)
+    result = render_mesh(mesh, cameras, config.size, config.supersample).over(white)
+    return torch.cat(list(exact) + list(result), dim=2).clamp(0, 1)
+
+
+def parse_item(text: str) -> tuple[WorldObject, Path]:
+    """'PROMPT=MESH' → the world object and the mesh file, with errors that say what to write."""
+    prompt, sep, path = text.rpartition("=")
+    if not sep or not prompt or not path:
+        raise UsageError(f"{text!r}: write each item as 'PROMPT=MESH', e.g. 'a red cube=cube.ply'")
+    if not Path(path).is_file():
+        raise UsageError(f"{path}: no such mesh file (from `asd generate … -o FILE` or `asd bench toy --save FILE`)")
+    return world_object(prompt), Path(path)
+
+
+def write_gallery(items: list[str], out: Path, config: GalleryConfig) -> dict[str, object]:
+    """One row per 'PROMPT=MESH' item, a label band above each, written as a PNG."""
+    from PIL import Image, ImageDraw
+
+    from ..mesh.export import read_mesh
+
+    parsed = [parse_item(item) for item in items]
+    if not parsed:
+        raise UsageError("name at least one 'PROMPT=MESH' item")
+    band = 14
+    rows = []
+    for obj, path in parsed:
+        pixels = (gallery_row(obj, read_mesh(path), config).permute(1, 2, 0).numpy() * 255).round()
+        picture = Image.new("RGB", (pixels.shape[1], pixels.shape[0] + band), "white")
+        picture.paste(Image.fromarray(pixels.astype(np.uint8)), (0, band))
+        half = pixels.shape[1] // 2
+        draw = ImageDraw.Draw(picture)
+        draw.text((3, 1), f"{obj.caption}: exact", fill=(0, 0, 0))
+        draw.text((half + 3, 1), f"{path.name}", fill=(0, 0, 0))
+        draw.line([(half, band), (half, picture.height)], fill=(160, 160, 160))
+        rows.append(picture)
+    sheet = Image.new("RGB", (max(r.width for r in rows), sum(r.height for r in rows)), "white")
+    top = 0
+    for row in rows:
+        sheet.paste(row, (0, top))
+        top += row.height
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(out)
+    return {"gallery": str(out), "rows": len(rows), "views": [list(v) for v in DEFAULT_VIEWS],
+            "size": config.size}
