@@ -390,10 +390,10 @@ def test_the_gallery_pictures_a_mesh_file_as_the_exact_object_is_pictured(tmp_pa
     assert differences["mug.ply"] < 0.004 and differences["turned.ply"] > 3 * differences["mug.ply"], differences
 
     out = tmp_path / "gallery.png"
-    assert main(["toy", "gallery", f"a red mug={tmp_path / 'mug.ply'}", f"a red mug={tmp_path / 'turned.ply'}",
-                 "--out", str(out), "--size", "32"]) == 0
+    assert main(["toy", "gallery", f"a red mug={tmp_path / 'mug.ply'},{tmp_path / 'turned.ply'}",
+                 f"a red mug={tmp_path / 'turned.ply'}", "--out", str(out), "--size", "32"]) == 0
     assert json.loads(capsys.readouterr().out)["rows"] == 2
-    assert Image.open(out).size == (2 * 3 * 32, 2 * (32 + 14))
+    assert Image.open(out).size == (3 * 3 * 32, 2 * (32 + 14))  # the widest row: exact and two meshes
     for bad, says in ((["toy", "gallery", "a red mug", "--out", str(out)], "PROMPT=MESH"),
                       (["toy", "gallery", f"a red mug={tmp_path / 'none.ply'}", "--out", str(out)], "no such mesh"),
                       (["toy", "gallery", f"a red vase={tmp_path / 'mug.ply'}", "--out", str(out)], "names no world")):

@@ -97,7 +97,8 @@ def add_toy(sub: argparse._SubParsersAction) -> None:
     p = actions.add_parser("gallery", help="pictures of meshes beside the exact objects their prompts name, from "
                            "the same views under the world's light (PNG)",
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("items", nargs="+", metavar="PROMPT=MESH", help="e.g. 'a red cube=cube.ply' (one row each)")
+    p.add_argument("items", nargs="+", metavar="PROMPT=MESH[,MESH…]",
+                   help="e.g. 'a red cube=asd.ply,sds.ply': one row each, the exact object then each mesh")
     p.add_argument("--out", required=True, help="the PNG to write")
     add_dataclass_flags(p, GalleryConfig)
     p.set_defaults(handler=_gallery)

@@ -88,27 +88,31 @@ def render_mesh(mesh: Mesh, cameras: CameraBatch, size: int, supersample: int = 
     return ObjectRender(colour, coverage)
 
 
-def gallery_row(obj: WorldObject, mesh: Mesh, config: GalleryConfig) -> Tensor:
-    """[3, S, 2·V·S]: the exact object from V views, then the mesh from the same views, on white."""
+def gallery_row(obj: WorldObject, meshes: list[Mesh], config: GalleryConfig) -> Tensor:
+    """[3, S, (1 + M)·V·S]: the exact object from V views, then each mesh from the same views, on white."""
     cameras = gallery_cameras()
     white = torch.ones(3)
-    exact = render_objects([obj] * len(cameras), cameras, config.size, config.supersample).over(white)
-    result = render_mesh(mesh, cameras, config.size, config.supersample).over(white)
-    return torch.cat(list(exact) + list(result), dim=2).clamp(0, 1)
+    pictures = [render_objects([obj] * len(cameras), cameras, config.size, config.supersample).over(white)]
+    pictures += [render_mesh(mesh, cameras, config.size, config.supersample).over(white) for mesh in meshes]
+    return torch.cat([view for picture in pictures for view in picture], dim=2).clamp(0, 1)
 
 
-def parse_item(text: str) -> tuple[WorldObject, Path]:
-    """'PROMPT=MESH' → the world object and the mesh file, with errors that say what to write."""
-    prompt, sep, path = text.rpartition("=")
-    if not sep or not prompt or not path:
-        raise UsageError(f"{text!r}: write each item as 'PROMPT=MESH', e.g. 'a red cube=cube.ply'")
-    if not Path(path).is_file():
-        raise UsageError(f"{path}: no such mesh file (from `asd generate … -o FILE` or `asd bench toy --save FILE`)")
-    return world_object(prompt), Path(path)
+def parse_item(text: str) -> tuple[WorldObject, list[Path]]:
+    """'PROMPT=MESH[,MESH…]' → the world object and its mesh files, with errors that say what to write."""
+    prompt, sep, paths = text.partition("=")
+    files = [Path(p) for p in paths.split(",") if p]
+    if not sep or not prompt or not files:
+        raise UsageError(f"{text!r}: write each item as 'PROMPT=MESH[,MESH…]', e.g. 'a red cube=asd.ply,sds.ply'")
+    for path in files:
+        if not path.is_file():
+            raise UsageError(f"{path}: no such mesh file (from `asd generate … -o FILE` or "
+                             f"`asd bench toy --save FILE`)")
+    return world_object(prompt), files
 
 
 def write_gallery(items: list[str], out: Path, config: GalleryConfig) -> dict[str, object]:
-    """One row per 'PROMPT=MESH' item, a label band above each, written as a PNG."""
+    """One row per 'PROMPT=MESH[,MESH…]' item (the exact object, then each mesh), a label band above
+    each picture group, written as a PNG."""
     from PIL import Image, ImageDraw
 
     from ..mesh.export import read_mesh
@@ -116,17 +120,17 @@ def write_gallery(items: list[str], out: Path, config: GalleryConfig) -> dict[st
     parsed = [parse_item(item) for item in items]
     if not parsed:
         raise UsageError("name at least one 'PROMPT=MESH' item")
-    band = 14
+    band, group = 14, config.size * len(DEFAULT_VIEWS)
     rows = []
-    for obj, path in parsed:
-        pixels = (gallery_row(obj, read_mesh(path), config).permute(1, 2, 0).numpy() * 255).round()
+    for obj, paths in parsed:
+        pixels = (gallery_row(obj, [read_mesh(p) for p in paths], config).permute(1, 2, 0).numpy() * 255).round()
         picture = Image.new("RGB", (pixels.shape[1], pixels.shape[0] + band), "white")
         picture.paste(Image.fromarray(pixels.astype(np.uint8)), (0, band))
-        half = pixels.shape[1] // 2
         draw = ImageDraw.Draw(picture)
-        draw.text((3, 1), f"{obj.caption}: exact", fill=(0, 0, 0))
-        draw.text((half + 3, 1), f"{path.name}", fill=(0, 0, 0))
-        draw.line([(half, band), (half, picture.height)], fill=(160, 160, 160))
+        for k, label in enumerate([f"{obj.caption}: exact"] + [p.stem for p in paths]):
+            draw.text((k * group + 3, 1), label, fill=(0, 0, 0))
+            if k:
+                draw.line([(k * group, band), (k * group, picture.height)], fill=(160, 160, 160))
         rows.append(picture)
     sheet = Image.new("RGB", (max(r.width for r in rows), sum(r.height for r in rows)), "white")
     top = 0
