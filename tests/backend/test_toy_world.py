@@ -171,6 +171,16 @@ def test_bench_scores_are_right_on_known_answers():
     assert mesh_colour_psnr(painted, WorldObject("cone", "green")) > 40
     assert mesh_colour_psnr(baked, WorldObject("cone", "green")) < 20
     assert mesh_colour_psnr(mesh, WorldObject("cone", "green")) is None
+    # The paint an artist gets: the one nearest the vertex colours' median, shading baked in or a few
+    # stray vertices of another colour notwithstanding.
+    from asd_backend.bench.toy import nearest_mesh_colour
+
+    strays = painted.colors.copy()
+    strays[: len(strays) // 5] = 255
+    assert nearest_mesh_colour(painted) == "green" and nearest_mesh_colour(mesh) is None
+    assert nearest_mesh_colour(dataclasses.replace(mesh, colors=strays)) == "green"
+    assert nearest_mesh_colour(dataclasses.replace(mesh, colors=np.tile(np.asarray(COLOURS["purple"], np.uint8),
+                                                                       (len(mesh.vertices), 1)))) == "purple"
     # Seen from above, a cube fills its square, a solid of revolution π/4 of it, at any turn.
     from asd_backend.bench.toy import top_square_fill
 
@@ -211,7 +221,7 @@ def test_bench_toy_runs_the_product_loop_and_reports_how_it_was_run():
     assert report["nearest_shape"] in SHAPES and 0.0 < report["chamfer_l1_rel"] < 1.0
     assert 0.0 <= report["judge_shape_accuracy"] <= 1.0 and 0.0 <= report["top_square_fill"] <= 1.0
     assert 0.0 <= report["judge_colour_probability"] <= 1.0 and 0.0 <= report["saturated_far"] <= report["saturated"]
-    assert 0.0 <= report["chroma_excess"] <= 1.0
+    assert 0.0 <= report["chroma_excess"] <= 1.0 and report["nearest_mesh_colour"] in COLOURS
     # Three steps make no cube: the teacher explains the exact cube better than the fog it started from.
     assert report["caption_gain_exact"] > report["caption_gain"]
     assert report["loss_discriminator_last_quarter"] > 0.0

@@ -17,6 +17,8 @@ the exact object.
   the object's pixels are, the mean of max(0, C − C_exact) with C = max − min of a pixel's channels:
   over-saturation as colour, which a darker black or a duller paint does not raise);
   mesh_colour_psnr: the mesh's vertex colours against the paint (shading baked into them is error);
+  nearest_mesh_colour: the paint nearest their median (the paint an artist gets, unlit: a thin result's
+  renders show background inside the exact silhouette, which can take nearest_colour to white);
   for the mug and the chair, judge_azimuth_error_deg: the median error of the azimuth the judge reads
   from each render (a Janus object, or a handle on the wrong side, reads far from the camera's);
 - for the cube, top_square_fill: how much of the tightest square around it (at any turn) its silhouette
@@ -197,6 +199,17 @@ def mesh_colour_psnr(mesh: Mesh, obj: WorldObject) -> float | None:
     return round(10 * math.log10(1 / max(float((error**2).mean()), 1e-12)), 2)
 
 
+def nearest_mesh_colour(mesh: Mesh) -> str | None:
+    """The paint nearest the median of the mesh's vertex colours: the colour an artist sees in Blender,
+    unlit. `nearest_colour` reads the lit render inside the exact silhouette, where a result thinner
+    than the truth shows background and a lit paint can sit nearer its neighbour; this reads the paint.
+    None for a mesh without colours."""
+    if mesh.colors is None or not len(mesh.colors):
+        return None
+    median = np.median(mesh.colors[:, :3].astype(np.float64), axis=0)
+    return min(COLOURS, key=lambda c: float(((np.asarray(COLOURS[c]) - median) ** 2).sum()))
+
+
 def size_scores(mesh: Mesh, exact) -> dict[str, float]:
     """How much larger than the exact object the mesh is, and where: its width (the mean of the two
     horizontal extents) and height over the exact object's, how far it reaches below the exact bottom and
@@ -288,6 +301,7 @@ def run(cfg: ToyBenchConfig, device: str = "cpu", save: str | Path | None = None
                               "lora_rank": spec.guidance.lora_rank}
     report |= shape_scores(result.mesh, obj, cfg)
     report["mesh_colour_psnr"] = mesh_colour_psnr(result.mesh, obj)
+    report["nearest_mesh_colour"] = nearest_mesh_colour(result.mesh)
     cameras = held_out_cameras(cfg.views)
     pred = nerf_renders(result.model, cameras, cfg.render_size)
     report |= render_scores(pred, obj, cameras, cfg.render_size)
