@@ -21,23 +21,31 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import UsageError
+from ..mesh.export import FORMATS
 from ..mesh.extract import Mesh
-from ..nerf.cameras import FIELD_TO_BLENDER, CameraBatch, camera_rays, orbit_cameras
+from ..mesh.raycast import barycentric, raycast
+from ..nerf.cameras import CameraBatch, camera_rays, orbit_cameras
 from ..nerf.shading import lit
 from .render import ObjectRender, render_objects
-from .world import WorldObject, world_light, world_object
+from .world import WorldObject, output_to_field, world_light, world_object
 
 # (elevation, azimuth) in degrees, the cameras' convention (azimuth 0 from the front, 90 from the right).
 DEFAULT_VIEWS = ((20.0, 45.0), (20.0, -135.0), (80.0, 0.0))
 # The held-out cameras' distance and field of view (bench/toy.py), so the object fills the frame as there.
 DISTANCE, FOVY = 1.3, 50.0
-UNCOLOURED_ALBEDO = (0.7, 0.7, 0.7)
+UNCOLOURED_ALBEDO = (0.7, 0.7, 0.7)  # a mesh with neither texture nor vertex colours
 
 
 @dataclasses.dataclass
 class GalleryConfig:
     size: int = dataclasses.field(default=96, metadata={"help": "side of each picture in pixels"})
     supersample: int = dataclasses.field(default=2, metadata={"help": "rays per pixel side (soft edges)"})
+
+    def __post_init__(self) -> None:
+        if not 8 <= self.size <= 1024:
+            raise UsageError(f"--size must be 8..1024 pixels; got {self.size}")
+        if not 1 <= self.supersample <= 4:
+            raise UsageError(f"--supersample must be 1..4 rays per pixel side; got {self.supersample}")
 
 
 def gallery_cameras(views: tuple[tuple[float, float], ...] = DEFAULT_VIEWS) -> CameraBatch:
@@ -48,10 +56,22 @@ def gallery_cameras(views: tuple[tuple[float, float], ...] = DEFAULT_VIEWS) -> C
 
 def field_frame_vertices(mesh: Mesh) -> np.ndarray:
     """The mesh's vertices in the field frame (the cameras'): files come in Blender's frame."""
-    if mesh.frame == "field":
-        return mesh.vertices.astype(np.float64)
-    # Blender = FIELD_TO_BLENDER · field for column vectors, so field rows = Blender rows · FIELD_TO_BLENDER.
-    return mesh.vertices.astype(np.float64) @ np.asarray(FIELD_TO_BLENDER, np.float64)
+    vertices = torch.from_numpy(mesh.vertices.astype(np.float64))
+    return (vertices if mesh.frame == "field" else output_to_field(vertices)).numpy()
+
+
+def surface_albedo(mesh: Mesh, corners: np.ndarray, bary: np.ndarray) -> np.ndarray:
+    """sRGB albedo in [0, 1] at hit points: the texture at the interpolated UVs (a textured .glb/.obj),
+    else the interpolated vertex colours, else a neutral grey."""
+    if mesh.texture is not None and mesh.uvs is not None:
+        uv = (mesh.uvs[corners].astype(np.float64) * bary[..., None]).sum(axis=1)
+        h, w = mesh.texture.shape[:2]
+        column = np.clip(np.round(uv[:, 0] * (w - 1)), 0, w - 1).astype(np.int64)
+        row = np.clip(np.round((1 - uv[:, 1]) * (h - 1)), 0, h - 1).astype(np.int64)  # v up, rows down
+        return mesh.texture[row, column, :3].astype(np.float64) / 255
+    if mesh.colors is not None:
+        return (mesh.colors[corners, :3].astype(np.float64) / 255 * bary[..., None]).sum(axis=1)
+    return np.broadcast_to(np.asarray(UNCOLOURED_ALBEDO), (len(corners), 3))
 
 
 @torch.no_grad()
@@ -62,26 +82,24 @@ def render_mesh(mesh: Mesh, cameras: CameraBatch, size: int, supersample: int = 
     import trimesh
 
     if not len(mesh.faces):
-        raise UsageError("cannot render an empty mesh")
+        raise UsageError("the mesh is empty: nothing to picture")
     tm = trimesh.Trimesh(field_frame_vertices(mesh), mesh.faces.astype(np.int64), process=False)
     fine = size * supersample
-    origins, dirs = camera_rays(cameras, fine, fine)
-    o, d = origins.reshape(-1, 3).numpy().astype(np.float64), dirs.reshape(-1, 3).numpy().astype(np.float64)
-    locations, rays, triangles = tm.ray.intersects_location(o, d, multiple_hits=False)
+    hits = raycast(tm, cameras, fine, fine)
+    hit = hits.hit.reshape(-1)
+    triangles = hits.face.reshape(-1)[hit]
     corners = mesh.faces[triangles].astype(np.int64)  # [n, 3]
-    bary = trimesh.triangles.points_to_barycentric(tm.triangles[triangles], locations)  # [n, 3]
+    bary = barycentric(hits.points.reshape(-1, 3)[hit], tm.vertices[corners])
+    _, dirs = camera_rays(cameras, fine, fine)
+    d = dirs.reshape(-1, 3).double().numpy()[hit]
     normals = (tm.vertex_normals[corners] * bary[..., None]).sum(axis=1)
     normals /= np.linalg.norm(normals, axis=1, keepdims=True).clip(min=1e-12)
-    normals *= -np.sign((normals * d[rays]).sum(axis=1, keepdims=True) + 1e-12)  # face the camera
-    if mesh.colors is None:
-        albedo = np.broadcast_to(np.asarray(UNCOLOURED_ALBEDO), (len(rays), 3))
-    else:
-        albedo = (mesh.colors[corners, :3].astype(np.float64) / 255 * bary[..., None]).sum(axis=1)
+    normals *= -np.sign((normals * d).sum(axis=1, keepdims=True) + 1e-12)  # face the camera
     shade = world_light().shade(torch.from_numpy(normals).float())
-    colour = torch.zeros(len(o), 3)
-    coverage = torch.zeros(len(o), 1)
-    index = torch.from_numpy(rays).long()
-    colour[index] = lit(torch.from_numpy(albedo).float().clamp(0, 1), shade)
+    colour = torch.zeros(len(hit), 3)
+    coverage = torch.zeros(len(hit), 1)
+    index = torch.from_numpy(np.nonzero(hit)[0])
+    colour[index] = lit(torch.from_numpy(surface_albedo(mesh, corners, bary)).float().clamp(0, 1), shade)
     coverage[index] = 1.0
     colour = F.avg_pool2d(colour.reshape(len(cameras), fine, fine, 3).permute(0, 3, 1, 2), supersample)
     coverage = F.avg_pool2d(coverage.reshape(len(cameras), fine, fine, 1).permute(0, 3, 1, 2), supersample)
@@ -104,10 +122,25 @@ def parse_item(text: str) -> tuple[WorldObject, list[Path]]:
     if not sep or not prompt or not files:
         raise UsageError(f"{text!r}: write each item as 'PROMPT=MESH[,MESH…]', e.g. 'a red cube=asd.ply,sds.ply'")
     for path in files:
+        if path.suffix.lower() not in FORMATS:
+            raise UsageError(f"{path}: not a mesh file the product writes; use one of {', '.join(FORMATS)}")
         if not path.is_file():
             raise UsageError(f"{path}: no such mesh file (from `asd generate … -o FILE` or "
                              f"`asd bench toy --save FILE`)")
     return world_object(prompt), files
+
+
+def load_mesh(path: Path) -> Mesh:
+    """A mesh file read back as the product wrote it, or a UsageError that names the file."""
+    from ..mesh.export import read_mesh
+
+    try:
+        mesh = read_mesh(path)
+    except (ValueError, OSError, KeyError, IndexError) as exc:  # trimesh's errors for a broken file
+        raise UsageError(f"{path}: cannot read it as a mesh ({exc})") from exc
+    if not len(mesh.faces):
+        raise UsageError(f"{path}: the mesh is empty, nothing to picture")
+    return mesh
 
 
 def write_gallery(items: list[str], out: Path, config: GalleryConfig) -> dict[str, object]:
@@ -115,15 +148,15 @@ def write_gallery(items: list[str], out: Path, config: GalleryConfig) -> dict[st
     each picture group, written as a PNG."""
     from PIL import Image, ImageDraw
 
-    from ..mesh.export import read_mesh
-
+    if out.suffix.lower() != ".png":
+        raise UsageError(f"--out {out}: the gallery is a PNG; name a file ending in .png")
     parsed = [parse_item(item) for item in items]
     if not parsed:
         raise UsageError("name at least one 'PROMPT=MESH' item")
     band, group = 14, config.size * len(DEFAULT_VIEWS)
     rows = []
     for obj, paths in parsed:
-        pixels = (gallery_row(obj, [read_mesh(p) for p in paths], config).permute(1, 2, 0).numpy() * 255).round()
+        pixels = (gallery_row(obj, [load_mesh(p) for p in paths], config).permute(1, 2, 0).numpy() * 255).round()
         picture = Image.new("RGB", (pixels.shape[1], pixels.shape[0] + band), "white")
         picture.paste(Image.fromarray(pixels.astype(np.uint8)), (0, band))
         draw = ImageDraw.Draw(picture)
