@@ -3,7 +3,7 @@
 The docs' tables say how far a result is from the truth; a picture says how. Both halves of a row are
 lit alike (the world's light, ambient + Lambert, on white): the exact object by render.py's sphere
 tracing, the mesh (a file from `asd generate` or `asd bench toy --save`, what an artist imports) by ray
-casting its triangles with trimesh, its vertex colours taken as albedo (the toy preset's NeRF is lit by
+casting its triangles with trimesh, its vertex colours or texture taken as albedo (the toy preset's NeRF is lit by
 the world's light and learns albedo; a mesh from an unlit preset has shading in its colours, shaded
 twice here). The default views: the front-right three-quarter view (the mug's handle, the chair's
 seat), the back-left one (the chair's backrest) and one from nearly overhead (a cube that came out
