@@ -24,7 +24,7 @@ from ..errors import UsageError
 from ..mesh.export import FORMATS
 from ..mesh.extract import Mesh
 from ..mesh.raycast import barycentric, raycast
-from ..nerf.cameras import CameraBatch, camera_rays, orbit_cameras
+from ..nerf.cameras import CameraBatch, orbit_cameras
 from ..nerf.shading import lit
 from .render import ObjectRender, render_objects
 from .world import WorldObject, output_to_field, world_light, world_object
@@ -89,9 +89,9 @@ def render_mesh(mesh: Mesh, cameras: CameraBatch, size: int, supersample: int = 
     hit = hits.hit.reshape(-1)
     triangles = hits.face.reshape(-1)[hit]
     corners = mesh.faces[triangles].astype(np.int64)  # [n, 3]
-    bary = barycentric(hits.points.reshape(-1, 3)[hit], tm.vertices[corners])
-    _, dirs = camera_rays(cameras, fine, fine)
-    d = dirs.reshape(-1, 3).double().numpy()[hit]
+    points = hits.points.reshape(-1, 3)[hit]
+    bary = barycentric(points, tm.vertices[corners])
+    d = points - np.repeat(cameras.positions.double().cpu().numpy(), fine * fine, axis=0)[hit]  # along the ray
     normals = (tm.vertex_normals[corners] * bary[..., None]).sum(axis=1)
     normals /= np.linalg.norm(normals, axis=1, keepdims=True).clip(min=1e-12)
     normals *= -np.sign((normals * d).sum(axis=1, keepdims=True) + 1e-12)  # face the camera
