@@ -158,4 +158,13 @@ def test_world_objects_turn_and_scale_about_the_centre():
     assert (filled.sdf(wall) < 0).item() and (mug.sdf(wall) < 0).item()
     big = WorldObject("sphere", "red", scale=1.5)
     assert (WorldObject("sphere", "red").sdf(points[2:]) > 0).item() and (big.sdf(points[2:]) < 0).item()
-    assert big.caption == "a red sphere" and big.geometry == ("sphere", 0.0, 1.5)
+    assert big.caption == "a red sphere" and big.geometry == ("sphere", 0.0, 1.5, 1.0)
+    # Stretched vertically about the centre (a what-if): taller, no wider; the distance stays a bound.
+    above, beside = torch.tensor([[0.0, 0.0, 0.33]]), torch.tensor([[0.27, 0.0, 0.0]])
+    cylinder, tall = WorldObject("cylinder", "red"), WorldObject("cylinder", "red", height=1.2)
+    assert (cylinder.sdf(above) > 0).item() and (tall.sdf(above) < 0).item()
+    assert (tall.sdf(beside) > 0).item() and tall.sdf(torch.tensor([[0.0, 0.0, 0.5]])).item() <= 0.5 - 0.36 + 1e-6
+    # The round cube (a what-if) reaches the cube's vertical edges in every direction, no higher.
+    cube, round_cube = WorldObject("cube", "red"), WorldObject("round cube", "red")
+    assert (cube.sdf(beside + 0.03) > 0).item() and (round_cube.sdf(torch.tensor([[0.0, 0.34, 0.0]])) < 0).item()
+    assert (round_cube.sdf(torch.tensor([[0.0, 0.0, 0.26]])) > 0).item()

@@ -87,12 +87,16 @@ def view_captions(caption: str, cameras: CameraBatch) -> list[str]:
 
 
 def candidates(obj: WorldObject) -> dict[str, WorldObject]:
-    """The object, turned, resized, filled (the mug), and every other world shape in its paint."""
+    """The object, turned, resized, stretched or squashed vertically, filled (the mug), round from above
+    (the cube), and every other world shape in its paint."""
     out = {"the object": obj}
     out |= {f"turned {a}°": dataclasses.replace(obj, turn_deg=float(a)) for a in (30, 45, 90, 180)}
     out |= {f"×{k:g}": dataclasses.replace(obj, scale=k) for k in (0.8, 1.25, 1.5)}
+    out |= {f"×{k:g} tall": dataclasses.replace(obj, height=k) for k in (0.85, 1.2)}
     if f"filled {obj.shape}" in SDF:
         out["filled"] = dataclasses.replace(obj, shape=f"filled {obj.shape}")
+    if f"round {obj.shape}" in SDF:
+        out["round from above"] = dataclasses.replace(obj, shape=f"round {obj.shape}")
     out |= {f"a {shape}": WorldObject(shape, obj.colour) for shape in SHAPES if shape != obj.shape}
     return out
 

@@ -77,7 +77,7 @@ def render_objects(objects: list[WorldObject], cameras: CameraBatch, size: int, 
     colour = torch.zeros(len(objects), fine, fine, 3)
     coverage = torch.zeros(len(objects), fine, fine, 1)
     # Group by surface so each group's distance function runs once over all its rays.
-    by_geometry: dict[tuple[str, float, float], list[int]] = {}
+    by_geometry: dict[tuple[str, float, float, float], list[int]] = {}
     for i, obj in enumerate(objects):
         by_geometry.setdefault(obj.geometry, []).append(i)
     for indices in by_geometry.values():

@@ -42,6 +42,8 @@ class WorldObject:
     """Turned about the vertical axis by this many degrees (anticlockwise seen from above); the world's
     objects are not: turned and scaled ones are what-ifs for asking the teacher (toy/preference.py)."""
     scale: float = 1.0
+    height: float = 1.0
+    """Stretched vertically about the centre by this factor (after `scale`): a what-if, as `scale` is."""
 
     @property
     def caption(self) -> str:
@@ -54,9 +56,9 @@ class WorldObject:
         return tuple(c / 255 for c in COLOURS[self.colour])
 
     @property
-    def geometry(self) -> tuple[str, float, float]:
+    def geometry(self) -> tuple[str, float, float, float]:
         """What fixes the surface (the paint does not)."""
-        return self.shape, self.turn_deg, self.scale
+        return self.shape, self.turn_deg, self.scale, self.height
 
     def sdf(self, points: Float[Tensor, "N 3"]) -> Float[Tensor, " N"]:
         """Signed distance (a bound for unions and cuts) in the output frame; negative inside."""
@@ -64,8 +66,10 @@ class WorldObject:
             c, s = math.cos(math.radians(self.turn_deg)), math.sin(math.radians(self.turn_deg))
             x, y = points[..., 0], points[..., 1]
             points = torch.stack([c * x + s * y, -s * x + c * y, points[..., 2]], dim=-1)  # the inverse turn
-        if self.scale != 1.0:
-            return SDF[self.shape](points / self.scale) * self.scale
+        if self.scale != 1.0 or self.height != 1.0:
+            stretch = points.new_tensor([self.scale, self.scale, self.scale * self.height])
+            # Dividing by the smallest factor keeps it a bound on the distance (what sphere tracing needs).
+            return SDF[self.shape](points / stretch) * float(stretch.min())
         return SDF[self.shape](points)
 
     def sdf_field(self, points: Float[Tensor, "N 3"]) -> Float[Tensor, " N"]:
@@ -188,6 +192,12 @@ def filled_mug(p: Tensor) -> Tensor:
     return torch.minimum(capped_cylinder(p, 0.2, -0.22, 0.22), mug(p))
 
 
+def round_cube(p: Tensor) -> Tensor:
+    """The cube swept round its vertical axis (a cylinder through its vertical edges): what a distillation that
+    averages the cube over its turns makes. A what-if, as the filled mug is."""
+    return capped_cylinder(p, 0.25 * math.sqrt(2), -0.25, 0.25)
+
+
 SDF: dict[str, Callable[[Tensor], Tensor]] = {
     "cube": cube, "sphere": sphere, "cylinder": cylinder, "cone": cone, "torus": torus, "mug": mug, "chair": chair,
-    "filled mug": filled_mug}
+    "filled mug": filled_mug, "round cube": round_cube}
