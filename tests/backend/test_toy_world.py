@@ -205,6 +205,10 @@ def test_bench_scores_are_right_on_known_answers():
     assert plain.lambda_sparsity == 100.0
     assert bench_spec(ToyBenchConfig(lambda_sparsity=10)).schedule.lambda_sparsity == 10.0
     assert bench_spec(ToyBenchConfig(preset="preview")).schedule.lambda_sparsity == 10.0
+    # The opacity (binary entropy) loss: off in the toy preset, on from a step through the flag.
+    assert plain.opaque_from_step is None
+    opaque = bench_spec(ToyBenchConfig(opaque_from_step=600, lambda_opaque=100)).schedule
+    assert (opaque.opaque_from_step, opaque.lambda_opaque) == (600, 100.0)
 
 
 def test_bench_toy_runs_the_product_loop_and_reports_how_it_was_run():
@@ -218,7 +222,7 @@ def test_bench_toy_runs_the_product_loop_and_reports_how_it_was_run():
     assert (report["prompt"], report["method"], report["steps"], report["seed"]) == ("a red cube", "asd", 3, 0)
     assert (report["anneal_start_step"], report["anneal_max_timestep"]) == (1, 0.3)
     assert (report["discriminator_steps"], report["gamma_schedule"]) == (2, "constant")
-    assert report["lambda_sparsity"] == 100.0
+    assert report["lambda_sparsity"] == 100.0 and report["opaque_from_step"] is None
     assert report["nearest_shape"] in SHAPES and 0.0 < report["chamfer_l1_rel"] < 1.0
     assert 0.0 <= report["judge_shape_accuracy"] <= 1.0 and 0.0 <= report["top_square_fill"] <= 1.0
     assert 0.0 <= report["judge_colour_probability"] <= 1.0 and 0.0 <= report["saturated_far"] <= report["saturated"]

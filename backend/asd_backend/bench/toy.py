@@ -80,6 +80,11 @@ class ToyBenchConfig:
         "help": "schedule.anneal_max_timestep (0: the preset's)"})
     lambda_sparsity: float = dataclasses.field(default=-1.0, metadata={
         "help": "schedule.lambda_sparsity (-1: the preset's; toy's is 100, the official 10)"})
+    opaque_from_step: int = dataclasses.field(default=-1, metadata={
+        "help": "schedule.opaque_from_step: the opacity (binary entropy) loss from this step "
+                "(-1: the preset's; toy's: never)"})
+    lambda_opaque: float = dataclasses.field(default=-1.0, metadata={
+        "help": "schedule.lambda_opaque (-1: the preset's, the official 1000)"})
     preset: str = dataclasses.field(default="toy", metadata={"help": "the job preset the run starts from"})
     views: int = dataclasses.field(default=8, metadata={"help": "held-out views for the render scores and judge"})
     render_size: int = dataclasses.field(default=64, metadata={"help": "side of the held-out renders"})
@@ -250,6 +255,10 @@ def bench_spec(cfg: ToyBenchConfig):
         schedule["anneal_max_timestep"] = cfg.anneal_max_timestep
     if cfg.lambda_sparsity >= 0:
         schedule["lambda_sparsity"] = cfg.lambda_sparsity
+    if cfg.opaque_from_step >= 0:
+        schedule["opaque_from_step"] = cfg.opaque_from_step
+    if cfg.lambda_opaque >= 0:
+        schedule["lambda_opaque"] = cfg.lambda_opaque
     if schedule:
         partial["schedule"] = schedule
     if cfg.gamma_schedule:
@@ -295,6 +304,8 @@ def run(cfg: ToyBenchConfig, device: str = "cpu", save: str | Path | None = None
                               "anneal_start_step": spec.schedule.anneal_start_step,
                               "anneal_max_timestep": spec.schedule.anneal_max_timestep,
                               "lambda_sparsity": spec.schedule.lambda_sparsity,
+                              "opaque_from_step": spec.schedule.opaque_from_step,
+                              "lambda_opaque": spec.schedule.lambda_opaque,
                               "gamma_schedule": spec.guidance.gamma_schedule,
                               "discriminator_lr": spec.guidance.discriminator_lr,
                               "discriminator_steps": spec.guidance.discriminator_steps,
