@@ -163,8 +163,23 @@ def test_world_objects_turn_and_scale_about_the_centre():
     above, beside = torch.tensor([[0.0, 0.0, 0.33]]), torch.tensor([[0.27, 0.0, 0.0]])
     cylinder, tall = WorldObject("cylinder", "red"), WorldObject("cylinder", "red", height=1.2)
     assert (cylinder.sdf(above) > 0).item() and (tall.sdf(above) < 0).item()
-    assert (tall.sdf(beside) > 0).item() and tall.sdf(torch.tensor([[0.0, 0.0, 0.5]])).item() <= 0.5 - 0.36 + 1e-6
-    # The round cube (a what-if) reaches the cube's vertical edges in every direction, no higher.
-    cube, round_cube = WorldObject("cube", "red"), WorldObject("round cube", "red")
-    assert (cube.sdf(beside + 0.03) > 0).item() and (round_cube.sdf(torch.tensor([[0.0, 0.34, 0.0]])) < 0).item()
-    assert (round_cube.sdf(torch.tensor([[0.0, 0.0, 0.26]])) > 0).item()
+    assert (tall.sdf(beside) > 0).item()
+    # Never more than the true distance (sphere tracing needs a bound), whichever way it is stretched.
+    squat = WorldObject("cylinder", "red", height=0.85)
+    assert 0 < squat.sdf(torch.tensor([[0.0, 0.0, 0.5]])).item() <= 0.5 - 0.255 + 1e-6
+    assert 0 < tall.sdf(torch.tensor([[0.35, 0.0, 0.0]])).item() <= 0.35 - 0.25 + 1e-6
+    # The round cube (a what-if) is the circle through the cube's vertical edges, as tall as the cube.
+    round_cube = WorldObject("round cube", "red")
+    inside = torch.tensor([[0.0, 0.34, 0.0], [0.24, 0.24, 0.0], [0.0, 0.0, 0.24]])
+    outside = torch.tensor([[0.0, 0.36, 0.0], [0.26, 0.26, 0.0], [0.0, 0.0, 0.26]])
+    assert (round_cube.sdf(inside) < 0).all() and (round_cube.sdf(outside) > 0).all()
+
+
+def test_the_teacher_is_asked_about_the_what_ifs_each_shape_needs():
+    from asd_backend.toy.preference import candidates
+
+    cube, mug = candidates(WorldObject("cube", "red")), candidates(WorldObject("mug", "red"))
+    assert {"×1.2 tall", "×0.85 tall", "round from above"} <= set(cube) and "filled" not in cube
+    assert {"×1.2 tall", "filled"} <= set(mug) and "round from above" not in mug
+    assert cube["×1.2 tall"].height == 1.2 and cube["round from above"].shape == "round cube"
+    assert "a cube" not in cube and "a cube" in mug  # every other world shape, in the object's paint

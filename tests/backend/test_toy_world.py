@@ -223,6 +223,7 @@ def test_bench_toy_runs_the_product_loop_and_reports_how_it_was_run():
     assert (report["anneal_start_step"], report["anneal_max_timestep"]) == (1, 0.3)
     assert (report["discriminator_steps"], report["gamma_schedule"]) == (2, "constant")
     assert report["lambda_sparsity"] == 100.0 and report["opaque_from_step"] is None
+    assert report["lambda_opaque"] == 1000.0
     assert report["nearest_shape"] in SHAPES and 0.0 < report["chamfer_l1_rel"] < 1.0
     assert 0.0 <= report["judge_shape_accuracy"] <= 1.0 and 0.0 <= report["top_square_fill"] <= 1.0
     assert 0.0 <= report["judge_colour_probability"] <= 1.0 and 0.0 <= report["saturated_far"] <= report["saturated"]
