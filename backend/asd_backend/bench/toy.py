@@ -240,6 +240,9 @@ def shape_scores(mesh: Mesh, obj: WorldObject, cfg: ToyBenchConfig) -> dict[str,
     return scores | {"nearest_shape": min(chamfers, key=chamfers.get)}
 
 
+SCHEDULE_REPORTED = ("anneal_start_step", "anneal_max_timestep", "lambda_sparsity", "opaque_from_step", "lambda_opaque")
+
+
 def bench_spec(cfg: ToyBenchConfig):
     from ..train.presets import resolve_spec
 
@@ -249,16 +252,11 @@ def bench_spec(cfg: ToyBenchConfig):
     schedule: dict[str, Any] = {}
     if cfg.steps:
         schedule["steps"] = cfg.steps
-    if cfg.anneal_start_step >= 0:
-        schedule["anneal_start_step"] = cfg.anneal_start_step
     if cfg.anneal_max_timestep:
         schedule["anneal_max_timestep"] = cfg.anneal_max_timestep
-    if cfg.lambda_sparsity >= 0:
-        schedule["lambda_sparsity"] = cfg.lambda_sparsity
-    if cfg.opaque_from_step >= 0:
-        schedule["opaque_from_step"] = cfg.opaque_from_step
-    if cfg.lambda_opaque >= 0:
-        schedule["lambda_opaque"] = cfg.lambda_opaque
+    # Flags whose -1 means "the preset's" (0 is a real value for each).
+    schedule |= {name: getattr(cfg, name) for name in ("anneal_start_step", "lambda_sparsity", "opaque_from_step",
+                                                         "lambda_opaque") if getattr(cfg, name) >= 0}
     if schedule:
         partial["schedule"] = schedule
     if cfg.gamma_schedule:
@@ -301,11 +299,7 @@ def run(cfg: ToyBenchConfig, device: str = "cpu", save: str | Path | None = None
     report: dict[str, Any] = {"benchmark": "toy", "prompt": cfg.prompt, "method": cfg.method, "cfg": cfg.cfg,
                               "steps": result.steps_done, "seed": cfg.seed,
                               # the resolved settings a flag may override, so that a row says how it was run
-                              "anneal_start_step": spec.schedule.anneal_start_step,
-                              "anneal_max_timestep": spec.schedule.anneal_max_timestep,
-                              "lambda_sparsity": spec.schedule.lambda_sparsity,
-                              "opaque_from_step": spec.schedule.opaque_from_step,
-                              "lambda_opaque": spec.schedule.lambda_opaque,
+                              **{name: getattr(spec.schedule, name) for name in SCHEDULE_REPORTED},
                               "gamma_schedule": spec.guidance.gamma_schedule,
                               "discriminator_lr": spec.guidance.discriminator_lr,
                               "discriminator_steps": spec.guidance.discriminator_steps,
