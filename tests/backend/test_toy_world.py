@@ -291,15 +291,24 @@ def test_toy_sweep_compares_two_methods_paired_by_prompt_cfg_and_seed(tmp_path, 
     assert "| 7.5 | 1 | render PSNR dB | 18.00 | 19.00 | 0/1 |" in capsys.readouterr().out
     for bad in ("asd", "asd,asd", "asd,sds@high"):
         assert main(["bench", "toy-sweep", "--out", str(runs), "--compare", bad]) == 2
-    assert "METHOD[@CFG][:STEPS]" in capsys.readouterr().err
+    assert "METHOD[/GAMMA][@CFG][:STEPS]" in capsys.readouterr().err
     assert main(["bench", "toy-sweep", "--out", str(runs), "--compare", "asd,vsd"]) == 2  # no VSD run in the file
     assert "the file holds asd@30, asd@7.5, sds@30, sds@7.5, sds@7.5:2200" in capsys.readouterr().err
-    # A second ASD run of the same prompt, seed and CFG under the official γ schedule is another run, not a
-    # rerun: pairing would mix the two, so it is refused.
+    # An ASD run of the same prompt, seed and CFG under the official γ schedule is another run, not a rerun:
+    # `asd` stays the default schedule's runs (a row's empty schedule is the default, 'constant'), and
+    # `asd/official` names the other, against the default's or against SDS (whose rows' schedule means nothing).
     official = row("asd", cube, 7.5, 0, 20.0, 0.03, "cube") | {"gamma_schedule": "official"}
-    runs.write_text(runs.read_text() + json.dumps(official) + "\n")
-    assert main(["bench", "toy-sweep", "--out", str(runs), "--compare", "asd,sds"]) == 2
-    assert "γ schedules '' and 'official'" in capsys.readouterr().err
+    constant = row("asd", mug, 7.5, 1, 17.0, 0.05, "mug") | {"gamma_schedule": "constant"}
+    sds_mug = row("sds", mug, 7.5, 1, 16.0, 0.04, "mug") | {"gamma_schedule": "official"}
+    runs.write_text(runs.read_text() + "".join(json.dumps(r) + "\n" for r in (official, constant, sds_mug)))
+    assert main(["bench", "toy-sweep", "--out", str(runs), "--compare", "asd,sds"]) == 0
+    assert "| 7.5 | 4 | render PSNR dB | 17.50 | 17.12 | 3/4 |" in capsys.readouterr().out
+    assert main(["bench", "toy-sweep", "--out", str(runs), "--compare", "asd/official,asd"]) == 0
+    assert "| 7.5 | 1 | render PSNR dB | 20.00 | 18.00 | 1/1 |" in capsys.readouterr().out
+    assert main(["bench", "toy-sweep", "--out", str(runs), "--compare", "asd/official,vsd"]) == 2
+    assert "asd/official@7.5" in capsys.readouterr().err
+    assert main(["bench", "toy-sweep", "--out", str(runs), "--compare", "asd/offical,asd"]) == 2
+    assert "constant, official" in capsys.readouterr().err
 
 
 def ball_field(albedo: tuple[float, float, float]) -> NerfField:

@@ -2,8 +2,8 @@
 run appended to a file (a run already in the file is skipped, so an interrupted sweep continues), and
 `--table` to read the file back as a markdown table of means and spreads over seeds, and `--compare A,B` as
 paired differences between two methods (same prompt and seed; same CFG, or each side's own, as
-`asd@30,sds@8.25`; steps as asked, as `sds:2220`): in how many pairs A is the better, and the Wilcoxon
-signed-rank p of the differences.
+`asd@30,sds@8.25`; steps as asked, as `sds:2220`; a γ schedule, as `asd/official,asd`): in how many pairs
+A is the better, and the Wilcoxon signed-rank p of the differences.
 
 The grid's rows beside the methods (issue 22, item 1):
 - matched CFG: ASD at CFG s is, at the discriminator's optimum of the analytic families, VSD at
@@ -26,12 +26,13 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from asd_protocol.job_spec import GuidanceSpec
+from asd_protocol.job_spec import GAMMA_SCHEDULES, GuidanceSpec
 
 from ..errors import UsageError
 from .toy import ToyBenchConfig
 
 KEY = ("prompt", "method", "cfg", "seed", "steps_requested", "gamma_schedule")
+DEFAULT_GAMMA_SCHEDULE = GuidanceSpec().gamma_schedule  # what a row's empty γ schedule means
 
 
 @dataclasses.dataclass
@@ -178,25 +179,43 @@ PAIRED_METRICS = (
 
 @dataclasses.dataclass(frozen=True)
 class Side:
-    """One side of a paired comparison: a method, optionally at one CFG and with the steps asked for
-    (`steps_requested`; 0: the preset's), written METHOD[@CFG][:STEPS], as 'asd', 'sds@8.25', 'sds:2220'."""
+    """One side of a paired comparison: a method, optionally with its γ schedule (the product's default where
+    none is named), at one CFG and with the steps asked for (`steps_requested`; 0: the preset's), written
+    METHOD[/GAMMA][@CFG][:STEPS], as 'asd', 'asd/official', 'sds@8.25', 'sds:2220'."""
     method: str
     cfg: float | None = None
     steps: int = 0
+    gamma_schedule: str = DEFAULT_GAMMA_SCHEDULE
 
     @classmethod
     def parse(cls, text: str) -> Side:
         head, _, steps = text.strip().partition(":")
-        method, _, scale = head.partition("@")
+        head, _, scale = head.partition("@")
+        method, _, gamma = head.partition("/")
+        gamma = gamma.strip() or DEFAULT_GAMMA_SCHEDULE
+        if gamma not in GAMMA_SCHEDULES:
+            raise UsageError(f"a side's γ schedule (after '/') is one of {', '.join(GAMMA_SCHEDULES)}; got {text!r}")
         try:
-            return cls(method.strip(), float(scale) if scale else None, int(steps) if steps else 0)
+            return cls(method.strip(), float(scale) if scale else None, int(steps) if steps else 0, gamma)
         except ValueError:
-            raise UsageError(f"a side of --compare is METHOD[@CFG][:STEPS], as 'asd', 'sds@8.25' or 'sds:2220'; "
-                             f"got {text!r}") from None
+            raise UsageError(f"a side of --compare is METHOD[/GAMMA][@CFG][:STEPS], as 'asd', 'asd/official', "
+                             f"'sds@8.25' or 'sds:2220'; got {text!r}") from None
 
     def __str__(self) -> str:
+        gamma = f"/{self.gamma_schedule}" if self.gamma_schedule != DEFAULT_GAMMA_SCHEDULE else ""
         scale = f"@{self.cfg:g}" if self.cfg is not None else ""
-        return self.method + scale + (f":{self.steps}" if self.steps else "")
+        return self.method + gamma + scale + (f":{self.steps}" if self.steps else "")
+
+    def holds(self, row: dict[str, Any]) -> bool:
+        """Whether `row` is a run of this side. Only ASD's runs differ by γ schedule (SDS has no γ and VSD's
+        is 0), so only they are told apart by it."""
+        return (row["method"] == self.method and row.get("steps_requested", 0) == self.steps
+                and (self.cfg is None or row["cfg"] == self.cfg)
+                and (row["method"] != "asd" or _gamma_schedule(row) == self.gamma_schedule))
+
+
+def _gamma_schedule(row: dict[str, Any]) -> str:
+    return row.get("gamma_schedule") or DEFAULT_GAMMA_SCHEDULE
 
 
 def paired(rows: list[dict[str, Any]], a: Side, b: Side) -> str:
@@ -209,19 +228,8 @@ def paired(rows: list[dict[str, Any]], a: Side, b: Side) -> str:
     from ..toy.world import parse_prompt
 
     def runs_of(side: Side) -> dict[tuple, dict[str, Any]]:
-        runs: dict[tuple, dict[str, Any]] = {}
-        for r in rows:
-            if r["method"] != side.method or r.get("steps_requested", 0) != side.steps or (
-                    side.cfg is not None and r["cfg"] != side.cfg):
-                continue
-            key = (r["prompt"], r["seed"], r["cfg"])
-            if key in runs and runs[key].get("gamma_schedule", "") != r.get("gamma_schedule", ""):
-                # two different runs, not a rerun: pairing either one silently would mix the schedules
-                raise UsageError(f"the file holds {side} runs of {r['prompt']!r}, seed {r['seed']}, CFG {r['cfg']:g} "
-                                 f"with γ schedules {runs[key].get('gamma_schedule', '')!r} and "
-                                 f"{r.get('gamma_schedule', '')!r}; compare one schedule at a time (one file each)")
-            runs[key] = r  # a later row of the same run wins (a rerun)
-        return runs
+        # a later row of the same run wins (a rerun)
+        return {(r["prompt"], r["seed"], r["cfg"]): r for r in rows if side.holds(r)}
 
     runs_a, runs_b = runs_of(a), runs_of(b)
     pairs_by_cfg: dict[tuple[float, float], list[tuple[dict[str, Any], dict[str, Any]]]] = defaultdict(list)
@@ -230,8 +238,7 @@ def paired(rows: list[dict[str, Any]], a: Side, b: Side) -> str:
         if (prompt, seed, scale_b) in runs_b:
             pairs_by_cfg[(scale, scale_b)].append((row, runs_b[(prompt, seed, scale_b)]))
     if not pairs_by_cfg:  # a mistyped method or CFG would otherwise print an empty table
-        held = sorted({f"{r['method']}@{r['cfg']:g}" + (f":{r['steps_requested']}" if r.get("steps_requested") else "")
-                       for r in rows})
+        held = sorted({str(Side(r["method"], r["cfg"], r.get("steps_requested", 0), _gamma_schedule(r))) for r in rows})
         raise UsageError(f"no run of {a} pairs with a run of {b} (same prompt and seed); the file holds "
                          f"{', '.join(held) or 'no runs'}")
     lines = [f"| CFG | pairs | metric | {a} | {b} | {a} better | Wilcoxon p |", "|---|---|---|---|---|---|---|"]
@@ -286,7 +293,7 @@ def add_cli(kinds: argparse._SubParsersAction) -> None:
                    "runs already there are skipped)")
     p.add_argument("--table", action="store_true", help="only print the table of the runs in --out")
     p.add_argument("--compare", metavar="A,B", default="", help="only print A against B, paired by prompt, seed "
-                   "and CFG, from the runs in --out; a side is METHOD[@CFG][:STEPS] (as 'asd,sds', 'asd@30,sds@8.25', "
-                   "'asd,sds:2220')")
+                   "and CFG, from the runs in --out; a side is METHOD[/GAMMA][@CFG][:STEPS] (as 'asd,sds', "
+                   "'asd@30,sds@8.25', 'asd,sds:2220', 'asd/official,asd')")
     p.add_argument("--device", default="cpu")
     p.set_defaults(handler=_command)
