@@ -207,15 +207,15 @@ class Side:
         return self.method + gamma + scale + (f":{self.steps}" if self.steps else "")
 
     def holds(self, row: dict[str, Any]) -> bool:
-        """Whether `row` is a run of this side. Only ASD's runs differ by γ schedule (SDS has no γ and VSD's
-        is 0), so only they are told apart by it."""
+        """Whether `row` is a run of this side."""
         return (row["method"] == self.method and row.get("steps_requested", 0) == self.steps
-                and (self.cfg is None or row["cfg"] == self.cfg)
-                and (row["method"] != "asd" or _gamma_schedule(row) == self.gamma_schedule))
+                and (self.cfg is None or row["cfg"] == self.cfg) and _schedule_of(row) == self.gamma_schedule)
 
 
-def _gamma_schedule(row: dict[str, Any]) -> str:
-    return row.get("gamma_schedule") or DEFAULT_GAMMA_SCHEDULE
+def _schedule_of(row: dict[str, Any]) -> str:
+    """The γ schedule that tells a row's run apart: ASD's own (an empty one is the default); SDS has no γ and
+    VSD's is 0, so theirs count as the default whatever the row records."""
+    return (row.get("gamma_schedule") or DEFAULT_GAMMA_SCHEDULE) if row["method"] == "asd" else DEFAULT_GAMMA_SCHEDULE
 
 
 def paired(rows: list[dict[str, Any]], a: Side, b: Side) -> str:
@@ -238,7 +238,7 @@ def paired(rows: list[dict[str, Any]], a: Side, b: Side) -> str:
         if (prompt, seed, scale_b) in runs_b:
             pairs_by_cfg[(scale, scale_b)].append((row, runs_b[(prompt, seed, scale_b)]))
     if not pairs_by_cfg:  # a mistyped method or CFG would otherwise print an empty table
-        held = sorted({str(Side(r["method"], r["cfg"], r.get("steps_requested", 0), _gamma_schedule(r))) for r in rows})
+        held = sorted({str(Side(r["method"], r["cfg"], r.get("steps_requested", 0), _schedule_of(r))) for r in rows})
         raise UsageError(f"no run of {a} pairs with a run of {b} (same prompt and seed); the file holds "
                          f"{', '.join(held) or 'no runs'}")
     lines = [f"| CFG | pairs | metric | {a} | {b} | {a} better | Wilcoxon p |", "|---|---|---|---|---|---|---|"]
