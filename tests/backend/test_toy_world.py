@@ -308,6 +308,13 @@ def test_toy_sweep_compares_two_methods_paired_by_prompt_cfg_and_seed(tmp_path, 
     assert main(["bench", "toy-sweep", "--out", str(runs), "--compare", "asd/official,vsd"]) == 2
     held = capsys.readouterr().err
     assert "asd/official@7.5" in held and "sds/official" not in held
+    # The table of means tells the schedules apart the same way: ASD's official run on a line of its own, the
+    # default's empty and spelt-out schedules one line, SDS's one line whatever its rows record.
+    assert main(["bench", "toy-sweep", "--out", str(runs), "--table"]) == 0
+    text = capsys.readouterr().out
+    assert "| a red cube | asd (official) | 7.5 | 1200 | 1 |" in text
+    assert "| a blue mug | asd | 7.5 | 1200 | 2 |" in text
+    assert "| a blue mug | sds | 7.5 | 1200 | 2 |" in text and "(constant)" not in text
     assert main(["bench", "toy-sweep", "--out", str(runs), "--compare", "asd/offical,asd"]) == 2
     assert "constant, official" in capsys.readouterr().err
 

@@ -145,7 +145,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
-        groups[(r["prompt"], r["method"], r["cfg"], r.get("steps_requested", 0), r.get("gamma_schedule", ""))].append(r)
+        groups[(r["prompt"], r["method"], r["cfg"], r.get("steps_requested", 0), _schedule_of(r))].append(r)
     head = ("| prompt | method | CFG | steps | seeds | render PSNR dB | saturated % | saturated far % | "
             "chroma excess % | judge shape | judge colour | Chamfer % | IoU | azimuth err ° | nearest shape right | "
             "seconds |")
@@ -154,7 +154,7 @@ def table(rows: list[dict[str, Any]]) -> str:
     for (prompt, method, scale, _, schedule), rs in sorted(
             groups.items(), key=lambda kv: (kv[0][0], kv[0][2], order.index(kv[0][1]), kv[0][3], kv[0][4])):
         right = sum(r["nearest_shape"] == parse_prompt(prompt).shape for r in rs)
-        label = method + (f" ({schedule})" if schedule else "")
+        label = method + (f" ({schedule})" if schedule != DEFAULT_GAMMA_SCHEDULE else "")
         cells = [_cell(rs, "render_psnr"), _cell(rs, "saturated", 100, 1), _cell(rs, "saturated_far", 100, 1),
                  _cell(rs, "chroma_excess", 100, 1), _cell(rs, "judge_shape_accuracy"),
                  _cell(rs, "judge_colour_accuracy"), _cell(rs, "chamfer_l1_rel", 100), _cell(rs, "iou"),
