@@ -262,6 +262,29 @@ def test_toy_sweep_plans_matched_and_equal_time_rows_and_tabulates_seeds():
     assert "| a red mug | asd | 30 | 1200 | 2 | 19.00 ± 1.41 | 40.0 ± 0.0 | – | – |" in text and "| 2/2 |" in text
 
 
+def test_toy_sweep_skips_the_runs_a_file_holds_however_a_row_spells_the_default_schedule():
+    import dataclasses
+
+    from asd_backend.bench.toy_sweep import ToySweepConfig, pending, plan
+    from asd_backend.errors import UsageError
+
+    grid = ToySweepConfig(prompts=("a red mug",), methods=("sds", "asd"), cfgs=(7.5,), seeds=1)
+    official = dataclasses.replace(grid, gamma_schedule="official")
+    # only ASD takes the sweep's schedule: SDS has no γ
+    assert [(r.method, r.gamma_schedule) for r in plan(official, [])] == [("sds", ""), ("asd", "official")]
+    base = {"prompt": "a red mug", "cfg": 7.5, "seed": 0, "steps_requested": 0}
+    sds_row = base | {"method": "sds", "gamma_schedule": "constant"}
+    # `asd bench toy` names the resolved default ("constant"), older sweeps left it empty: both are its run
+    for spelt in ("constant", ""):
+        assert pending(grid, [base | {"method": "asd", "gamma_schedule": spelt}, sds_row]) == []
+    # the other schedule's row is another run, for ASD only: an official sweep finds SDS's run done
+    still_to_run = pending(official, [base | {"method": "asd", "gamma_schedule": "constant"}, sds_row])
+    assert [(r.method, r.gamma_schedule) for r in still_to_run] == [("asd", "official")]
+    assert [r.method for r in pending(grid, [base | {"method": "asd", "gamma_schedule": "official"}])] == ["sds", "asd"]
+    with pytest.raises(UsageError, match="constant, official.*'offical'"):
+        ToySweepConfig(gamma_schedule="offical")
+
+
 def test_toy_sweep_compares_two_methods_paired_by_prompt_cfg_and_seed(tmp_path, capsys):
     from asd_backend.cli import main
 

@@ -45,6 +45,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from asd_protocol.job_spec import GAMMA_SCHEDULES
+
 from ..errors import UsageError
 from ..mesh.extract import Mesh
 from ..nerf.background import SolidBackground
@@ -98,6 +100,9 @@ class ToyBenchConfig:
             raise UsageError(f"--method must be asd, vsd or sds; got {self.method!r}")
         if self.steps < 0 or self.views < 1:
             raise UsageError("--steps must be ≥ 0 and --views ≥ 1")
+        if self.gamma_schedule and self.gamma_schedule not in GAMMA_SCHEDULES:
+            raise UsageError(f"--gamma-schedule must be one of {', '.join(GAMMA_SCHEDULES)} (or left out for the "
+                             f"product's default); got {self.gamma_schedule!r}")
 
 
 @functools.lru_cache(maxsize=16)

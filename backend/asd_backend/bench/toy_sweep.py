@@ -55,7 +55,7 @@ class ToySweepConfig:
             raise UsageError(f"--seeds must be at least 1; got {self.seeds}")
         for prompt in self.prompts:  # each prompt and method checked as `asd bench toy` checks them
             for method in self.methods:
-                ToyBenchConfig(prompt=prompt, method=method)
+                ToyBenchConfig(prompt=prompt, method=method, gamma_schedule=self.gamma_schedule)
 
 
 def matched_cfg(cfg: float, gamma: float) -> float:
@@ -70,7 +70,9 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
 
 
 def row_key(row: dict[str, Any]) -> tuple:
-    return tuple(row.get(k, "") for k in KEY)
+    """What tells a run apart: its γ schedule as `_schedule_of` reads it, so that a row recording the default
+    by name ("constant", as `asd bench toy` writes it) or not at all ("", older sweeps) is the same run."""
+    return tuple(_schedule_of(row) if k == "gamma_schedule" else row.get(k, "") for k in KEY)
 
 
 def plan(cfg: ToySweepConfig, rows: list[dict[str, Any]]) -> list[ToyBenchConfig]:
@@ -80,8 +82,9 @@ def plan(cfg: ToySweepConfig, rows: list[dict[str, Any]]) -> list[ToyBenchConfig
         for prompt in cfg.prompts:
             for scale in cfg.cfgs:
                 for method in cfg.methods:
+                    # only ASD has a γ schedule: SDS and VSD run (and record) the default
                     runs.append(ToyBenchConfig(prompt=prompt, method=method, cfg=scale, seed=seed, steps=cfg.steps,
-                                               gamma_schedule=cfg.gamma_schedule))
+                                               gamma_schedule=cfg.gamma_schedule if method == "asd" else ""))
                 if cfg.matched and "asd" in cfg.methods:
                     runs += [ToyBenchConfig(prompt=prompt, method=method, cfg=matched_cfg(scale, GuidanceSpec().gamma),
                                             seed=seed, steps=cfg.steps) for method in ("sds", "vsd")]
@@ -105,20 +108,24 @@ def _equal_time_steps(rows: list[dict[str, Any]], prompt: str, scale: float) -> 
     return int(round(sds_steps * asd_seconds / sds_seconds, -1))
 
 
+def pending(cfg: ToySweepConfig, rows: list[dict[str, Any]]) -> list[ToyBenchConfig]:
+    """The runs of the grid that `rows` do not hold yet."""
+    done = {row_key(r) for r in rows}
+    return [r for r in plan(cfg, rows) if _key_of(r) not in done]
+
+
 def sweep(cfg: ToySweepConfig, out: Path, device: str = "cpu") -> int:
     """Runs every cell not yet in `out`; returns how many ran."""
     from ..teachers import load_teacher
     from .toy import run
 
-    rows = read_rows(out)
-    done = {row_key(r) for r in rows}
-    todo = [r for r in plan(cfg, rows) if _key_of(r) not in done]
+    todo = pending(cfg, read_rows(out))
     teacher = load_teacher("toy", device) if todo else None
     for i, run_cfg in enumerate(todo, 1):
         print(f"[{i}/{len(todo)}] {run_cfg.prompt!r} {run_cfg.method} CFG {run_cfg.cfg:g} seed {run_cfg.seed}"
               f"{f' {run_cfg.steps} steps' if run_cfg.steps else ''}", file=sys.stderr)
         report = run(run_cfg, device=device, teacher=teacher)
-        report |= {"steps_requested": run_cfg.steps, "gamma_schedule": run_cfg.gamma_schedule}
+        report["steps_requested"] = run_cfg.steps  # beside the run's own record of its resolved γ schedule
         with out.open("a") as f:
             f.write(json.dumps(report) + "\n")
     return len(todo)
