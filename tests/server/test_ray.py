@@ -16,6 +16,7 @@ import pytest
 pytest.importorskip("ray")
 
 from asd_backend.loopback import free_port
+from asd_backend.server.ray_worker import remove_orphaned_scratch, scratch_root
 from asd_protocol import Done, Image, Log, MeshSnapshot, Progress
 
 from .live_server import partial_spec, running_server
@@ -109,6 +110,21 @@ def test_a_killed_actor_s_job_resumes_from_its_checkpoint_on_another_actor(ray_s
     assert requeued and requeued[0]["resume"] is True
     again = [e for e in events(ray_server, "job_started") if e["job"] == job]
     assert len(again) == 2 and again[1]["worker"] != worker
+    # the killed actor could not remove its scratch folder; the actor that took the job did
+    assert not list(scratch_root().glob(f"worker-*-{pid}-*"))
+
+
+def test_an_actor_removes_the_scratch_folders_of_actors_that_are_gone_and_no_other(tmp_path):
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True)
+    gone = tmp_path / f"worker-0-{int(finished.stdout)}-abc"
+    alive = tmp_path / f"worker-1-{os.getpid()}-def"
+    foreign = tmp_path / "worker-notes"
+    for folder in (gone, alive, foreign):
+        (folder / "job").mkdir(parents=True)
+        (folder / "job" / "checkpoint.pt").write_bytes(b"x")
+    assert remove_orphaned_scratch(tmp_path) == [gone]
+    assert not gone.exists() and (alive / "job" / "checkpoint.pt").is_file() and foreign.is_dir()
 
 
 def _descendants(pid: int) -> list[int]:

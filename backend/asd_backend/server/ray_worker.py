@@ -28,6 +28,30 @@ from .worker import Worker
 SKIP = (job_layout.RECORD,)  # the front end's own record, never shipped either way (nor hidden files: locks, temps)
 
 
+def scratch_root() -> Path:
+    """Where this node's actors keep their scratch folders, one each: worker-INDEX-PID-RANDOM."""
+    return Path(tempfile.gettempdir()) / "asd-ray-workers"
+
+
+def remove_orphaned_scratch(root: Path) -> list[Path]:
+    """Removes the scratch folders whose actor process is gone (an actor killed mid-job never removes its
+    own, and a server that loses actors for weeks would fill the node's disk); returns what it removed."""
+    removed = []
+    for folder in root.glob("worker-*-*-*"):
+        try:
+            pid = int(folder.name.split("-")[2])
+        except ValueError:
+            continue  # not one of ours
+        try:
+            os.kill(pid, 0)  # signal 0: only asks whether the process exists
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+        except PermissionError:
+            pass  # alive, another user's
+    return removed
+
+
 def shippable(folder: Path) -> dict[str, tuple[int, int]]:
     """Files of a job folder worth shipping, relative path → (mtime, size); temporary files left out."""
     out = {}
@@ -71,7 +95,10 @@ class StreamingWorker:
     beside it (the actor is threaded), as a CancelJob command does for a local worker."""
 
     def __init__(self, index: int, device: str) -> None:
-        self.scratch = Path(tempfile.mkdtemp(prefix=f"asd-ray-worker-{index}-"))
+        root = scratch_root()
+        root.mkdir(parents=True, exist_ok=True)
+        remove_orphaned_scratch(root)
+        self.scratch = Path(tempfile.mkdtemp(prefix=f"worker-{index}-{os.getpid()}-", dir=root))
         self.worker = QueueWorker(index, device, self.scratch)
 
     def pid(self) -> int:
@@ -84,6 +111,8 @@ class StreamingWorker:
         job = decode(frames, types=WORKER_TYPES)
         if not isinstance(job, RunJob):
             raise TypeError(f"expected run_job, got {job.msg_type}")
+        # A job arrives here after an actor was lost as often as not: clear what lost actors left behind.
+        remove_orphaned_scratch(self.scratch.parent)
         folder = self.scratch / job.job_id
         shutil.rmtree(folder, ignore_errors=True)  # a job resumed here again starts from what was sent
         folder.mkdir(parents=True)
