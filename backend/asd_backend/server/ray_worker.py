@@ -11,6 +11,7 @@ travels to the cluster by reference (asd-studio is installed on every node).
 
 from __future__ import annotations
 
+import getpass
 import os
 import queue
 import shutil
@@ -29,8 +30,10 @@ SKIP = (job_layout.RECORD,)  # the front end's own record, never shipped either 
 
 
 def scratch_root() -> Path:
-    """Where this node's actors keep their scratch folders, one each: worker-INDEX-PID-RANDOM."""
-    return Path(tempfile.gettempdir()) / "asd-ray-workers"
+    """Where this node's actors keep their scratch folders, one each: worker-INDEX-PID-RANDOM. One root per
+    user, so that two users' servers on one node neither share nor fight over it."""
+    owner = os.getuid() if hasattr(os, "getuid") else getpass.getuser()
+    return Path(tempfile.gettempdir()) / f"asd-ray-workers-{owner}"
 
 
 def remove_orphaned_scratch(root: Path) -> list[Path]:
