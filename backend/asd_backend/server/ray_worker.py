@@ -39,7 +39,9 @@ def scratch_root() -> Path:
 def remove_orphaned_scratch(root: Path) -> list[Path]:
     """Removes the scratch folders whose actor process is gone (an actor killed mid-job never removes its
     own, and a server that loses actors for weeks would fill the node's disk); returns what it removed."""
-    removed = []
+    removed: list[Path] = []
+    if os.name != "posix":
+        return removed  # os.kill(pid, 0) asks only on POSIX; on Windows it would end the process
     for folder in root.glob("worker-*-*-*"):
         try:
             pid = int(folder.name.split("-")[2])
