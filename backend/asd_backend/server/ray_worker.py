@@ -116,8 +116,6 @@ class StreamingWorker:
         job = decode(frames, types=WORKER_TYPES)
         if not isinstance(job, RunJob):
             raise TypeError(f"expected run_job, got {job.msg_type}")
-        # A job arrives here after an actor was lost as often as not: clear what lost actors left behind.
-        remove_orphaned_scratch(self.scratch.parent)
         folder = self.scratch / job.job_id
         shutil.rmtree(folder, ignore_errors=True)  # a job resumed here again starts from what was sent
         folder.mkdir(parents=True)
@@ -146,3 +144,6 @@ class StreamingWorker:
         finished.wait()
         self.worker.shipped.pop(job.job_id, None)
         shutil.rmtree(folder, ignore_errors=True)
+        # A job lands here after an actor was lost as often as not; by its end the lost one's process is
+        # surely reaped (a killed process not yet waited for still answers signal 0), so clear up now.
+        remove_orphaned_scratch(self.scratch.parent)
