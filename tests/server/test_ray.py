@@ -112,11 +112,10 @@ def test_a_killed_actor_s_job_resumes_from_its_checkpoint_on_another_actor(ray_s
     assert len(again) == 2 and again[1]["worker"] != worker
     # the killed actor could not remove its scratch folder; the actor that finished the job does, once the
     # stream's tail has run on it (the client may see "done" a moment before)
-    left = lambda: list(scratch_root().glob(f"worker-*-{pid}-*"))  # noqa: E731
     deadline = time.monotonic() + 60
-    while left() and time.monotonic() < deadline:
+    while list(scratch_root().glob(f"worker-*-{pid}-*")) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not left()
+    assert not list(scratch_root().glob(f"worker-*-{pid}-*"))
 
 
 def test_an_actor_removes_the_scratch_folders_of_actors_that_are_gone_and_no_other(tmp_path):
