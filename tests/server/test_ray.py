@@ -123,7 +123,7 @@ def test_an_actor_removes_the_scratch_folders_of_actors_that_are_gone_and_no_oth
                               text=True, check=True)
     gone = tmp_path / f"worker-0-{int(finished.stdout)}-abc"
     alive = tmp_path / f"worker-1-{os.getpid()}-def"
-    foreign = tmp_path / "worker-notes"
+    foreign = tmp_path / "worker-notes-of-mine"  # matches the pattern, names no process: not ours
     for folder in (gone, alive, foreign):
         (folder / "job").mkdir(parents=True)
         (folder / "job" / "checkpoint.pt").write_bytes(b"x")
