@@ -115,6 +115,31 @@ def test_the_trainer_runs_checkpoints_resumes_and_saves_a_pipeline_the_product_l
         other.load_checkpoint()
 
 
+def test_a_fine_tune_starts_from_a_saved_pipeline_keeps_its_vae_and_records_the_chain(tmp_path, asd_home):
+    from asd_backend.toy.train_teacher import ToyTeacherTrainer, ToyTrainingConfig, load_models
+
+    tiny = dict(views_per_object=1, vae_batch=4, batch=4, checkpoint_every=1, validate_every=1, warmup_steps=1,
+                validation_steps=2, decoder_steps=0)
+    source = ToyTeacherTrainer(ToyTrainingConfig(out=tmp_path / "scratch", vae_steps=2, steps=1, **tiny),
+                               cache=tmp_path / "cache", progress=False).run()
+    tune = ToyTeacherTrainer(ToyTrainingConfig(out=tmp_path / "tune", init_from=str(source), seed=1, steps=2, **tiny),
+                             cache=tmp_path / "cache", progress=False)
+    assert tune.stage == "unet"  # no VAE stage: the source's latents are what its UNet knows
+    vae, unet, _ = load_models(source)
+    torch.testing.assert_close(tune.unet.state_dict(), unet.state_dict())  # starts from the saved weights
+    folder = tune.run()
+    tuned_vae, tuned_unet, _ = load_models(folder)
+    torch.testing.assert_close(tuned_vae.state_dict(), vae.state_dict())
+    assert tuned_vae.config.scaling_factor == vae.config.scaling_factor
+    before, after = unet.state_dict(), tuned_unet.state_dict()
+    assert any(not torch.equal(before[name], after[name]) for name in before)
+    record = json.loads((folder / "training.json").read_text())
+    assert f"--init-from {source}" in record["command"] and "--seed 1" in record["command"]
+    assert record["init_from_training"]["unet_steps"] == 1  # the source's own record travels with the weights
+    with pytest.raises(ValueError, match="no saved pipeline there"):
+        ToyTeacherTrainer(ToyTrainingConfig(out=tmp_path / "bad", init_from=str(tmp_path)), cache=tmp_path / "cache")
+
+
 def test_bench_scores_are_right_on_known_answers():
     from asd_backend.bench.toy import ToyBenchConfig, held_out_cameras, mesh_colour_psnr, render_scores, shape_scores
     from asd_backend.mesh.extract import Mesh
@@ -281,7 +306,7 @@ def test_toy_sweep_skips_the_runs_a_file_holds_however_a_row_spells_the_default_
     still_to_run = pending(official, [base | {"method": "asd", "gamma_schedule": "constant"}, sds_row])
     assert [(r.method, r.gamma_schedule) for r in still_to_run] == [("asd", "official")]
     assert [r.method for r in pending(grid, [base | {"method": "asd", "gamma_schedule": "official"}])] == ["sds", "asd"]
-    with pytest.raises(UsageError, match="constant, official.*'offical'"):
+    with pytest.raises(UsageError, match=r"constant, official.*'offical'"):
         ToySweepConfig(gamma_schedule="offical")
 
 

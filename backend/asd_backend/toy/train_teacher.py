@@ -64,6 +64,10 @@ class ToyTrainingConfig:
 
     out: Path = Path("outputs/toy-teacher")
     """Folder for the checkpoint, the log, validation grids and the final pipeline (pipeline/)."""
+    init_from: str = ""
+    """Fine-tune a saved pipeline instead of starting from scratch: a pipeline folder, or 'toy' for the
+    shipped teacher. Its VAE is kept as it is (no VAE stage: the UNet knows its latents); its UNet and text
+    encoder train on. Give another --seed than the source's to train on views it never saw."""
     seed: int = 0
     views_per_object: int = 384
     """Cached renders per world object (cameras drawn as the product's NeRF draws them)."""
@@ -106,6 +110,16 @@ class ToyTrainingConfig:
                 raise UsageError(f"{name} must not be negative; got {getattr(self, name)}")
         if self.empty_caption + self.plain_caption > 1:
             raise UsageError("empty_caption + plain_caption must be at most 1")
+
+    def source_folder(self) -> Path | None:
+        """The pipeline folder `init_from` names (None: from scratch)."""
+        if not self.init_from:
+            return None
+        if self.init_from == "toy":
+            from ..teachers.registry import TOY_TEACHER_DIR
+
+            return Path(TOY_TEACHER_DIR)
+        return Path(self.init_from)
 
 
 # -- data ----------------------------------------------------------------------------------------
@@ -198,6 +212,24 @@ def build_models(seed: int):
     return vae, unet, text_encoder
 
 
+def load_models(folder: Path):
+    """The VAE, UNet and text encoder of a saved toy pipeline, checked to fit this trainer's data and tokenizer."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    if not (folder / "model_index.json").is_file():
+        raise UsageError(f"--init-from {folder}: no saved pipeline there (no model_index.json); give the folder "
+                         "that `asd toy train` wrote (OUT/pipeline) or 'toy' for the shipped teacher")
+    vae = AutoencoderKL.from_pretrained(folder, subfolder="vae")
+    unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet")
+    text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder")
+    if unet.config.sample_size != LATENT_SIZE or text_encoder.config.vocab_size != TEXT_CONFIG["vocab_size"]:
+        raise UsageError(f"--init-from {folder}: not a toy teacher (its UNet works at {unet.config.sample_size}² "
+                         f"latents and its text encoder knows {text_encoder.config.vocab_size} tokens; this trainer "
+                         f"needs {LATENT_SIZE}² and the project tokenizer's {TEXT_CONFIG['vocab_size']})")
+    return vae, unet, text_encoder
+
+
 def make_pipeline(vae, unet, text_encoder):
     from diffusers import DDPMScheduler, StableDiffusionPipeline
 
@@ -249,7 +281,9 @@ class ToyTeacherTrainer:
         self.checkpoint_path = self.out / "checkpoint.pt"
         self.log_path = self.out / "train_log.jsonl"
         self.device = torch.device(config.device)
-        self.vae, self.unet, self.text_encoder = (m.to(self.device) for m in build_models(config.seed))
+        source = config.source_folder()
+        models = load_models(source) if source else build_models(config.seed)
+        self.vae, self.unet, self.text_encoder = (m.to(self.device) for m in models)
         self.alphas_cumprod = make_pipeline(self.vae, self.unet, self.text_encoder).scheduler.alphas_cumprod.to(
             self.device)
         self.vae_opt = torch.optim.AdamW(self.vae.parameters(), lr=config.vae_lr)
@@ -259,7 +293,8 @@ class ToyTeacherTrainer:
                                              lr=config.decoder_lr)
         self.ema = Ema([self.unet, self.text_encoder], config.ema_decay)
         self.generator = torch.Generator().manual_seed(config.seed + 1)
-        self.stage, self.step = "vae", 0
+        # A fine-tune starts at the UNet stage: the source's VAE (and its latent scale) is what its UNet knows.
+        self.stage, self.step = ("unet" if source else "vae"), 0
         self.seconds = 0.0
 
     # checkpoints --------------------------------------------------------------------------------
@@ -476,6 +511,10 @@ class ToyTeacherTrainer:
                   "data_version": DATA_VERSION, "config": _jsonable(dataclasses.asdict(self.config)),
                   "train_seconds": round(self.seconds, 1), "unet_steps": self.config.steps,
                   "torch": torch.__version__, "directions": DIRECTIONS}
+        source = self.config.source_folder()
+        if source is not None and (source / "training.json").is_file():
+            # The source's own record: the chain of commands that made these weights.
+            record["init_from_training"] = json.loads((source / "training.json").read_text(encoding="utf-8"))
         (folder / "training.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
         if self.log_path.is_file():  # the loss curves travel with the weights
             shutil.copyfile(self.log_path, folder / "train_log.jsonl")
