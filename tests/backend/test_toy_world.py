@@ -116,6 +116,7 @@ def test_the_trainer_runs_checkpoints_resumes_and_saves_a_pipeline_the_product_l
 
 
 def test_a_fine_tune_starts_from_a_saved_pipeline_keeps_its_vae_and_records_the_chain(tmp_path, asd_home):
+    from asd_backend.errors import TeacherLoadError
     from asd_backend.toy.train_teacher import ToyTeacherTrainer, ToyTrainingConfig, load_models
 
     tiny = dict(views_per_object=1, vae_batch=4, batch=4, checkpoint_every=1, validate_every=1, warmup_steps=1,
@@ -136,7 +137,7 @@ def test_a_fine_tune_starts_from_a_saved_pipeline_keeps_its_vae_and_records_the_
     record = json.loads((folder / "training.json").read_text())
     assert f"--init-from {source}" in record["command"] and "--seed 1" in record["command"]
     assert record["init_from_training"]["unet_steps"] == 1  # the source's own record travels with the weights
-    with pytest.raises(ValueError, match="no saved pipeline there"):
+    with pytest.raises(TeacherLoadError, match=r"no model_index\.json"):
         ToyTeacherTrainer(ToyTrainingConfig(out=tmp_path / "bad", init_from=str(tmp_path)), cache=tmp_path / "cache")
 
 

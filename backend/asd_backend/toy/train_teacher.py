@@ -213,21 +213,17 @@ def build_models(seed: int):
 
 
 def load_models(folder: Path):
-    """The VAE, UNet and text encoder of a saved toy pipeline, checked to fit this trainer's data and tokenizer."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel
+    """The VAE, UNet and text encoder of a saved toy pipeline (through the product's own loader and its
+    errors), checked to fit this trainer's data and tokenizer."""
+    from ..teachers.stable_diffusion import load_pipeline
 
-    if not (folder / "model_index.json").is_file():
-        raise UsageError(f"--init-from {folder}: no saved pipeline there (no model_index.json); give the folder "
-                         "that `asd toy train` wrote (OUT/pipeline) or 'toy' for the shipped teacher")
-    vae = AutoencoderKL.from_pretrained(folder, subfolder="vae")
-    unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet")
-    text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder")
+    pipe = load_pipeline(str(folder), dtype=torch.float32, local_files_only=True)
+    unet, text_encoder = pipe.unet, pipe.text_encoder
     if unet.config.sample_size != LATENT_SIZE or text_encoder.config.vocab_size != TEXT_CONFIG["vocab_size"]:
         raise UsageError(f"--init-from {folder}: not a toy teacher (its UNet works at {unet.config.sample_size}² "
                          f"latents and its text encoder knows {text_encoder.config.vocab_size} tokens; this trainer "
                          f"needs {LATENT_SIZE}² and the project tokenizer's {TEXT_CONFIG['vocab_size']})")
-    return vae, unet, text_encoder
+    return pipe.vae, unet, text_encoder
 
 
 def make_pipeline(vae, unet, text_encoder):
