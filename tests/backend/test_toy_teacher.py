@@ -97,6 +97,20 @@ def test_images_sampled_from_the_toy_teacher_show_the_asked_for_object():
     assert sum(right) >= 6, list(zip(prompts, verdict["shape"], verdict["colour"], strict=True))
 
 
+def test_the_2d_check_reports_its_misses_by_the_background_the_teacher_drew():
+    """`asd toy check` (few steps, one seed): every prompt judged once, and the share right split by the
+    background each sample was drawn on, which together give the overall share."""
+    from asd_backend.toy.evaluate import CheckConfig, check_teacher, load_pipeline
+
+    report = check_teacher(load_pipeline(TOY_TEACHER_DIR), load_judge(), CheckConfig(seeds=1, steps=8))
+    counts, right = report["samples_by_background"], report["right_by_background"]
+    assert counts["white"] + counts["colour"] == report["prompts"] == len(SHAPES) * len(COLOURS)
+    assert counts["white"] > 0 and counts["colour"] > 0  # it was trained on both
+    overall = sum(right[k] * counts[k] for k in counts) / report["prompts"]
+    assert overall == pytest.approx(report["right"], abs=2e-3)
+    assert set(report["views_right"]) == {"mug, front view", "mug, back view", "chair, front view", "chair, back view"}
+
+
 def test_the_2d_check_measures_apparent_size_on_white_and_skips_other_backgrounds():
     """`asd toy check`'s size_by_shape: the rows and columns an object fills on white, as exact renders give them."""
     from asd_backend.nerf.cameras import CameraConfig, sample_cameras

@@ -75,12 +75,14 @@ def check_teacher(pipe, judge: Judge, config: CheckConfig) -> dict[str, Any]:
     # Apparent size: white objects vanish on white, so they do not count.
     sized = [i for i, o in enumerate(objects) if o.colour != "white"]
     sample_extent, counted = np.zeros(len(objects)), np.zeros(len(objects))
+    on_white = np.zeros((config.seeds, len(objects)), dtype=bool)
     for seed in range(config.seeds):
         images = sample_images(pipe, prompts, seed=seed, steps=config.steps, cfg=config.cfg)
         first = images if first is None else first
         if seed == 0:
             exact = exact_extents(objects, images.shape[-1]).numpy()
         extent, white = object_extent(images)
+        on_white[seed] = white.numpy()
         for i in sized:
             if white[i]:
                 sample_extent[i] += float(extent[i])
@@ -104,6 +106,11 @@ def check_teacher(pipe, judge: Judge, config: CheckConfig) -> dict[str, Any]:
                            for i, s in enumerate(SHAPES)},
         "right_by_colour": {c: round(float(both[:, j::len(COLOURS)].mean()), 3) for j, c in enumerate(COLOURS)},
         "views_right": {k: round(float(np.mean(v)), 3) for k, v in views.items()},
+        # The teacher draws its own background (white, or a colour as it was trained): which one it chose
+        # says where its misses are.
+        "right_by_background": {name: round(float(both[mask].mean()), 3) if mask.any() else None
+                                for name, mask in (("white", on_white), ("colour", ~on_white))},
+        "samples_by_background": {"white": int(on_white.sum()), "colour": int((~on_white).sum())},
         "size_by_shape": {}, "size_samples_by_shape": {},
         "wrong": [f"{objects[i].caption} (seed {s})" for s, i in zip(*np.nonzero(~both), strict=True)][:40],
     }
